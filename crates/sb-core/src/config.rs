@@ -1,0 +1,378 @@
+//! Configuration: every field has a shipped default, every limit is named here.
+//!
+//! The structs are plain serde data. `sb-server` layers them: defaults, then the TOML file given with
+//! `--config`, then `SB_SECTION__FIELD` environment variables, then command-line flags.
+//! [`DEFAULT_CONFIG_TOML`] is the annotated file `sb config default` prints; a test keeps it equal
+//! to [`Config::default`].
+
+use crate::Secret;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub tls: TlsConfig,
+    pub store: StoreConfig,
+    pub auth: AuthConfig,
+    pub rate_limits: RateLimitConfig,
+    pub limits: LimitsConfig,
+    pub bus: BusConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log_format: LogFormat,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            data_dir: PathBuf::from("./sb-data"),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain. Unset: a self-signed certificate in `<data_dir>/tls/`.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key for `cert_file`.
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    pub durability: Durability,
+    pub busy_timeout_ms: u64,
+    pub read_connections: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            durability: Durability::Full,
+            busy_timeout_ms: 5_000,
+            read_connections: 4,
+        }
+    }
+}
+
+/// `Full`: every acknowledged write survives power loss (SQLite `synchronous=FULL`).
+/// `Relaxed`: survives a process crash but may lose the last writes on power loss.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    #[default]
+    Full,
+    Relaxed,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistrationMode {
+    Open,
+    #[default]
+    Invite,
+    Closed,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub registration: RegistrationMode,
+    pub session_ttl_secs: u64,
+    pub invite_ttl_secs: u64,
+    /// Upper bound on `--expires` for API tokens; 0 means tokens may live forever.
+    pub token_ttl_max_secs: u64,
+    pub password_min_length: usize,
+    pub password_max_length: usize,
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+    /// Password hashes computed at once; each takes `argon2_memory_kib` of memory.
+    pub password_hash_concurrency_max: usize,
+    pub username_length_max: usize,
+    pub profile_field_length_max: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            registration: RegistrationMode::Invite,
+            session_ttl_secs: 30 * 24 * 3600,
+            invite_ttl_secs: 7 * 24 * 3600,
+            token_ttl_max_secs: 0,
+            password_min_length: 10,
+            password_max_length: 256,
+            // OWASP Password Storage Cheat Sheet: Argon2id, m=19 MiB, t=2, p=1.
+            argon2_memory_kib: 19_456,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            password_hash_concurrency_max: 4,
+            username_length_max: 32,
+            profile_field_length_max: 200,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub login_per_ip_per_minute: u32,
+    pub login_per_account_per_minute: u32,
+    pub register_per_ip_per_minute: u32,
+    /// Requests carrying a bad (unknown, expired, revoked) token, per client IP.
+    pub token_failures_per_ip_per_minute: u32,
+    /// Authenticated requests per session or API token.
+    pub requests_per_credential_per_second: u32,
+    /// Failed logins for one account before each further attempt must wait.
+    pub failures_before_backoff: u32,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Distinct IPs/accounts tracked; beyond this the oldest entries are forgotten.
+    pub tracked_keys_max: usize,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            login_per_ip_per_minute: 30,
+            login_per_account_per_minute: 10,
+            register_per_ip_per_minute: 10,
+            token_failures_per_ip_per_minute: 60,
+            requests_per_credential_per_second: 200,
+            failures_before_backoff: 5,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 300_000,
+            tracked_keys_max: 100_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub connections_max: usize,
+    pub body_size_bytes_max: usize,
+    pub header_size_bytes_max: usize,
+    pub request_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub tls_handshake_timeout_ms: u64,
+    pub shutdown_grace_ms: u64,
+    pub ws_frame_size_bytes_max: usize,
+    pub ws_message_size_bytes_max: usize,
+    pub ws_connections_per_user_max: usize,
+    pub ws_ping_interval_ms: u64,
+    pub ws_outbound_queue_max: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            connections_max: 1_024,
+            body_size_bytes_max: 1024 * 1024,
+            header_size_bytes_max: 16 * 1024,
+            request_timeout_ms: 30_000,
+            idle_timeout_ms: 120_000,
+            tls_handshake_timeout_ms: 10_000,
+            shutdown_grace_ms: 10_000,
+            ws_frame_size_bytes_max: 64 * 1024,
+            ws_message_size_bytes_max: 256 * 1024,
+            ws_connections_per_user_max: 32,
+            ws_ping_interval_ms: 30_000,
+            ws_outbound_queue_max: 256,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusConfig {
+    pub subscriber_queue_max: usize,
+    pub overflow: OverflowPolicy,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            subscriber_queue_max: 1_024,
+            overflow: OverflowPolicy::Disconnect,
+        }
+    }
+}
+
+/// What the bus does when a subscriber's queue is full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverflowPolicy {
+    /// Close the slow subscriber; it sees the end of its stream and must resume from its cursor.
+    #[default]
+    Disconnect,
+    /// Drop the new message for that subscriber only and count it.
+    DropNewest,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// When set, `/metrics` requires `Authorization: Bearer <this>`.
+    pub bearer_token: Option<Secret<String>>,
+}
+
+/// The annotated default configuration, printed by `sb config default`.
+pub const DEFAULT_CONFIG_TOML: &str = r#"# Switchboard configuration. Every value below is the shipped default.
+# Any field can also be set in the environment as SB_<SECTION>__<FIELD>,
+# for example SB_SERVER__LISTEN=0.0.0.0:8443 or SB_LIMITS__BODY_SIZE_BYTES_MAX=2097152.
+
+[server]
+# Address for HTTPS and WebSocket (HTTP/1.1 and HTTP/2). Loopback unless told otherwise.
+listen = "127.0.0.1:8443"
+# Holds sb.db (SQLite), tls/ and the first-start setup-token.
+data_dir = "./sb-data"
+# "text" for people, "json" for log collectors.
+log_format = "text"
+
+[tls]
+# PEM certificate chain and key. Leave both unset to use a self-signed certificate
+# generated in <data_dir>/tls/ at first start.
+# cert_file = "/etc/switchboard/cert.pem"
+# key_file = "/etc/switchboard/key.pem"
+
+[store]
+# "full": acknowledged writes survive power loss. "relaxed": they survive a crash only.
+durability = "full"
+busy_timeout_ms = 5000
+# SQLite connections used for reads, beside the one writer.
+read_connections = 4
+
+[auth]
+# "open": anyone may register. "invite": an admin's invite is needed. "closed": nobody.
+registration = "invite"
+session_ttl_secs = 2592000
+invite_ttl_secs = 604800
+# Longest allowed API token lifetime; 0 lets tokens live until revoked.
+token_ttl_max_secs = 0
+password_min_length = 10
+password_max_length = 256
+# Argon2id parameters (OWASP: m=19 MiB, t=2, p=1).
+argon2_memory_kib = 19456
+argon2_iterations = 2
+argon2_parallelism = 1
+# Password hashes computed at once; each one holds argon2_memory_kib of memory.
+password_hash_concurrency_max = 4
+username_length_max = 32
+profile_field_length_max = 200
+
+[rate_limits]
+login_per_ip_per_minute = 30
+login_per_account_per_minute = 10
+register_per_ip_per_minute = 10
+# Requests with an unknown, expired or revoked token, per client IP.
+token_failures_per_ip_per_minute = 60
+# Authenticated requests per session or API token.
+requests_per_credential_per_second = 200
+# After this many failed logins an account backs off exponentially,
+# from backoff_base_ms up to backoff_max_ms, until a login succeeds.
+failures_before_backoff = 5
+backoff_base_ms = 1000
+backoff_max_ms = 300000
+# IPs and accounts tracked by the limiters; the oldest are forgotten beyond this.
+tracked_keys_max = 100000
+
+[limits]
+# Open connections; further connections wait at accept.
+connections_max = 1024
+body_size_bytes_max = 1048576
+header_size_bytes_max = 16384
+request_timeout_ms = 30000
+# A connection with no request in flight is closed after this long.
+idle_timeout_ms = 120000
+tls_handshake_timeout_ms = 10000
+# On SIGINT/SIGTERM, in-flight requests get this long to finish.
+shutdown_grace_ms = 10000
+ws_frame_size_bytes_max = 65536
+ws_message_size_bytes_max = 262144
+ws_connections_per_user_max = 32
+ws_ping_interval_ms = 30000
+# Frames queued for one WebSocket; a client that falls further behind is disconnected.
+ws_outbound_queue_max = 256
+
+[bus]
+# Messages queued per subscriber.
+subscriber_queue_max = 1024
+# "disconnect": a full subscriber is closed and must resume from its cursor.
+# "drop_newest": the message is dropped for that subscriber only.
+overflow = "disconnect"
+
+[metrics]
+# When set, /metrics requires "Authorization: Bearer <token>".
+# bearer_token = "change-me"
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn annotated_default_parses_to_default() {
+        let parsed: Config = toml::from_str(DEFAULT_CONFIG_TOML).expect("default toml parses");
+        assert_eq!(parsed, Config::default());
+    }
+
+    /// Every field of the default must be written out (or commented out, for optional ones) in the
+    /// annotated file, so a new limit cannot ship undocumented.
+    #[test]
+    fn annotated_default_mentions_every_field() {
+        let value = toml::Value::try_from(Config::default()).expect("serializes");
+        let optional = ["cert_file", "key_file", "bearer_token"];
+        let toml::Value::Table(sections) = value else {
+            panic!("config is a table")
+        };
+        for (section, fields) in &sections {
+            assert!(
+                DEFAULT_CONFIG_TOML.contains(&format!("[{section}]")),
+                "section [{section}] missing"
+            );
+            let toml::Value::Table(fields) = fields else {
+                panic!("section is a table")
+            };
+            for key in fields.keys() {
+                assert!(
+                    DEFAULT_CONFIG_TOML.contains(&format!("\n{key} = ")),
+                    "field {section}.{key} missing from DEFAULT_CONFIG_TOML"
+                );
+            }
+        }
+        for key in optional {
+            assert!(DEFAULT_CONFIG_TOML.contains(&format!("# {key} = ")));
+        }
+    }
+
+    #[test]
+    fn debug_redacts_metrics_token() {
+        let mut c = Config::default();
+        c.metrics.bearer_token = Some(Secret::new("s3cr3t-token-value".into()));
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("s3cr3t-token-value"));
+        assert!(debug.contains("[redacted]"));
+    }
+}
