@@ -1,0 +1,336 @@
+//! The behaviour every [`Store`] backend must show. Backends call [`run`] from their tests with a
+//! fresh, empty store; it panics (as a test does) at the first broken contract.
+
+use crate::audit::ChainVerifier;
+use crate::*;
+
+fn user(name: &str, role: Role, at: i64) -> UserRecord {
+    UserRecord {
+        id: UserId::new_at(UnixMillis(at)),
+        username: name.to_string(),
+        display_name: String::new(),
+        status_text: String::new(),
+        password_hash: format!("$argon2id$fake${name}"),
+        role,
+        disabled: false,
+        created_at: UnixMillis(at),
+    }
+}
+
+fn session(user: UserId, seed: u8, at: i64) -> SessionRecord {
+    SessionRecord {
+        id: SessionId::new_at(UnixMillis(at)),
+        user_id: user,
+        token_hash: [seed; 32],
+        created_at: UnixMillis(at),
+        expires_at: UnixMillis(at + 1_000_000),
+        last_used_at: UnixMillis(at),
+        client: "conformance".into(),
+        ip: "127.0.0.1".into(),
+        revoked_at: None,
+    }
+}
+
+/// Runs every check against an empty store.
+pub async fn run(store: &dyn Store) {
+    setup_token_admits_exactly_one_admin(store).await;
+    usernames_are_unique_case_insensitively(store).await;
+    invites_are_single_use_and_expire(store).await;
+    profile_role_and_disable_round_trip(store).await;
+    sessions_look_up_by_hash_and_revoke(store).await;
+    password_change_revokes_other_sessions(store).await;
+    api_tokens_round_trip_and_revoke(store).await;
+    audit_appends_form_a_verifiable_chain(store).await;
+    store.flush().await.expect("flush");
+}
+
+async fn setup_token_admits_exactly_one_admin(s: &dyn Store) {
+    assert_eq!(s.user_count().await.unwrap(), 0);
+    assert!(s.init_setup_token([7; 32]).await.unwrap());
+    assert!(
+        !s.init_setup_token([8; 32]).await.unwrap(),
+        "a second setup token must not replace the first"
+    );
+    let wrong = s
+        .create_user(
+            user("mallory", Role::Admin, 1),
+            Admission::Setup {
+                token_hash: [8; 32],
+            },
+            UnixMillis(1),
+        )
+        .await;
+    assert!(matches!(wrong, Err(StoreError::AdmissionRejected)));
+    assert!(
+        s.user_by_username("mallory").await.unwrap().is_none(),
+        "a rejected admission must leave no user behind"
+    );
+    let admin = user("root", Role::Admin, 2);
+    s.create_user(
+        admin.clone(),
+        Admission::Setup {
+            token_hash: [7; 32],
+        },
+        UnixMillis(2),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.user_by_id(admin.id).await.unwrap(), Some(admin));
+    let reuse = s
+        .create_user(
+            user("second", Role::Admin, 3),
+            Admission::Setup {
+                token_hash: [7; 32],
+            },
+            UnixMillis(3),
+        )
+        .await;
+    assert!(matches!(reuse, Err(StoreError::AdmissionRejected)));
+    assert!(
+        !s.init_setup_token([9; 32]).await.unwrap(),
+        "no setup token once users exist"
+    );
+}
+
+async fn usernames_are_unique_case_insensitively(s: &dyn Store) {
+    s.create_user(user("Alice", Role::User, 10), Admission::Open, UnixMillis(10))
+        .await
+        .unwrap();
+    let dup = s
+        .create_user(user("alice", Role::User, 11), Admission::Open, UnixMillis(11))
+        .await;
+    assert!(matches!(dup, Err(StoreError::Conflict(_))));
+    let found = s.user_by_username("ALICE").await.unwrap().unwrap();
+    assert_eq!(found.username, "Alice");
+}
+
+async fn invites_are_single_use_and_expire(s: &dyn Store) {
+    let admin = s.user_by_username("root").await.unwrap().unwrap();
+    for (seed, expires) in [(20u8, 1_000i64), (21, 50)] {
+        s.insert_invite(InviteRecord {
+            id: InviteId::new_at(UnixMillis(20)),
+            token_hash: [seed; 32],
+            created_by: admin.id,
+            created_at: UnixMillis(20),
+            expires_at: UnixMillis(expires),
+            used_by: None,
+        })
+        .await
+        .unwrap();
+    }
+    let bob = user("bob", Role::User, 30);
+    s.create_user(
+        bob.clone(),
+        Admission::Invite {
+            token_hash: [20; 32],
+        },
+        UnixMillis(100),
+    )
+    .await
+    .unwrap();
+    let again = s
+        .create_user(
+            user("carol", Role::User, 31),
+            Admission::Invite {
+                token_hash: [20; 32],
+            },
+            UnixMillis(100),
+        )
+        .await;
+    assert!(matches!(again, Err(StoreError::AdmissionRejected)));
+    let expired = s
+        .create_user(
+            user("dave", Role::User, 32),
+            Admission::Invite {
+                token_hash: [21; 32],
+            },
+            UnixMillis(100),
+        )
+        .await;
+    assert!(matches!(expired, Err(StoreError::AdmissionRejected)));
+    let invites = s.list_invites().await.unwrap();
+    assert_eq!(invites.len(), 2);
+    assert_eq!(
+        invites.iter().find(|i| i.token_hash == [20; 32]).unwrap().used_by,
+        Some(bob.id)
+    );
+}
+
+async fn profile_role_and_disable_round_trip(s: &dyn Store) {
+    let bob = s.user_by_username("bob").await.unwrap().unwrap();
+    s.update_profile(bob.id, "Bob B", "on call").await.unwrap();
+    s.set_role(bob.id, Role::Admin).await.unwrap();
+    s.set_disabled(bob.id, true).await.unwrap();
+    let got = s.user_by_id(bob.id).await.unwrap().unwrap();
+    assert_eq!(
+        (got.display_name.as_str(), got.status_text.as_str()),
+        ("Bob B", "on call")
+    );
+    assert_eq!(got.role, Role::Admin);
+    assert!(got.disabled);
+    s.set_role(bob.id, Role::User).await.unwrap();
+    s.set_disabled(bob.id, false).await.unwrap();
+    let missing = UserId::new_at(UnixMillis(1));
+    assert!(matches!(
+        s.set_role(missing, Role::Admin).await,
+        Err(StoreError::NotFound)
+    ));
+    let names: Vec<String> = s
+        .list_users()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.username)
+        .collect();
+    assert_eq!(names, vec!["root", "Alice", "bob"]);
+}
+
+async fn sessions_look_up_by_hash_and_revoke(s: &dyn Store) {
+    let alice = s.user_by_username("alice").await.unwrap().unwrap();
+    let one = session(alice.id, 40, 40);
+    s.insert_session(one.clone()).await.unwrap();
+    let (got, owner) = s.session_by_token_hash([40; 32]).await.unwrap().unwrap();
+    assert_eq!(got, one);
+    assert_eq!(owner.id, alice.id);
+    assert!(s.session_by_token_hash([41; 32]).await.unwrap().is_none());
+    s.touch_session(one.id, UnixMillis(45)).await.unwrap();
+    assert_eq!(
+        s.session_by_id(one.id).await.unwrap().unwrap().last_used_at,
+        UnixMillis(45)
+    );
+    assert!(s.revoke_session(one.id, UnixMillis(50)).await.unwrap());
+    assert!(
+        !s.revoke_session(one.id, UnixMillis(51)).await.unwrap(),
+        "revoking twice reports false"
+    );
+    let (got, _) = s.session_by_token_hash([40; 32]).await.unwrap().unwrap();
+    assert_eq!(got.revoked_at, Some(UnixMillis(50)));
+    let two = session(alice.id, 42, 52);
+    s.insert_session(two.clone()).await.unwrap();
+    assert_eq!(
+        s.revoke_user_sessions(alice.id, UnixMillis(60))
+            .await
+            .unwrap(),
+        vec![two.id]
+    );
+    assert_eq!(s.list_sessions(alice.id).await.unwrap().len(), 2);
+}
+
+async fn password_change_revokes_other_sessions(s: &dyn Store) {
+    let bob = s.user_by_username("bob").await.unwrap().unwrap();
+    let keep = session(bob.id, 70, 70);
+    let other = session(bob.id, 71, 71);
+    s.insert_session(keep.clone()).await.unwrap();
+    s.insert_session(other.clone()).await.unwrap();
+    let revoked = s
+        .change_password(bob.id, "$argon2id$new", Some(keep.id), UnixMillis(72))
+        .await
+        .unwrap();
+    assert_eq!(revoked, vec![other.id]);
+    assert!(
+        s.session_by_id(keep.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_none()
+    );
+    assert_eq!(
+        s.user_by_id(bob.id).await.unwrap().unwrap().password_hash,
+        "$argon2id$new"
+    );
+}
+
+async fn api_tokens_round_trip_and_revoke(s: &dyn Store) {
+    let alice = s.user_by_username("alice").await.unwrap().unwrap();
+    let t = ApiTokenRecord {
+        id: TokenId::new_at(UnixMillis(80)),
+        user_id: alice.id,
+        name: "ci".into(),
+        token_hash: [80; 32],
+        scopes: vec!["read".into(), "write".into()],
+        created_at: UnixMillis(80),
+        expires_at: Some(UnixMillis(10_000)),
+        last_used_at: None,
+        revoked_at: None,
+    };
+    s.insert_token(t.clone()).await.unwrap();
+    let (got, owner) = s.token_by_hash([80; 32]).await.unwrap().unwrap();
+    assert_eq!((got, owner.id), (t.clone(), alice.id));
+    s.touch_token(t.id, UnixMillis(85)).await.unwrap();
+    assert_eq!(
+        s.token_by_id(t.id).await.unwrap().unwrap().last_used_at,
+        Some(UnixMillis(85))
+    );
+    assert!(s.revoke_token(t.id, UnixMillis(90)).await.unwrap());
+    assert!(!s.revoke_token(t.id, UnixMillis(91)).await.unwrap());
+    let listed = s.list_tokens(alice.id).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].revoked_at, Some(UnixMillis(90)));
+}
+
+async fn audit_appends_form_a_verifiable_chain(s: &dyn Store) {
+    for i in 0..5 {
+        let rec = s
+            .append_audit(AuditEntry {
+                at: UnixMillis(100 + i),
+                actor: if i % 2 == 0 { "alice" } else { "bob" }.into(),
+                action: if i < 3 { "login.success" } else { "permission.denied" }.into(),
+                target: String::new(),
+                ip: "127.0.0.1".into(),
+                detail: "{}".into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(rec.seq, i + 1);
+    }
+    let all = s
+        .query_audit(AuditFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 5);
+    let mut v = ChainVerifier::default();
+    for r in &all {
+        v.check(r).expect("chain verifies");
+    }
+    let denied = s
+        .query_audit(AuditFilter {
+            action_prefix: Some("permission.".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(denied.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![4, 5]);
+    let by_alice = s
+        .query_audit(AuditFilter {
+            actor: Some("alice".into()),
+            since: Some(UnixMillis(101)),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_alice.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![3, 5]);
+    let page = s
+        .query_audit(AuditFilter {
+            after_seq: Some(2),
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![3, 4]);
+    let like_is_literal = s
+        .query_audit(AuditFilter {
+            action_prefix: Some("login_".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(like_is_literal.is_empty(), "'_' in a prefix is not a wildcard");
+}

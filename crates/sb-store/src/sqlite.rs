@@ -1,0 +1,753 @@
+//! The embedded backend: one SQLite file in WAL mode, one writer connection and a small pool of
+//! readers. Calls run on tokio's blocking pool. With `Durability::Full` SQLite syncs the WAL on
+//! every commit, so a returned write is on disk.
+
+use crate::audit::{GENESIS, chain_hash};
+use crate::*;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use sb_core::config::{Durability, StoreConfig};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+/// Never edit a shipped entry: append a new one.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+) STRICT;
+
+CREATE TABLE users (
+    id            TEXT PRIMARY KEY,
+    username      TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    display_name  TEXT NOT NULL DEFAULT '',
+    status_text   TEXT NOT NULL DEFAULT '',
+    password_hash TEXT NOT NULL,
+    role          TEXT NOT NULL CHECK (role IN ('admin', 'user')),
+    disabled      INTEGER NOT NULL DEFAULT 0,
+    created_at    INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE sessions (
+    id           TEXT PRIMARY KEY,
+    user_id      TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    token_hash   BLOB NOT NULL UNIQUE,
+    created_at   INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL,
+    last_used_at INTEGER NOT NULL,
+    client       TEXT NOT NULL,
+    ip           TEXT NOT NULL,
+    revoked_at   INTEGER
+) STRICT;
+CREATE INDEX sessions_by_user ON sessions(user_id);
+
+CREATE TABLE api_tokens (
+    id           TEXT PRIMARY KEY,
+    user_id      TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    name         TEXT NOT NULL,
+    token_hash   BLOB NOT NULL UNIQUE,
+    scopes       TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    expires_at   INTEGER,
+    last_used_at INTEGER,
+    revoked_at   INTEGER
+) STRICT;
+CREATE INDEX api_tokens_by_user ON api_tokens(user_id);
+
+CREATE TABLE invites (
+    id         TEXT PRIMARY KEY,
+    token_hash BLOB NOT NULL UNIQUE,
+    created_by TEXT NOT NULL REFERENCES users(id),
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_by    TEXT REFERENCES users(id),
+    used_at    INTEGER
+) STRICT;
+
+CREATE TABLE audit (
+    seq       INTEGER PRIMARY KEY,
+    at        INTEGER NOT NULL,
+    actor     TEXT NOT NULL,
+    action    TEXT NOT NULL,
+    target    TEXT NOT NULL,
+    ip        TEXT NOT NULL,
+    detail    TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash      TEXT NOT NULL
+) STRICT;
+CREATE INDEX audit_by_actor ON audit(actor, seq);
+CREATE INDEX audit_by_action ON audit(action, seq);
+
+-- Append-only: the server never edits or removes audit records. (Someone with the file can
+-- still drop these triggers; the hash chain is what detects that.)
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+"#];
+
+const SETUP_TOKEN_KEY: &str = "setup_token_hash";
+
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        backend(e)
+    }
+}
+
+fn open_connection(path: &Path, config: &StoreConfig) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_millis(config.busy_timeout_ms))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let sync = match config.durability {
+        Durability::Full => "FULL",
+        Durability::Relaxed => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let applied: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let applied = usize::try_from(applied).map_err(backend)?;
+    if applied > MIGRATIONS.len() {
+        return Err(StoreError::Backend(format!(
+            "database schema version {applied} is newer than this binary knows ({}); upgrade sb",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "applied store migration");
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    pub fn open(path: &Path, config: &StoreConfig) -> Result<Self> {
+        let mut writer = open_connection(path, config)?;
+        migrate(&mut writer)?;
+        let readers = (0..config.read_connections.max(1))
+            .map(|_| open_connection(path, config).map(Mutex::new))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                writer: Mutex::new(writer),
+                readers,
+                next_reader: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    async fn write<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.writer.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut conn)
+        })
+        .await
+        .map_err(backend)?
+    }
+
+    async fn read<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let i = inner.next_reader.fetch_add(1, Ordering::Relaxed) % inner.readers.len();
+            let conn = inner.readers[i].lock().unwrap_or_else(|e| e.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(backend)?
+    }
+}
+
+// --- row mapping ---
+
+fn parse_id<T: std::str::FromStr>(s: String) -> rusqlite::Result<T> {
+    s.parse().map_err(|_| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("bad id {s:?}").into(),
+        )
+    })
+}
+
+fn hash32(v: Vec<u8>) -> rusqlite::Result<[u8; 32]> {
+    v.try_into().map_err(|_| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Blob,
+            "hash is not 32 bytes".into(),
+        )
+    })
+}
+
+const USER_COLS: &str =
+    "u.id, u.username, u.display_name, u.status_text, u.password_hash, u.role, u.disabled, u.created_at";
+
+fn user_at(row: &Row<'_>, o: usize) -> rusqlite::Result<UserRecord> {
+    let role: String = row.get(o + 5)?;
+    Ok(UserRecord {
+        id: parse_id(row.get(o)?)?,
+        username: row.get(o + 1)?,
+        display_name: row.get(o + 2)?,
+        status_text: row.get(o + 3)?,
+        password_hash: row.get(o + 4)?,
+        role: Role::parse(&role).unwrap_or(Role::User),
+        disabled: row.get(o + 6)?,
+        created_at: UnixMillis(row.get(o + 7)?),
+    })
+}
+
+const SESSION_COLS: &str = "s.id, s.user_id, s.token_hash, s.created_at, s.expires_at, s.last_used_at, s.client, s.ip, s.revoked_at";
+const SESSION_NCOLS: usize = 9;
+
+fn session_at(row: &Row<'_>) -> rusqlite::Result<SessionRecord> {
+    Ok(SessionRecord {
+        id: parse_id(row.get(0)?)?,
+        user_id: parse_id(row.get(1)?)?,
+        token_hash: hash32(row.get(2)?)?,
+        created_at: UnixMillis(row.get(3)?),
+        expires_at: UnixMillis(row.get(4)?),
+        last_used_at: UnixMillis(row.get(5)?),
+        client: row.get(6)?,
+        ip: row.get(7)?,
+        revoked_at: row.get::<_, Option<i64>>(8)?.map(UnixMillis),
+    })
+}
+
+const TOKEN_COLS: &str = "t.id, t.user_id, t.name, t.token_hash, t.scopes, t.created_at, t.expires_at, t.last_used_at, t.revoked_at";
+const TOKEN_NCOLS: usize = 9;
+
+fn token_at(row: &Row<'_>) -> rusqlite::Result<ApiTokenRecord> {
+    let scopes: String = row.get(4)?;
+    Ok(ApiTokenRecord {
+        id: parse_id(row.get(0)?)?,
+        user_id: parse_id(row.get(1)?)?,
+        name: row.get(2)?,
+        token_hash: hash32(row.get(3)?)?,
+        scopes: serde_json::from_str(&scopes).unwrap_or_default(),
+        created_at: UnixMillis(row.get(5)?),
+        expires_at: row.get::<_, Option<i64>>(6)?.map(UnixMillis),
+        last_used_at: row.get::<_, Option<i64>>(7)?.map(UnixMillis),
+        revoked_at: row.get::<_, Option<i64>>(8)?.map(UnixMillis),
+    })
+}
+
+fn invite_at(row: &Row<'_>) -> rusqlite::Result<InviteRecord> {
+    Ok(InviteRecord {
+        id: parse_id(row.get(0)?)?,
+        token_hash: hash32(row.get(1)?)?,
+        created_by: parse_id(row.get(2)?)?,
+        created_at: UnixMillis(row.get(3)?),
+        expires_at: UnixMillis(row.get(4)?),
+        used_by: row
+            .get::<_, Option<String>>(5)?
+            .map(parse_id)
+            .transpose()?,
+    })
+}
+
+fn audit_at(row: &Row<'_>) -> rusqlite::Result<AuditRecord> {
+    Ok(AuditRecord {
+        seq: row.get(0)?,
+        entry: AuditEntry {
+            at: UnixMillis(row.get(1)?),
+            actor: row.get(2)?,
+            action: row.get(3)?,
+            target: row.get(4)?,
+            ip: row.get(5)?,
+            detail: row.get(6)?,
+        },
+        prev_hash: row.get(7)?,
+        hash: row.get(8)?,
+    })
+}
+
+fn changed(n: usize) -> Result<()> {
+    if n == 0 {
+        Err(StoreError::NotFound)
+    } else {
+        Ok(())
+    }
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+        || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
+}
+
+fn live_session_ids(tx: &Connection, user: &str, keep: Option<&str>) -> Result<Vec<SessionId>> {
+    let mut stmt = tx.prepare(
+        "SELECT id FROM sessions WHERE user_id = ?1 AND revoked_at IS NULL AND id IS NOT ?2",
+    )?;
+    let ids = stmt
+        .query_map(params![user, keep], |r| parse_id(r.get(0)?))?
+        .collect::<rusqlite::Result<Vec<SessionId>>>()?;
+    Ok(ids)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn init_setup_token(&self, token_hash: [u8; 32]) -> Result<bool> {
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let users: i64 = tx.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?;
+            let existing: Option<Vec<u8>> = tx
+                .query_row(
+                    "SELECT value FROM meta WHERE key = ?1",
+                    [SETUP_TOKEN_KEY],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if users > 0 || existing.is_some() {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)",
+                params![SETUP_TOKEN_KEY, &token_hash[..]],
+            )?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn user_count(&self) -> Result<u64> {
+        self.read(|c| {
+            let n: i64 = c.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn create_user(
+        &self,
+        user: UserRecord,
+        admission: Admission,
+        now: UnixMillis,
+    ) -> Result<()> {
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let uid = user.id.to_string();
+            let insert = tx.execute(
+                "INSERT INTO users (id, username, display_name, status_text, password_hash, role, disabled, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![uid, user.username, user.display_name, user.status_text,
+                        user.password_hash, user.role.as_str(), user.disabled, user.created_at.0],
+            );
+            match insert {
+                Err(e) if is_unique_violation(&e) => return Err(StoreError::Conflict("username")),
+                other => other?,
+            };
+            match admission {
+                Admission::Open => {}
+                Admission::Invite { token_hash } => {
+                    let n = tx.execute(
+                        "UPDATE invites SET used_by = ?1, used_at = ?2
+                         WHERE token_hash = ?3 AND used_by IS NULL AND expires_at > ?2",
+                        params![uid, now.0, &token_hash[..]],
+                    )?;
+                    if n != 1 {
+                        return Err(StoreError::AdmissionRejected);
+                    }
+                }
+                Admission::Setup { token_hash } => {
+                    let n = tx.execute(
+                        "DELETE FROM meta WHERE key = ?1 AND value = ?2",
+                        params![SETUP_TOKEN_KEY, &token_hash[..]],
+                    )?;
+                    if n != 1 {
+                        return Err(StoreError::AdmissionRejected);
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>> {
+        self.read(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {USER_COLS} FROM users u WHERE u.id = ?1"),
+                [id.to_string()],
+                |r| user_at(r, 0),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn user_by_username(&self, username: &str) -> Result<Option<UserRecord>> {
+        let username = username.to_string();
+        self.read(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {USER_COLS} FROM users u WHERE u.username = ?1"),
+                [username],
+                |r| user_at(r, 0),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn list_users(&self) -> Result<Vec<UserRecord>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {USER_COLS} FROM users u ORDER BY u.created_at, u.id"
+            ))?;
+            let rows = stmt.query_map([], |r| user_at(r, 0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn update_profile(
+        &self,
+        id: UserId,
+        display_name: &str,
+        status_text: &str,
+    ) -> Result<()> {
+        let (d, s) = (display_name.to_string(), status_text.to_string());
+        self.write(move |c| {
+            changed(c.execute(
+                "UPDATE users SET display_name = ?2, status_text = ?3 WHERE id = ?1",
+                params![id.to_string(), d, s],
+            )?)
+        })
+        .await
+    }
+
+    async fn set_role(&self, id: UserId, role: Role) -> Result<()> {
+        self.write(move |c| {
+            changed(c.execute(
+                "UPDATE users SET role = ?2 WHERE id = ?1",
+                params![id.to_string(), role.as_str()],
+            )?)
+        })
+        .await
+    }
+
+    async fn set_disabled(&self, id: UserId, disabled: bool) -> Result<()> {
+        self.write(move |c| {
+            changed(c.execute(
+                "UPDATE users SET disabled = ?2 WHERE id = ?1",
+                params![id.to_string(), disabled],
+            )?)
+        })
+        .await
+    }
+
+    async fn change_password(
+        &self,
+        id: UserId,
+        password_hash: &str,
+        keep: Option<SessionId>,
+        now: UnixMillis,
+    ) -> Result<Vec<SessionId>> {
+        let hash = password_hash.to_string();
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let uid = id.to_string();
+            changed(tx.execute(
+                "UPDATE users SET password_hash = ?2 WHERE id = ?1",
+                params![uid, hash],
+            )?)?;
+            let keep = keep.map(|k| k.to_string());
+            let revoked = live_session_ids(&tx, &uid, keep.as_deref())?;
+            tx.execute(
+                "UPDATE sessions SET revoked_at = ?3
+                 WHERE user_id = ?1 AND revoked_at IS NULL AND id IS NOT ?2",
+                params![uid, keep, now.0],
+            )?;
+            tx.commit()?;
+            Ok(revoked)
+        })
+        .await
+    }
+
+    async fn insert_session(&self, s: SessionRecord) -> Result<()> {
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO sessions (id, user_id, token_hash, created_at, expires_at, last_used_at, client, ip, revoked_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![s.id.to_string(), s.user_id.to_string(), &s.token_hash[..], s.created_at.0,
+                        s.expires_at.0, s.last_used_at.0, s.client, s.ip, s.revoked_at.map(|t| t.0)],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn session_by_token_hash(
+        &self,
+        hash: [u8; 32],
+    ) -> Result<Option<(SessionRecord, UserRecord)>> {
+        self.read(move |c| {
+            Ok(c.query_row(
+                &format!(
+                    "SELECT {SESSION_COLS}, {USER_COLS} FROM sessions s JOIN users u ON u.id = s.user_id
+                     WHERE s.token_hash = ?1"
+                ),
+                [&hash[..]],
+                |r| Ok((session_at(r)?, user_at(r, SESSION_NCOLS)?)),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn list_sessions(&self, user: UserId) -> Result<Vec<SessionRecord>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {SESSION_COLS} FROM sessions s WHERE s.user_id = ?1 ORDER BY s.created_at, s.id"
+            ))?;
+            let rows = stmt.query_map([user.to_string()], session_at)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn session_by_id(&self, id: SessionId) -> Result<Option<SessionRecord>> {
+        self.read(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {SESSION_COLS} FROM sessions s WHERE s.id = ?1"),
+                [id.to_string()],
+                session_at,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn revoke_session(&self, id: SessionId, now: UnixMillis) -> Result<bool> {
+        self.write(move |c| {
+            let n = c.execute(
+                "UPDATE sessions SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id.to_string(), now.0],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn revoke_user_sessions(&self, user: UserId, now: UnixMillis) -> Result<Vec<SessionId>> {
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let uid = user.to_string();
+            let ids = live_session_ids(&tx, &uid, None)?;
+            tx.execute(
+                "UPDATE sessions SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL",
+                params![uid, now.0],
+            )?;
+            tx.commit()?;
+            Ok(ids)
+        })
+        .await
+    }
+
+    async fn touch_session(&self, id: SessionId, now: UnixMillis) -> Result<()> {
+        self.write(move |c| {
+            c.execute(
+                "UPDATE sessions SET last_used_at = max(last_used_at, ?2) WHERE id = ?1",
+                params![id.to_string(), now.0],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn insert_token(&self, t: ApiTokenRecord) -> Result<()> {
+        let scopes = serde_json::to_string(&t.scopes).map_err(backend)?;
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO api_tokens (id, user_id, name, token_hash, scopes, created_at, expires_at, last_used_at, revoked_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![t.id.to_string(), t.user_id.to_string(), t.name, &t.token_hash[..], scopes,
+                        t.created_at.0, t.expires_at.map(|x| x.0), t.last_used_at.map(|x| x.0),
+                        t.revoked_at.map(|x| x.0)],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn token_by_hash(&self, hash: [u8; 32]) -> Result<Option<(ApiTokenRecord, UserRecord)>> {
+        self.read(move |c| {
+            Ok(c.query_row(
+                &format!(
+                    "SELECT {TOKEN_COLS}, {USER_COLS} FROM api_tokens t JOIN users u ON u.id = t.user_id
+                     WHERE t.token_hash = ?1"
+                ),
+                [&hash[..]],
+                |r| Ok((token_at(r)?, user_at(r, TOKEN_NCOLS)?)),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn list_tokens(&self, user: UserId) -> Result<Vec<ApiTokenRecord>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {TOKEN_COLS} FROM api_tokens t WHERE t.user_id = ?1 ORDER BY t.created_at, t.id"
+            ))?;
+            let rows = stmt.query_map([user.to_string()], token_at)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn token_by_id(&self, id: TokenId) -> Result<Option<ApiTokenRecord>> {
+        self.read(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {TOKEN_COLS} FROM api_tokens t WHERE t.id = ?1"),
+                [id.to_string()],
+                token_at,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn revoke_token(&self, id: TokenId, now: UnixMillis) -> Result<bool> {
+        self.write(move |c| {
+            let n = c.execute(
+                "UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id.to_string(), now.0],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn touch_token(&self, id: TokenId, now: UnixMillis) -> Result<()> {
+        self.write(move |c| {
+            c.execute(
+                "UPDATE api_tokens SET last_used_at = max(coalesce(last_used_at, 0), ?2) WHERE id = ?1",
+                params![id.to_string(), now.0],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn insert_invite(&self, i: InviteRecord) -> Result<()> {
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO invites (id, token_hash, created_by, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![i.id.to_string(), &i.token_hash[..], i.created_by.to_string(), i.created_at.0, i.expires_at.0],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_invites(&self) -> Result<Vec<InviteRecord>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, token_hash, created_by, created_at, expires_at, used_by FROM invites ORDER BY created_at, id",
+            )?;
+            let rows = stmt.query_map([], invite_at)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord> {
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let last: Option<(i64, String)> = tx
+                .query_row(
+                    "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let (seq, prev_hash) = match last {
+                Some((seq, hash)) => (seq + 1, hash),
+                None => (1, GENESIS.to_string()),
+            };
+            let hash = chain_hash(&prev_hash, seq, &entry);
+            tx.execute(
+                "INSERT INTO audit (seq, at, actor, action, target, ip, detail, prev_hash, hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![seq, entry.at.0, entry.actor, entry.action, entry.target, entry.ip,
+                        entry.detail, prev_hash, hash],
+            )?;
+            tx.commit()?;
+            Ok(AuditRecord {
+                seq,
+                entry,
+                prev_hash,
+                hash,
+            })
+        })
+        .await
+    }
+
+    async fn query_audit(&self, f: AuditFilter) -> Result<Vec<AuditRecord>> {
+        self.read(move |c| {
+            let prefix = f.action_prefix.map(|p| {
+                let escaped = p.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+                format!("{escaped}%")
+            });
+            let mut stmt = c.prepare(
+                "SELECT seq, at, actor, action, target, ip, detail, prev_hash, hash FROM audit
+                 WHERE (?1 IS NULL OR actor = ?1)
+                   AND (?2 IS NULL OR action LIKE ?2 ESCAPE '\\')
+                   AND (?3 IS NULL OR at >= ?3)
+                   AND (?4 IS NULL OR at < ?4)
+                   AND seq > coalesce(?5, 0)
+                 ORDER BY seq LIMIT ?6",
+            )?;
+            let limit = i64::try_from(f.limit).unwrap_or(i64::MAX);
+            let rows = stmt.query_map(
+                params![f.actor, prefix, f.since.map(|t| t.0), f.until.map(|t| t.0), f.after_seq, limit],
+                audit_at,
+            )?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.write(|c| {
+            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+    }
+}

@@ -1,0 +1,78 @@
+//! The store conformance suite and durability checks, against the SQLite backend.
+
+use sb_core::config::StoreConfig;
+use sb_core::{Role, UnixMillis, UserId};
+use sb_store::audit::{ChainBreak, ChainVerifier};
+use sb_store::{Admission, AuditEntry, AuditFilter, SqliteStore, Store, UserRecord};
+
+fn open(dir: &tempfile::TempDir) -> SqliteStore {
+    SqliteStore::open(&dir.path().join("sb.db"), &StoreConfig::default()).expect("open")
+}
+
+#[tokio::test]
+async fn sqlite_passes_conformance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    sb_store::conformance::run(&open(&dir)).await;
+}
+
+#[tokio::test]
+async fn data_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = UserId::new_at(UnixMillis(1));
+    {
+        let s = open(&dir);
+        s.create_user(
+            UserRecord {
+                id,
+                username: "kept".into(),
+                display_name: String::new(),
+                status_text: String::new(),
+                password_hash: "h".into(),
+                role: Role::User,
+                disabled: false,
+                created_at: UnixMillis(1),
+            },
+            Admission::Open,
+            UnixMillis(1),
+        )
+        .await
+        .unwrap();
+    }
+    let s = open(&dir);
+    assert_eq!(s.user_by_id(id).await.unwrap().unwrap().username, "kept");
+}
+
+#[tokio::test]
+async fn audit_rows_cannot_be_updated_through_sql_and_edits_break_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    for i in 0..3 {
+        s.append_audit(AuditEntry {
+            at: UnixMillis(i),
+            actor: "a".into(),
+            action: "login.success".into(),
+            target: String::new(),
+            ip: String::new(),
+            detail: "{}".into(),
+        })
+        .await
+        .unwrap();
+    }
+    let raw = rusqlite::Connection::open(dir.path().join("sb.db")).unwrap();
+    let blocked = raw.execute("UPDATE audit SET actor = 'b' WHERE seq = 2", []);
+    assert!(blocked.is_err(), "append-only trigger must refuse updates");
+    raw.execute_batch(
+        "DROP TRIGGER audit_no_update; UPDATE audit SET actor = 'b' WHERE seq = 2;",
+    )
+    .unwrap();
+    let all = s
+        .query_audit(AuditFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut v = ChainVerifier::default();
+    let first_break = all.iter().find_map(|r| v.check(r).err());
+    assert_eq!(first_break, Some(ChainBreak::Content { seq: 2 }));
+}
