@@ -317,7 +317,12 @@ impl<M> Drop for Subscription<M> {
         let Ok(levels) = parse_pattern(&self.pattern) else {
             return;
         };
-        let mut trie = self.bus.inner.trie.write().unwrap_or_else(|e| e.into_inner());
+        let mut trie = self
+            .bus
+            .inner
+            .trie
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         trie.remove(&levels, self.id);
     }
 }
@@ -375,7 +380,10 @@ mod tests {
         let b = bus(16, OverflowPolicy::Disconnect);
         assert_eq!(b.subscribe("").err(), Some(PatternError::Empty));
         assert_eq!(b.subscribe("a/#/b").err(), Some(PatternError::HashNotLast));
-        assert_eq!(b.subscribe("a/b+").err(), Some(PatternError::PartialWildcard));
+        assert_eq!(
+            b.subscribe("a/b+").err(),
+            Some(PatternError::PartialWildcard)
+        );
     }
 
     #[test]

@@ -99,6 +99,9 @@ mod tests {
             c: ErrorCode,
         }
         let s = toml::to_string(&W { c: code }).unwrap_or_default();
-        s.trim().trim_start_matches("c = ").trim_matches('"').to_string()
+        s.trim()
+            .trim_start_matches("c = ")
+            .trim_matches('"')
+            .to_string()
     }
 }

@@ -46,11 +46,21 @@ pub async fn run(store: &dyn Store) {
 
 async fn setup_token_admits_exactly_one_admin(s: &dyn Store) {
     assert_eq!(s.user_count().await.unwrap(), 0);
-    assert!(s.init_setup_token([7; 32]).await.unwrap());
+    assert!(s.set_setup_token([6; 32]).await.unwrap());
     assert!(
-        !s.init_setup_token([8; 32]).await.unwrap(),
-        "a second setup token must not replace the first"
+        s.set_setup_token([7; 32]).await.unwrap(),
+        "before the first account, a new setup token replaces the old"
     );
+    let replaced = s
+        .create_user(
+            user("early", Role::Admin, 1),
+            Admission::Setup {
+                token_hash: [6; 32],
+            },
+            UnixMillis(1),
+        )
+        .await;
+    assert!(matches!(replaced, Err(StoreError::AdmissionRejected)));
     let wrong = s
         .create_user(
             user("mallory", Role::Admin, 1),
@@ -87,17 +97,25 @@ async fn setup_token_admits_exactly_one_admin(s: &dyn Store) {
         .await;
     assert!(matches!(reuse, Err(StoreError::AdmissionRejected)));
     assert!(
-        !s.init_setup_token([9; 32]).await.unwrap(),
+        !s.set_setup_token([9; 32]).await.unwrap(),
         "no setup token once users exist"
     );
 }
 
 async fn usernames_are_unique_case_insensitively(s: &dyn Store) {
-    s.create_user(user("Alice", Role::User, 10), Admission::Open, UnixMillis(10))
-        .await
-        .unwrap();
+    s.create_user(
+        user("Alice", Role::User, 10),
+        Admission::Open,
+        UnixMillis(10),
+    )
+    .await
+    .unwrap();
     let dup = s
-        .create_user(user("alice", Role::User, 11), Admission::Open, UnixMillis(11))
+        .create_user(
+            user("alice", Role::User, 11),
+            Admission::Open,
+            UnixMillis(11),
+        )
         .await;
     assert!(matches!(dup, Err(StoreError::Conflict(_))));
     let found = s.user_by_username("ALICE").await.unwrap().unwrap();
@@ -151,7 +169,11 @@ async fn invites_are_single_use_and_expire(s: &dyn Store) {
     let invites = s.list_invites().await.unwrap();
     assert_eq!(invites.len(), 2);
     assert_eq!(
-        invites.iter().find(|i| i.token_hash == [20; 32]).unwrap().used_by,
+        invites
+            .iter()
+            .find(|i| i.token_hash == [20; 32])
+            .unwrap()
+            .used_by,
         Some(bob.id)
     );
 }
@@ -275,7 +297,12 @@ async fn audit_appends_form_a_verifiable_chain(s: &dyn Store) {
             .append_audit(AuditEntry {
                 at: UnixMillis(100 + i),
                 actor: if i % 2 == 0 { "alice" } else { "bob" }.into(),
-                action: if i < 3 { "login.success" } else { "permission.denied" }.into(),
+                action: if i < 3 {
+                    "login.success"
+                } else {
+                    "permission.denied"
+                }
+                .into(),
                 target: String::new(),
                 ip: "127.0.0.1".into(),
                 detail: "{}".into(),
@@ -314,7 +341,10 @@ async fn audit_appends_form_a_verifiable_chain(s: &dyn Store) {
         })
         .await
         .unwrap();
-    assert_eq!(by_alice.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![3, 5]);
+    assert_eq!(
+        by_alice.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![3, 5]
+    );
     let page = s
         .query_audit(AuditFilter {
             after_seq: Some(2),
@@ -332,5 +362,8 @@ async fn audit_appends_form_a_verifiable_chain(s: &dyn Store) {
         })
         .await
         .unwrap();
-    assert!(like_is_literal.is_empty(), "'_' in a prefix is not a wildcard");
+    assert!(
+        like_is_literal.is_empty(),
+        "'_' in a prefix is not a wildcard"
+    );
 }

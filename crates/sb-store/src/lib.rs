@@ -131,14 +131,19 @@ pub struct AuditFilter {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // --- first start ---
-    /// Records the setup token hash if no user exists and none is recorded. Returns whether it did.
-    async fn init_setup_token(&self, token_hash: [u8; 32]) -> Result<bool>;
+    /// Records the setup token hash, replacing any earlier one, if no user exists yet.
+    /// Returns whether it did (false once the first account exists).
+    async fn set_setup_token(&self, token_hash: [u8; 32]) -> Result<bool>;
     async fn user_count(&self) -> Result<u64>;
 
     // --- users ---
     /// Creates a user after checking and consuming `admission` atomically.
-    async fn create_user(&self, user: UserRecord, admission: Admission, now: UnixMillis)
-    -> Result<()>;
+    async fn create_user(
+        &self,
+        user: UserRecord,
+        admission: Admission,
+        now: UnixMillis,
+    ) -> Result<()>;
     async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>>;
     /// Case-insensitive.
     async fn user_by_username(&self, username: &str) -> Result<Option<UserRecord>>;

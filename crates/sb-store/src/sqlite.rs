@@ -211,8 +211,7 @@ fn hash32(v: Vec<u8>) -> rusqlite::Result<[u8; 32]> {
     })
 }
 
-const USER_COLS: &str =
-    "u.id, u.username, u.display_name, u.status_text, u.password_hash, u.role, u.disabled, u.created_at";
+const USER_COLS: &str = "u.id, u.username, u.display_name, u.status_text, u.password_hash, u.role, u.disabled, u.created_at";
 
 fn user_at(row: &Row<'_>, o: usize) -> rusqlite::Result<UserRecord> {
     let role: String = row.get(o + 5)?;
@@ -270,10 +269,7 @@ fn invite_at(row: &Row<'_>) -> rusqlite::Result<InviteRecord> {
         created_by: parse_id(row.get(2)?)?,
         created_at: UnixMillis(row.get(3)?),
         expires_at: UnixMillis(row.get(4)?),
-        used_by: row
-            .get::<_, Option<String>>(5)?
-            .map(parse_id)
-            .transpose()?,
+        used_by: row.get::<_, Option<String>>(5)?.map(parse_id).transpose()?,
     })
 }
 
@@ -319,22 +315,15 @@ fn live_session_ids(tx: &Connection, user: &str, keep: Option<&str>) -> Result<V
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn init_setup_token(&self, token_hash: [u8; 32]) -> Result<bool> {
+    async fn set_setup_token(&self, token_hash: [u8; 32]) -> Result<bool> {
         self.write(move |c| {
             let tx = c.transaction()?;
             let users: i64 = tx.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?;
-            let existing: Option<Vec<u8>> = tx
-                .query_row(
-                    "SELECT value FROM meta WHERE key = ?1",
-                    [SETUP_TOKEN_KEY],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if users > 0 || existing.is_some() {
+            if users > 0 {
                 return Ok(false);
             }
             tx.execute(
-                "INSERT INTO meta (key, value) VALUES (?1, ?2)",
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
                 params![SETUP_TOKEN_KEY, &token_hash[..]],
             )?;
             tx.commit()?;
@@ -704,8 +693,17 @@ impl Store for SqliteStore {
             tx.execute(
                 "INSERT INTO audit (seq, at, actor, action, target, ip, detail, prev_hash, hash)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![seq, entry.at.0, entry.actor, entry.action, entry.target, entry.ip,
-                        entry.detail, prev_hash, hash],
+                params![
+                    seq,
+                    entry.at.0,
+                    entry.actor,
+                    entry.action,
+                    entry.target,
+                    entry.ip,
+                    entry.detail,
+                    prev_hash,
+                    hash
+                ],
             )?;
             tx.commit()?;
             Ok(AuditRecord {
@@ -721,7 +719,10 @@ impl Store for SqliteStore {
     async fn query_audit(&self, f: AuditFilter) -> Result<Vec<AuditRecord>> {
         self.read(move |c| {
             let prefix = f.action_prefix.map(|p| {
-                let escaped = p.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+                let escaped = p
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_");
                 format!("{escaped}%")
             });
             let mut stmt = c.prepare(
@@ -735,7 +736,14 @@ impl Store for SqliteStore {
             )?;
             let limit = i64::try_from(f.limit).unwrap_or(i64::MAX);
             let rows = stmt.query_map(
-                params![f.actor, prefix, f.since.map(|t| t.0), f.until.map(|t| t.0), f.after_seq, limit],
+                params![
+                    f.actor,
+                    prefix,
+                    f.since.map(|t| t.0),
+                    f.until.map(|t| t.0),
+                    f.after_seq,
+                    limit
+                ],
                 audit_at,
             )?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)

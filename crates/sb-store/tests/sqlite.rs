@@ -61,10 +61,8 @@ async fn audit_rows_cannot_be_updated_through_sql_and_edits_break_the_chain() {
     let raw = rusqlite::Connection::open(dir.path().join("sb.db")).unwrap();
     let blocked = raw.execute("UPDATE audit SET actor = 'b' WHERE seq = 2", []);
     assert!(blocked.is_err(), "append-only trigger must refuse updates");
-    raw.execute_batch(
-        "DROP TRIGGER audit_no_update; UPDATE audit SET actor = 'b' WHERE seq = 2;",
-    )
-    .unwrap();
+    raw.execute_batch("DROP TRIGGER audit_no_update; UPDATE audit SET actor = 'b' WHERE seq = 2;")
+        .unwrap();
     let all = s
         .query_audit(AuditFilter {
             limit: 10,

@@ -1,0 +1,257 @@
+//! Who may do what: [`authorize`] is the one access decision in Switchboard.
+//!
+//! It is pure: the caller loads what the decision needs (the owner of a session, later a room
+//! membership or a file grant) into the [`Resource`], so the policy can be read and tested as a
+//! table. Services add resources as variants; each variant states its rule in one match arm.
+
+use sb_core::{Role, SessionId, TokenId, UserId};
+use serde::{Deserialize, Serialize};
+
+/// What an API token may be used for. Sessions carry every scope their role allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Read own data, open real-time streams.
+    Read,
+    /// Change own data.
+    Write,
+    /// Admin operations (only effective for admins).
+    Admin,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 3] = [Scope::Read, Scope::Write, Scope::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Write => "write",
+            Scope::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Scope> {
+        Scope::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+}
+
+/// The credential a request came with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credential {
+    Session(SessionId),
+    ApiToken { id: TokenId, scopes: Vec<Scope> },
+}
+
+impl Credential {
+    pub fn has_scope(&self, scope: Scope) -> bool {
+        match self {
+            Credential::Session(_) => true,
+            Credential::ApiToken { scopes, .. } => scopes.contains(&scope),
+        }
+    }
+
+    /// A stable text id, used in audit records and bus topics.
+    pub fn id_string(&self) -> String {
+        match self {
+            Credential::Session(id) => id.to_string(),
+            Credential::ApiToken { id, .. } => id.to_string(),
+        }
+    }
+}
+
+/// An authenticated caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subject {
+    pub user_id: UserId,
+    pub username: String,
+    pub role: Role,
+    pub credential: Credential,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Read,
+    Create,
+    Update,
+    Delete,
+}
+
+impl Action {
+    fn scope(self) -> Scope {
+        match self {
+            Action::Read => Scope::Read,
+            Action::Create | Action::Update | Action::Delete => Scope::Write,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Read => "read",
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Delete => "delete",
+        }
+    }
+}
+
+/// The thing acted on, with the facts the decision needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resource {
+    /// A user's own account: profile, password.
+    Account { owner: UserId },
+    /// A login session.
+    Session { owner: UserId },
+    /// An API token.
+    ApiToken { owner: UserId },
+    /// The real-time stream at `/v1/ws`.
+    Realtime,
+    /// The user directory (list, role, disable/enable).
+    Users,
+    /// Registration invites.
+    Invites,
+    /// The audit log.
+    Audit,
+}
+
+impl Resource {
+    pub fn describe(&self) -> String {
+        match self {
+            Resource::Account { owner } => format!("account:{owner}"),
+            Resource::Session { owner } => format!("session-of:{owner}"),
+            Resource::ApiToken { owner } => format!("token-of:{owner}"),
+            Resource::Realtime => "realtime".into(),
+            Resource::Users => "users".into(),
+            Resource::Invites => "invites".into(),
+            Resource::Audit => "audit".into(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Denial {
+    /// The credential's scopes do not cover the action.
+    Scope,
+    /// The role or ownership does not allow it.
+    NotPermitted,
+}
+
+/// The access decision. `Ok` to proceed; `Err` says why not.
+pub fn authorize(subject: &Subject, action: Action, resource: &Resource) -> Result<(), Denial> {
+    let admin = subject.role == Role::Admin;
+    let owns = |owner: &UserId| *owner == subject.user_id;
+    let needs_admin = matches!(
+        resource,
+        Resource::Users | Resource::Invites | Resource::Audit
+    );
+    if !subject.credential.has_scope(action.scope())
+        || (needs_admin && !subject.credential.has_scope(Scope::Admin))
+    {
+        return Err(Denial::Scope);
+    }
+    let allowed = match resource {
+        // Only the owner changes an account; admins act on others through `Users`.
+        Resource::Account { owner } => owns(owner),
+        // Admins may see and revoke anyone's credentials (incident response).
+        Resource::Session { owner } | Resource::ApiToken { owner } => {
+            owns(owner) || (admin && matches!(action, Action::Read | Action::Delete))
+        }
+        Resource::Realtime => action == Action::Read,
+        Resource::Users | Resource::Invites | Resource::Audit => admin,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(Denial::NotPermitted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sb_core::UnixMillis;
+
+    fn subject(role: Role, credential: Credential) -> Subject {
+        Subject {
+            user_id: UserId::new_at(UnixMillis(1)),
+            username: "s".into(),
+            role,
+            credential,
+        }
+    }
+
+    fn session() -> Credential {
+        Credential::Session(SessionId::new_at(UnixMillis(1)))
+    }
+
+    fn token(scopes: &[Scope]) -> Credential {
+        Credential::ApiToken {
+            id: TokenId::new_at(UnixMillis(1)),
+            scopes: scopes.to_vec(),
+        }
+    }
+
+    #[test]
+    fn users_act_on_their_own_account_only() {
+        let s = subject(Role::User, session());
+        let other = UserId::new_at(UnixMillis(2));
+        let own = Resource::Account { owner: s.user_id };
+        assert_eq!(authorize(&s, Action::Update, &own), Ok(()));
+        assert_eq!(
+            authorize(&s, Action::Update, &Resource::Account { owner: other }),
+            Err(Denial::NotPermitted)
+        );
+        assert_eq!(
+            authorize(&s, Action::Delete, &Resource::Session { owner: other }),
+            Err(Denial::NotPermitted)
+        );
+    }
+
+    #[test]
+    fn admin_areas_need_the_admin_role() {
+        let user = subject(Role::User, session());
+        let admin = subject(Role::Admin, session());
+        for r in [Resource::Users, Resource::Invites, Resource::Audit] {
+            assert_eq!(
+                authorize(&user, Action::Read, &r),
+                Err(Denial::NotPermitted)
+            );
+            assert_eq!(authorize(&admin, Action::Read, &r), Ok(()));
+        }
+        let other = UserId::new_at(UnixMillis(3));
+        assert_eq!(
+            authorize(&admin, Action::Delete, &Resource::Session { owner: other }),
+            Ok(())
+        );
+        assert_eq!(
+            authorize(&admin, Action::Update, &Resource::Account { owner: other }),
+            Err(Denial::NotPermitted)
+        );
+    }
+
+    #[test]
+    fn token_scopes_narrow_what_the_role_allows() {
+        let read_only = subject(Role::Admin, token(&[Scope::Read]));
+        let own = Resource::Account {
+            owner: read_only.user_id,
+        };
+        assert_eq!(authorize(&read_only, Action::Read, &own), Ok(()));
+        assert_eq!(
+            authorize(&read_only, Action::Update, &own),
+            Err(Denial::Scope)
+        );
+        assert_eq!(
+            authorize(&read_only, Action::Read, &Resource::Audit),
+            Err(Denial::Scope)
+        );
+        let admin_token = subject(Role::Admin, token(&[Scope::Read, Scope::Admin]));
+        assert_eq!(
+            authorize(&admin_token, Action::Read, &Resource::Audit),
+            Ok(())
+        );
+        let user_with_admin_scope = subject(Role::User, token(&Scope::ALL));
+        assert_eq!(
+            authorize(&user_with_admin_scope, Action::Read, &Resource::Audit),
+            Err(Denial::NotPermitted)
+        );
+    }
+}
