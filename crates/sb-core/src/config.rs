@@ -182,7 +182,6 @@ pub struct LimitsConfig {
     pub ws_message_size_bytes_max: usize,
     pub ws_connections_per_user_max: usize,
     pub ws_ping_interval_ms: u64,
-    pub ws_outbound_queue_max: usize,
 }
 
 impl Default for LimitsConfig {
@@ -199,7 +198,6 @@ impl Default for LimitsConfig {
             ws_message_size_bytes_max: 256 * 1024,
             ws_connections_per_user_max: 32,
             ws_ping_interval_ms: 30_000,
-            ws_outbound_queue_max: 256,
         }
     }
 }
@@ -312,12 +310,11 @@ shutdown_grace_ms = 10000
 ws_frame_size_bytes_max = 65536
 ws_message_size_bytes_max = 262144
 ws_connections_per_user_max = 32
+# The server pings each WebSocket this often and closes it after two unanswered pings.
 ws_ping_interval_ms = 30000
-# Frames queued for one WebSocket; a client that falls further behind is disconnected.
-ws_outbound_queue_max = 256
 
 [bus]
-# Messages queued per subscriber.
+# Messages queued per subscriber (a WebSocket's outbound events included).
 subscriber_queue_max = 1024
 # "disconnect": a full subscriber is closed and must resume from its cursor.
 # "drop_newest": the message is dropped for that subscriber only.

@@ -39,6 +39,10 @@ pub enum ErrorCode {
     RateLimited,
     /// Too many concurrent operations of this kind; try again shortly.
     Overloaded,
+    /// The body is not `application/json`.
+    UnsupportedMediaType,
+    /// The request took longer than `limits.request_timeout_ms`.
+    Timeout,
     /// A server-side failure; details are in the server log, never in the response.
     Internal,
 }
@@ -63,6 +67,8 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
         }
     }

@@ -1,1 +1,280 @@
-//! placeholder
+//! The wire format of Switchboard's native API, version 1: REST bodies under `/v1` and the JSON
+//! frames of `/v1/ws`. Shared by the server and the client so both sides agree by construction.
+//!
+//! Times are Unix milliseconds (`*_ms`). Secrets sent by the client are wrapped in [`Secret`] so
+//! they never show in `Debug` output on either side.
+
+use sb_core::Secret;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Every error response: `{"error":{"code":"…","message":"…"}}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, `snake_case`; match on this.
+    pub code: String,
+    /// Human-readable; may change between releases.
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub username: String,
+    #[schema(value_type = String, format = Password)]
+    pub password: Secret<String>,
+    /// The one-time token printed at first start; makes this account the admin.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub setup_token: Option<Secret<String>>,
+    /// An invite from `sb admin invite`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub invite: Option<Secret<String>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub username: String,
+    #[schema(value_type = String, format = Password)]
+    pub password: Secret<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct LoginResponse {
+    /// The session's bearer token. Shown once; the server keeps only its hash.
+    #[schema(value_type = String)]
+    pub token: Secret<String>,
+    pub session: SessionInfo,
+    pub user: UserInfo,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UserInfo {
+    pub id: String,
+    pub username: String,
+    pub display_name: String,
+    pub status_text: String,
+    /// `admin` or `user`.
+    pub role: String,
+    pub disabled: bool,
+    pub created_at_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SessionInfo {
+    pub id: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub last_used_at_ms: i64,
+    pub client: String,
+    pub ip: String,
+    pub revoked: bool,
+    /// True for the session making this request.
+    pub current: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileUpdate {
+    pub display_name: Option<String>,
+    pub status_text: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChange {
+    #[schema(value_type = String, format = Password)]
+    pub current_password: Secret<String>,
+    #[schema(value_type = String, format = Password)]
+    pub new_password: Secret<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct PasswordChanged {
+    /// Other sessions of this account that were signed out.
+    pub sessions_revoked: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCreate {
+    pub name: String,
+    /// Any of `read`, `write`, `admin`. Default: `read`, `write`.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Lifetime in seconds; absent means until revoked (unless the server caps it).
+    pub expires_in_secs: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenCreated {
+    pub id: String,
+    /// Shown once; the server keeps only its hash.
+    #[schema(value_type = String)]
+    pub token: Secret<String>,
+    pub info: TokenInfo,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokenInfo {
+    pub id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub created_at_ms: i64,
+    pub expires_at_ms: Option<i64>,
+    pub last_used_at_ms: Option<i64>,
+    pub revoked: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InviteCreate {
+    pub expires_in_secs: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct InviteCreated {
+    pub id: String,
+    #[schema(value_type = String)]
+    pub token: Secret<String>,
+    pub expires_at_ms: i64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminUserUpdate {
+    /// `admin` or `user`.
+    pub role: Option<String>,
+    pub disabled: Option<bool>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuditEvent {
+    pub seq: i64,
+    pub at_ms: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub ip: String,
+    /// JSON text with extra context.
+    pub detail: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// Only events by this actor (a user id, or `username:NAME` for failed logins).
+    pub actor: Option<String>,
+    /// Only actions starting with this, e.g. `login.` or `permission.denied`.
+    pub action: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    /// Only events with a sequence number above this (for paging).
+    pub after_seq: Option<i64>,
+    /// At most this many (default 100, max 1000).
+    pub limit: Option<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuditVerifyResult {
+    pub ok: bool,
+    pub checked: u64,
+    /// Sequence number of the first record that fails verification.
+    pub first_broken_seq: Option<i64>,
+    /// What is wrong with it: `content` (edited) or `link` (inserted or removed before it).
+    pub problem: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+}
+
+/// Frames a client sends on `/v1/ws`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientFrame {
+    /// Application-level ping; answered with `pong` carrying the same id.
+    Ping { id: String },
+    /// Who is this connection authenticated as?
+    Whoami { id: String },
+}
+
+/// Frames the server sends on `/v1/ws`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// First frame after connecting.
+    Hello {
+        user: UserInfo,
+        protocol: u32,
+    },
+    Pong {
+        id: String,
+    },
+    Whoami {
+        id: String,
+        user: UserInfo,
+    },
+    /// A request frame failed; `id` is the request's id when it could be read.
+    Error {
+        id: Option<String>,
+        code: String,
+        message: String,
+    },
+}
+
+/// A certificate's SHA-256 fingerprint as people compare them: uppercase hex pairs joined by `:`.
+pub fn cert_fingerprint(der: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(der);
+    let hex = hex::encode_upper(digest);
+    hex.as_bytes()
+        .chunks(2)
+        .map(|pair| String::from_utf8_lossy(pair).into_owned())
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The `/v1/ws` protocol version carried in `hello`.
+pub const WS_PROTOCOL_VERSION: u32 = 1;
+
+/// WebSocket close codes the server uses beyond RFC 6455's.
+pub mod close_code {
+    /// The session or token was revoked, expired, or the account disabled.
+    pub const CREDENTIAL_REVOKED: u16 = 4001;
+    /// The client did not keep up with its outbound queue.
+    pub const SLOW_CONSUMER: u16 = 4008;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_tagged_json() {
+        let f: ClientFrame = serde_json::from_str(r#"{"type":"ping","id":"1"}"#).unwrap();
+        assert_eq!(f, ClientFrame::Ping { id: "1".into() });
+        let out = serde_json::to_string(&ServerFrame::Pong { id: "1".into() }).unwrap();
+        assert_eq!(out, r#"{"type":"pong","id":"1"}"#);
+    }
+
+    #[test]
+    fn request_debug_never_shows_passwords() {
+        let r = LoginRequest {
+            username: "a".into(),
+            password: Secret::new("pw-visible?".into()),
+        };
+        assert!(!format!("{r:?}").contains("pw-visible?"));
+    }
+}

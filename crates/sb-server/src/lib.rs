@@ -1,1 +1,315 @@
-//! placeholder
+//! The composition root: reads configuration, opens the store, builds the services, and serves
+//! HTTPS + WebSocket (HTTP/1.1 and HTTP/2) with every limit from `[limits]` applied.
+//!
+//! Only this crate and the `sb` binary read files, the environment or the clock. Routes map
+//! requests to service calls and service errors to the wire in one place ([`error::status_of`]).
+
+pub mod config;
+mod error;
+mod extract;
+mod listener;
+mod metrics;
+mod routes;
+pub mod tls;
+mod ws;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sb_auth::Auth;
+use sb_bus::{Bus, BusConfig};
+use sb_core::config::{Config, LogFormat, OverflowPolicy};
+use sb_core::{ErrorCode, UnixMillis, UserId};
+use sb_store::{SqliteStore, Store};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use error::status_of;
+
+/// The wall clock, read here and passed down.
+pub fn now() -> UnixMillis {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    UnixMillis(i64::try_from(ms).unwrap_or(i64::MAX))
+}
+
+pub struct AppState {
+    pub auth: Arc<Auth>,
+    pub config: Arc<Config>,
+    metrics: Arc<metrics::Metrics>,
+    pub shutdown: CancellationToken,
+    ws_tasks: TaskTracker,
+    ws_per_user: Mutex<HashMap<UserId, usize>>,
+    setup_token_path: PathBuf,
+    ready: AtomicBool,
+    openapi: OnceLock<utoipa::openapi::OpenApi>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Switchboard API", version = "1", description = "Native REST API of the Switchboard server. Errors are {\"error\":{\"code\",\"message\"}} with stable codes."),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Builds the HTTP application and its OpenAPI document from the same route list, so the
+/// document cannot miss a route.
+pub fn app(state: Arc<AppState>) -> Router {
+    let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(routes::register))
+        .routes(routes!(routes::login))
+        .routes(routes!(routes::logout))
+        .routes(routes!(routes::me, routes::update_profile))
+        .routes(routes!(routes::change_password))
+        .routes(routes!(routes::list_sessions))
+        .routes(routes!(routes::revoke_session))
+        .routes(routes!(routes::list_tokens, routes::create_token))
+        .routes(routes!(routes::revoke_token))
+        .routes(routes!(routes::admin_list_users))
+        .routes(routes!(routes::admin_update_user))
+        .routes(routes!(routes::admin_create_invite))
+        .routes(routes!(routes::admin_audit))
+        .routes(routes!(routes::admin_audit_verify))
+        .routes(routes!(ws::ws_handler))
+        .routes(routes!(routes::healthz))
+        .routes(routes!(routes::readyz))
+        .routes(routes!(routes::metrics))
+        .routes(routes!(routes::openapi))
+        .split_for_parts();
+    let _ = state.openapi.set(doc);
+    let limits = &state.config.limits;
+    let timeout = Duration::from_millis(limits.request_timeout_ms);
+    router
+        .fallback(|| async { error::not_found() })
+        .method_not_allowed_fallback(|| async {
+            error::ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                "method not allowed on this route",
+            )
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(
+            limits.body_size_bytes_max,
+        ))
+        .layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| async move {
+                match tokio::time::timeout(timeout, next.run(req)).await {
+                    Ok(resp) => resp,
+                    Err(_) => error::ApiError::new(ErrorCode::Timeout, "request timed out")
+                        .into_response(),
+                }
+            },
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            track_request,
+        ))
+        .with_state(state)
+}
+
+async fn track_request(
+    axum::extract::State(st): axum::extract::State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let method = req.method().as_str().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    st.metrics
+        .requests
+        .get_or_create(&metrics::RequestLabels {
+            method: method.clone(),
+            route: route.clone(),
+            status,
+        })
+        .inc();
+    st.metrics
+        .request_duration
+        .get_or_create(&metrics::RouteLabels { method, route })
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// Sets up `tracing` on stderr: readable text, or one JSON object per line.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn write_setup_token(path: &std::path::Path, token: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(f, "{token}")?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Runs the server until SIGINT/SIGTERM, then shuts down gracefully.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let signal_token = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested");
+        signal_token.cancel();
+    });
+    serve(config, shutdown).await
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Serves until `shutdown` is cancelled.
+pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let data_dir = config.server.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let identity = tls::load_or_generate(&config.tls, &data_dir)?;
+    let metrics = Arc::new(metrics::Metrics::new());
+    let m2 = metrics.clone();
+    let store = SqliteStore::open(&data_dir.join("sb.db"), &config.store)
+        .context("opening the store")?
+        .with_observer(Arc::new(move |op, took| m2.observe_store(op, took)));
+    let store: Arc<dyn Store> = Arc::new(store);
+    let bus = Bus::new(BusConfig {
+        queue_max: config.bus.subscriber_queue_max,
+        overflow: match config.bus.overflow {
+            OverflowPolicy::Disconnect => sb_bus::OverflowPolicy::Disconnect,
+            OverflowPolicy::DropNewest => sb_bus::OverflowPolicy::DropNewest,
+        },
+    });
+    let auth = Arc::new(Auth::new(
+        store.clone(),
+        bus,
+        config.auth.clone(),
+        &config.rate_limits,
+    )?);
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("binding {}", config.server.listen))?;
+    let local = listener.local_addr()?;
+    let setup_token_path = data_dir.join("setup-token");
+    let setup = auth.issue_setup_token().await?;
+    match &setup {
+        Some(token) => write_setup_token(&setup_token_path, token.expose())?,
+        None => {
+            let _ = std::fs::remove_file(&setup_token_path);
+        }
+    }
+    let config = Arc::new(config);
+    let state = Arc::new(AppState {
+        auth,
+        config: config.clone(),
+        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
+        ws_tasks: TaskTracker::new(),
+        ws_per_user: Mutex::new(HashMap::new()),
+        setup_token_path: setup_token_path.clone(),
+        ready: AtomicBool::new(true),
+        openapi: OnceLock::new(),
+    });
+    let router = app(state.clone());
+
+    // The banner goes to stdout, for the person who started the server; logs go to stderr and
+    // never carry the setup token.
+    println!("Switchboard listening on https://{local}");
+    println!(
+        "TLS certificate SHA-256 fingerprint: {}",
+        identity.fingerprint
+    );
+    if identity.generated {
+        println!("  (self-signed, {})", identity.cert_path.display());
+    }
+    if let Some(token) = &setup {
+        println!(
+            "Setup token (one use, creates the admin account): {}",
+            token.expose()
+        );
+        println!("  also written to {}", setup_token_path.display());
+        println!(
+            "  sb register https://{local} --username admin --setup-token $(cat {})",
+            setup_token_path.display()
+        );
+    }
+    tracing::info!(%local, data_dir = %data_dir.display(), "serving");
+
+    listener::serve(listener, identity.config.clone(), router, state.clone()).await;
+
+    // Accepting has stopped and HTTP connections have drained (or hit the grace period);
+    // WebSockets got a close frame from their own tasks.
+    state.ws_tasks.close();
+    let grace = Duration::from_millis(config.limits.shutdown_grace_ms);
+    if tokio::time::timeout(grace, state.ws_tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("websockets still open after the grace period");
+    }
+    store.flush().await.context("flushing the store")?;
+    tracing::info!("stopped");
+    Ok(())
+}

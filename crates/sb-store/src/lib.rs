@@ -12,7 +12,7 @@ pub mod audit;
 pub mod conformance;
 mod sqlite;
 
-pub use sqlite::SqliteStore;
+pub use sqlite::{Observer, SqliteStore};
 
 use async_trait::async_trait;
 use sb_core::{InviteId, Role, SessionId, TokenId, UnixMillis, UserId};

@@ -9,7 +9,7 @@ use sb_core::config::{Durability, StoreConfig};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 /// Never edit a shipped entry: append a new one.
@@ -90,8 +90,12 @@ BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 
 const SETUP_TOKEN_KEY: &str = "setup_token_hash";
 
+/// Called with an operation's name and how long it took, queueing included.
+pub type Observer = Arc<dyn Fn(&'static str, Duration) + Send + Sync>;
+
 pub struct SqliteStore {
     inner: Arc<Inner>,
+    observer: Option<Observer>,
 }
 
 struct Inner {
@@ -156,36 +160,55 @@ impl SqliteStore {
                 readers,
                 next_reader: AtomicUsize::new(0),
             }),
+            observer: None,
         })
     }
 
-    async fn write<R, F>(&self, f: F) -> Result<R>
+    /// Reports each operation's name and duration to `observer` (for metrics).
+    pub fn with_observer(mut self, observer: Observer) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    fn observe(&self, op: &'static str, started: Instant) {
+        if let Some(o) = &self.observer {
+            o(op, started.elapsed());
+        }
+    }
+
+    async fn write<R, F>(&self, op: &'static str, f: F) -> Result<R>
     where
         R: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<R> + Send + 'static,
     {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let r = tokio::task::spawn_blocking(move || {
             let mut conn = inner.writer.lock().unwrap_or_else(|e| e.into_inner());
             f(&mut conn)
         })
         .await
-        .map_err(backend)?
+        .map_err(backend)?;
+        self.observe(op, started);
+        r
     }
 
-    async fn read<R, F>(&self, f: F) -> Result<R>
+    async fn read<R, F>(&self, op: &'static str, f: F) -> Result<R>
     where
         R: Send + 'static,
         F: FnOnce(&Connection) -> Result<R> + Send + 'static,
     {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let r = tokio::task::spawn_blocking(move || {
             let i = inner.next_reader.fetch_add(1, Ordering::Relaxed) % inner.readers.len();
             let conn = inner.readers[i].lock().unwrap_or_else(|e| e.into_inner());
             f(&conn)
         })
         .await
-        .map_err(backend)?
+        .map_err(backend)?;
+        self.observe(op, started);
+        r
     }
 }
 
@@ -316,7 +339,7 @@ fn live_session_ids(tx: &Connection, user: &str, keep: Option<&str>) -> Result<V
 #[async_trait]
 impl Store for SqliteStore {
     async fn set_setup_token(&self, token_hash: [u8; 32]) -> Result<bool> {
-        self.write(move |c| {
+        self.write("set_setup_token", move |c| {
             let tx = c.transaction()?;
             let users: i64 = tx.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?;
             if users > 0 {
@@ -333,7 +356,7 @@ impl Store for SqliteStore {
     }
 
     async fn user_count(&self) -> Result<u64> {
-        self.read(|c| {
+        self.read("user_count", |c| {
             let n: i64 = c.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?;
             Ok(u64::try_from(n).unwrap_or(0))
         })
@@ -346,7 +369,7 @@ impl Store for SqliteStore {
         admission: Admission,
         now: UnixMillis,
     ) -> Result<()> {
-        self.write(move |c| {
+        self.write("create_user", move |c| {
             let tx = c.transaction()?;
             let uid = user.id.to_string();
             let insert = tx.execute(
@@ -388,7 +411,7 @@ impl Store for SqliteStore {
     }
 
     async fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>> {
-        self.read(move |c| {
+        self.read("user_by_id", move |c| {
             Ok(c.query_row(
                 &format!("SELECT {USER_COLS} FROM users u WHERE u.id = ?1"),
                 [id.to_string()],
@@ -401,7 +424,7 @@ impl Store for SqliteStore {
 
     async fn user_by_username(&self, username: &str) -> Result<Option<UserRecord>> {
         let username = username.to_string();
-        self.read(move |c| {
+        self.read("user_by_username", move |c| {
             Ok(c.query_row(
                 &format!("SELECT {USER_COLS} FROM users u WHERE u.username = ?1"),
                 [username],
@@ -413,7 +436,7 @@ impl Store for SqliteStore {
     }
 
     async fn list_users(&self) -> Result<Vec<UserRecord>> {
-        self.read(|c| {
+        self.read("list_users", |c| {
             let mut stmt = c.prepare(&format!(
                 "SELECT {USER_COLS} FROM users u ORDER BY u.created_at, u.id"
             ))?;
@@ -430,7 +453,7 @@ impl Store for SqliteStore {
         status_text: &str,
     ) -> Result<()> {
         let (d, s) = (display_name.to_string(), status_text.to_string());
-        self.write(move |c| {
+        self.write("update_profile", move |c| {
             changed(c.execute(
                 "UPDATE users SET display_name = ?2, status_text = ?3 WHERE id = ?1",
                 params![id.to_string(), d, s],
@@ -440,7 +463,7 @@ impl Store for SqliteStore {
     }
 
     async fn set_role(&self, id: UserId, role: Role) -> Result<()> {
-        self.write(move |c| {
+        self.write("set_role", move |c| {
             changed(c.execute(
                 "UPDATE users SET role = ?2 WHERE id = ?1",
                 params![id.to_string(), role.as_str()],
@@ -450,7 +473,7 @@ impl Store for SqliteStore {
     }
 
     async fn set_disabled(&self, id: UserId, disabled: bool) -> Result<()> {
-        self.write(move |c| {
+        self.write("set_disabled", move |c| {
             changed(c.execute(
                 "UPDATE users SET disabled = ?2 WHERE id = ?1",
                 params![id.to_string(), disabled],
@@ -467,7 +490,7 @@ impl Store for SqliteStore {
         now: UnixMillis,
     ) -> Result<Vec<SessionId>> {
         let hash = password_hash.to_string();
-        self.write(move |c| {
+        self.write("change_password", move |c| {
             let tx = c.transaction()?;
             let uid = id.to_string();
             changed(tx.execute(
@@ -488,7 +511,7 @@ impl Store for SqliteStore {
     }
 
     async fn insert_session(&self, s: SessionRecord) -> Result<()> {
-        self.write(move |c| {
+        self.write("insert_session", move |c| {
             c.execute(
                 "INSERT INTO sessions (id, user_id, token_hash, created_at, expires_at, last_used_at, client, ip, revoked_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -504,7 +527,7 @@ impl Store for SqliteStore {
         &self,
         hash: [u8; 32],
     ) -> Result<Option<(SessionRecord, UserRecord)>> {
-        self.read(move |c| {
+        self.read("session_by_token_hash", move |c| {
             Ok(c.query_row(
                 &format!(
                     "SELECT {SESSION_COLS}, {USER_COLS} FROM sessions s JOIN users u ON u.id = s.user_id
@@ -519,7 +542,7 @@ impl Store for SqliteStore {
     }
 
     async fn list_sessions(&self, user: UserId) -> Result<Vec<SessionRecord>> {
-        self.read(move |c| {
+        self.read("list_sessions", move |c| {
             let mut stmt = c.prepare(&format!(
                 "SELECT {SESSION_COLS} FROM sessions s WHERE s.user_id = ?1 ORDER BY s.created_at, s.id"
             ))?;
@@ -530,7 +553,7 @@ impl Store for SqliteStore {
     }
 
     async fn session_by_id(&self, id: SessionId) -> Result<Option<SessionRecord>> {
-        self.read(move |c| {
+        self.read("session_by_id", move |c| {
             Ok(c.query_row(
                 &format!("SELECT {SESSION_COLS} FROM sessions s WHERE s.id = ?1"),
                 [id.to_string()],
@@ -542,7 +565,7 @@ impl Store for SqliteStore {
     }
 
     async fn revoke_session(&self, id: SessionId, now: UnixMillis) -> Result<bool> {
-        self.write(move |c| {
+        self.write("revoke_session", move |c| {
             let n = c.execute(
                 "UPDATE sessions SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
                 params![id.to_string(), now.0],
@@ -553,7 +576,7 @@ impl Store for SqliteStore {
     }
 
     async fn revoke_user_sessions(&self, user: UserId, now: UnixMillis) -> Result<Vec<SessionId>> {
-        self.write(move |c| {
+        self.write("revoke_user_sessions", move |c| {
             let tx = c.transaction()?;
             let uid = user.to_string();
             let ids = live_session_ids(&tx, &uid, None)?;
@@ -568,7 +591,7 @@ impl Store for SqliteStore {
     }
 
     async fn touch_session(&self, id: SessionId, now: UnixMillis) -> Result<()> {
-        self.write(move |c| {
+        self.write("touch_session", move |c| {
             c.execute(
                 "UPDATE sessions SET last_used_at = max(last_used_at, ?2) WHERE id = ?1",
                 params![id.to_string(), now.0],
@@ -580,7 +603,7 @@ impl Store for SqliteStore {
 
     async fn insert_token(&self, t: ApiTokenRecord) -> Result<()> {
         let scopes = serde_json::to_string(&t.scopes).map_err(backend)?;
-        self.write(move |c| {
+        self.write("insert_token", move |c| {
             c.execute(
                 "INSERT INTO api_tokens (id, user_id, name, token_hash, scopes, created_at, expires_at, last_used_at, revoked_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -594,7 +617,7 @@ impl Store for SqliteStore {
     }
 
     async fn token_by_hash(&self, hash: [u8; 32]) -> Result<Option<(ApiTokenRecord, UserRecord)>> {
-        self.read(move |c| {
+        self.read("token_by_hash", move |c| {
             Ok(c.query_row(
                 &format!(
                     "SELECT {TOKEN_COLS}, {USER_COLS} FROM api_tokens t JOIN users u ON u.id = t.user_id
@@ -609,7 +632,7 @@ impl Store for SqliteStore {
     }
 
     async fn list_tokens(&self, user: UserId) -> Result<Vec<ApiTokenRecord>> {
-        self.read(move |c| {
+        self.read("list_tokens", move |c| {
             let mut stmt = c.prepare(&format!(
                 "SELECT {TOKEN_COLS} FROM api_tokens t WHERE t.user_id = ?1 ORDER BY t.created_at, t.id"
             ))?;
@@ -620,7 +643,7 @@ impl Store for SqliteStore {
     }
 
     async fn token_by_id(&self, id: TokenId) -> Result<Option<ApiTokenRecord>> {
-        self.read(move |c| {
+        self.read("token_by_id", move |c| {
             Ok(c.query_row(
                 &format!("SELECT {TOKEN_COLS} FROM api_tokens t WHERE t.id = ?1"),
                 [id.to_string()],
@@ -632,7 +655,7 @@ impl Store for SqliteStore {
     }
 
     async fn revoke_token(&self, id: TokenId, now: UnixMillis) -> Result<bool> {
-        self.write(move |c| {
+        self.write("revoke_token", move |c| {
             let n = c.execute(
                 "UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
                 params![id.to_string(), now.0],
@@ -643,7 +666,7 @@ impl Store for SqliteStore {
     }
 
     async fn touch_token(&self, id: TokenId, now: UnixMillis) -> Result<()> {
-        self.write(move |c| {
+        self.write("touch_token", move |c| {
             c.execute(
                 "UPDATE api_tokens SET last_used_at = max(coalesce(last_used_at, 0), ?2) WHERE id = ?1",
                 params![id.to_string(), now.0],
@@ -654,7 +677,7 @@ impl Store for SqliteStore {
     }
 
     async fn insert_invite(&self, i: InviteRecord) -> Result<()> {
-        self.write(move |c| {
+        self.write("insert_invite", move |c| {
             c.execute(
                 "INSERT INTO invites (id, token_hash, created_by, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![i.id.to_string(), &i.token_hash[..], i.created_by.to_string(), i.created_at.0, i.expires_at.0],
@@ -665,7 +688,7 @@ impl Store for SqliteStore {
     }
 
     async fn list_invites(&self) -> Result<Vec<InviteRecord>> {
-        self.read(|c| {
+        self.read("list_invites", |c| {
             let mut stmt = c.prepare(
                 "SELECT id, token_hash, created_by, created_at, expires_at, used_by FROM invites ORDER BY created_at, id",
             )?;
@@ -676,7 +699,7 @@ impl Store for SqliteStore {
     }
 
     async fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord> {
-        self.write(move |c| {
+        self.write("append_audit", move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let last: Option<(i64, String)> = tx
                 .query_row(
@@ -717,7 +740,7 @@ impl Store for SqliteStore {
     }
 
     async fn query_audit(&self, f: AuditFilter) -> Result<Vec<AuditRecord>> {
-        self.read(move |c| {
+        self.read("query_audit", move |c| {
             let prefix = f.action_prefix.map(|p| {
                 let escaped = p
                     .replace('\\', "\\\\")
@@ -752,7 +775,7 @@ impl Store for SqliteStore {
     }
 
     async fn flush(&self) -> Result<()> {
-        self.write(|c| {
+        self.write("flush", |c| {
             c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
             Ok(())
         })
