@@ -1,0 +1,218 @@
+//! Command-line definitions.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "sb",
+    version,
+    about = "Switchboard: one secure real-time server for chat, devices, files and monitoring"
+)]
+pub struct Cli {
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Configuration helpers.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Create an account (and log in to it).
+    Register(RegisterArgs),
+    /// Log in to a server and remember the session.
+    Login(LoginArgs),
+    /// End the current session.
+    Logout,
+    /// Show who you are logged in as.
+    Whoami,
+    /// Change your password (signs out your other sessions).
+    Passwd(PasswdArgs),
+    /// List your sessions, or revoke one.
+    Sessions(SessionsArgs),
+    /// Show or change your display name and status.
+    Profile(ProfileArgs),
+    /// API tokens for scripts and integrations.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Administration (admins only).
+    #[command(subcommand)]
+    Admin(AdminCmd),
+    /// Pinned server certificates.
+    #[command(subcommand)]
+    Trust(TrustCmd),
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (see `sb config default`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address for HTTPS and WebSocket [default: 127.0.0.1:8443].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Data directory [default: ./sb-data].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormatArg>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCmd {
+    /// Print the complete annotated default configuration.
+    Default,
+}
+
+/// How to trust the server on first contact.
+#[derive(Args, Clone)]
+pub struct TrustArgs {
+    /// Accept the server's certificate fingerprint without asking (for scripts).
+    #[arg(long)]
+    pub yes: bool,
+    /// Trust certificates signed by the CA in this PEM file instead of pinning.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct RegisterArgs {
+    /// Server URL, e.g. https://127.0.0.1:8443
+    pub url: String,
+    #[arg(long)]
+    pub username: String,
+    /// The setup token printed at the server's first start (creates the admin).
+    #[arg(long, conflicts_with = "invite")]
+    pub setup_token: Option<String>,
+    /// An invite token from `sb admin invite`.
+    #[arg(long)]
+    pub invite: Option<String>,
+    /// Read the password from the first line of stdin.
+    #[arg(long)]
+    pub password_stdin: bool,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+}
+
+#[derive(Args)]
+pub struct LoginArgs {
+    /// Server URL, e.g. https://127.0.0.1:8443
+    pub url: String,
+    #[arg(long)]
+    pub username: String,
+    /// Read the password from the first line of stdin.
+    #[arg(long)]
+    pub password_stdin: bool,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+}
+
+#[derive(Args)]
+pub struct PasswdArgs {
+    /// Read the current password, then the new one, from the first two lines of stdin.
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+#[derive(Args)]
+pub struct SessionsArgs {
+    #[command(subcommand)]
+    pub command: Option<SessionsCmd>,
+}
+
+#[derive(Subcommand)]
+pub enum SessionsCmd {
+    /// Revoke a session by id (see `sb sessions`).
+    Revoke { id: String },
+}
+
+#[derive(Args)]
+pub struct ProfileArgs {
+    #[arg(long)]
+    pub display_name: Option<String>,
+    #[arg(long)]
+    pub status: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum TokenCmd {
+    /// Create a token; it is shown once.
+    Create {
+        name: String,
+        /// Scopes: read, write, admin (repeat or comma-separate) [default: read,write].
+        #[arg(long, value_delimiter = ',')]
+        scope: Vec<String>,
+        /// Lifetime such as 30d, 12h, 90m [default: until revoked].
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// List your tokens.
+    List,
+    /// Revoke a token by id.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+pub enum AdminCmd {
+    /// List users, or change one.
+    Users {
+        #[command(subcommand)]
+        command: Option<AdminUsersCmd>,
+    },
+    /// Create a single-use registration invite.
+    Invite {
+        /// Lifetime such as 7d, 24h [default: server's auth.invite_ttl_secs].
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// Query the audit log, or verify its hash chain.
+    Audit(AuditArgs),
+}
+
+#[derive(Subcommand)]
+pub enum AdminUsersCmd {
+    Disable { user: String },
+    Enable { user: String },
+    SetRole { user: String, role: String },
+}
+
+#[derive(Args)]
+pub struct AuditArgs {
+    /// Check the whole hash chain and name the first broken record.
+    #[arg(long)]
+    pub verify: bool,
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Action prefix, e.g. login. or permission.denied
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Only events newer than this long ago, e.g. 1h, 7d.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only events with a sequence number above this.
+    #[arg(long)]
+    pub after: Option<i64>,
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+}
+
+#[derive(Subcommand)]
+pub enum TrustCmd {
+    /// List pinned servers.
+    List,
+    /// Forget a server's pinned certificate (HOST:PORT or URL).
+    Forget { server: String },
+}
