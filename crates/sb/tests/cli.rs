@@ -1,0 +1,252 @@
+//! End to end through the real `sb` binary, as a user would drive it.
+
+mod common;
+
+use common::*;
+use sb_client::{Client, Trust};
+use sb_core::Secret;
+
+#[test]
+fn register_login_whoami_revoke_logout_and_refuse_changed_certificate() {
+    let mut server = TestServer::start();
+    let setup = server
+        .setup_token
+        .clone()
+        .expect("first start prints a setup token");
+    assert!(server.data_dir.join("setup-token").exists());
+    let laptop = tempfile::tempdir().unwrap();
+    let phone = tempfile::tempdir().unwrap();
+    let pw = format!("{PASSWORD}\n");
+
+    // Register with the setup token on the laptop; this pins the certificate and logs in.
+    let out = sb(
+        laptop.path(),
+        &[
+            "register",
+            &server.url,
+            "--username",
+            "admin",
+            "--setup-token",
+            &setup,
+            "--password-stdin",
+            "--yes",
+        ],
+        &pw,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&server.fingerprint),
+        "shows the fingerprint it pins"
+    );
+    assert!(
+        !server.data_dir.join("setup-token").exists(),
+        "the used setup token file is deleted"
+    );
+
+    // Without --yes and without a terminal, first contact is refused and nothing is pinned.
+    let out = sb(
+        phone.path(),
+        &[
+            "login",
+            &server.url,
+            "--username",
+            "admin",
+            "--password-stdin",
+        ],
+        &pw,
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--yes"), "{}", stderr(&out));
+
+    // Log in from a second device, pinning on first contact.
+    let out = sb(
+        phone.path(),
+        &[
+            "login",
+            &server.url,
+            "--username",
+            "admin",
+            "--password-stdin",
+            "--yes",
+        ],
+        &pw,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let me = json(&sb(phone.path(), &["whoami", "--json"], ""));
+    assert_eq!(me["username"], "admin");
+    assert_eq!(me["role"], "admin");
+
+    let sessions = json(&sb(phone.path(), &["sessions", "--json"], ""));
+    let sessions = sessions.as_array().unwrap();
+    assert_eq!(sessions.len(), 2);
+    let laptop_session = sessions
+        .iter()
+        .find(|s| s["current"] == false)
+        .expect("the laptop's session");
+    let laptop_id = laptop_session["id"].as_str().unwrap();
+
+    // Revoke the laptop's session from the phone: its token now gets 401.
+    let laptop_login =
+        std::fs::read_to_string(laptop.path().join("switchboard/login.toml")).unwrap();
+    let laptop_token: toml::Value = toml::from_str(&laptop_login).unwrap();
+    let laptop_token = laptop_token["token"].as_str().unwrap().to_string();
+    let out = sb(phone.path(), &["sessions", "revoke", laptop_id], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(async {
+        server
+            .client_with(&Secret::new(laptop_token))
+            .raw(reqwest::Method::GET, "/v1/me", None)
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, 401);
+    let out = sb(laptop.path(), &["whoami"], "");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("invalid_token"), "{}", stderr(&out));
+
+    // Log out on the phone: the session ends on the server and locally.
+    let out = sb(phone.path(), &["logout"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = sb(phone.path(), &["whoami"], "");
+    assert!(stderr(&out).contains("not logged in"), "{}", stderr(&out));
+
+    // A different server (new certificate) on the same address is refused by the pinning client.
+    let addr = server.addr.clone();
+    assert!(server.stop(), "server exits cleanly on SIGTERM");
+    let impostor = TestServer::start_with(ServerOptions {
+        listen: &addr,
+        ..Default::default()
+    });
+    assert_ne!(impostor.fingerprint, server.fingerprint);
+    let out = sb(
+        phone.path(),
+        &[
+            "login",
+            &impostor.url,
+            "--username",
+            "admin",
+            "--password-stdin",
+            "--yes",
+        ],
+        &pw,
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("has changed"), "{err}");
+    assert!(
+        err.contains(&server.fingerprint) && err.contains(&impostor.fingerprint),
+        "{err}"
+    );
+    assert!(err.contains("sb trust forget"), "says how to re-pin: {err}");
+}
+
+#[test]
+fn restart_keeps_accounts_sessions_and_tokens() {
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().join("data");
+    let mut first = TestServer::start_with(ServerOptions {
+        data_dir: Some(data_dir.clone()),
+        ..Default::default()
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (session, api_token) = rt.block_on(async {
+        let admin = first.admin().await;
+        let login = first
+            .client()
+            .login("admin", Secret::new(PASSWORD.into()))
+            .await
+            .unwrap();
+        let token = admin
+            .create_token(&sb_proto::TokenCreate {
+                name: "ci".into(),
+                scopes: vec!["read".into()],
+                expires_in_secs: None,
+            })
+            .await
+            .unwrap();
+        (login.token, token.token)
+    });
+    assert!(first.stop());
+    let second = TestServer::start_with(ServerOptions {
+        data_dir: Some(data_dir),
+        ..Default::default()
+    });
+    assert_eq!(
+        second.fingerprint, first.fingerprint,
+        "same certificate after restart"
+    );
+    assert!(
+        second.setup_token.is_none(),
+        "no new setup token once an admin exists"
+    );
+    rt.block_on(async {
+        let trust = Trust::Fingerprint(second.fingerprint.clone());
+        let by_session = Client::new(&second.url, &trust)
+            .unwrap()
+            .with_token(session);
+        assert_eq!(by_session.me().await.unwrap().username, "admin");
+        let by_token = Client::new(&second.url, &trust)
+            .unwrap()
+            .with_token(api_token);
+        assert_eq!(by_token.me().await.unwrap().username, "admin");
+        assert_eq!(by_session.tokens().await.unwrap().len(), 1);
+        second.login("admin").await;
+    });
+}
+
+#[test]
+fn config_default_prints_the_annotated_defaults() {
+    let home = tempfile::tempdir().unwrap();
+    let out = sb(home.path(), &["config", "default"], "");
+    assert!(out.status.success());
+    let text = stdout(&out);
+    let parsed: sb_core::config::Config = toml::from_str(&text).expect("valid config");
+    assert_eq!(parsed, sb_core::config::Config::default());
+    assert!(text.contains("body_size_bytes_max"));
+    assert!(text.contains("# "), "annotated");
+}
+
+#[test]
+fn serve_reads_config_file_and_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("sb.toml");
+    std::fs::write(&cfg, "[auth]\nregistration = \"open\"\n").unwrap();
+    let data_dir = dir.path().join("data");
+    let mut child = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&cfg)
+        .env("SB_SERVER__DATA_DIR", &data_dir)
+        .env("SB_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(
+        line.starts_with("Switchboard listening on https://127.0.0.1:"),
+        "{line}"
+    );
+    assert!(
+        data_dir.join("sb.db").exists(),
+        "data dir taken from SB_SERVER__DATA_DIR"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[limits]\nbody_max = 1\n").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("body_max"));
+}

@@ -1,0 +1,220 @@
+//! Runs the real `sb` binary as a server on port 0 with a temporary data directory, and gives
+//! tests SDK clients and CLI invocations pointed at it.
+
+#![allow(dead_code)]
+
+use sb_client::{Client, Trust};
+use sb_core::Secret;
+use sb_proto::RegisterRequest;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const PASSWORD: &str = "correct horse battery staple";
+pub const BIN: &str = env!("CARGO_BIN_EXE_sb");
+
+pub struct TestServer {
+    child: Option<Child>,
+    pub url: String,
+    pub addr: String,
+    pub fingerprint: String,
+    pub setup_token: Option<String>,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+pub struct ServerOptions<'a> {
+    pub listen: &'a str,
+    pub data_dir: Option<PathBuf>,
+    pub env: Vec<(&'a str, String)>,
+}
+
+impl Default for ServerOptions<'_> {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:0",
+            data_dir: None,
+            env: Vec::new(),
+        }
+    }
+}
+
+impl TestServer {
+    pub fn start() -> Self {
+        Self::start_with(ServerOptions::default())
+    }
+
+    pub fn start_with(opts: ServerOptions<'_>) -> Self {
+        let (tmp, data_dir) = match opts.data_dir {
+            Some(d) => (None, d),
+            None => {
+                let t = tempfile::tempdir().expect("tempdir");
+                let d = t.path().join("data");
+                (Some(t), d)
+            }
+        };
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--listen", opts.listen, "--data-dir"])
+            .arg(&data_dir)
+            .env("SB_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn sb serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut url = None;
+        let mut fingerprint = None;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while fingerprint.is_none() {
+            assert!(Instant::now() < deadline, "server did not start in time");
+            let Some(Ok(line)) = lines.next() else {
+                panic!("server exited before printing its banner");
+            };
+            if let Some(rest) = line.strip_prefix("Switchboard listening on ") {
+                url = Some(rest.trim().to_string());
+            }
+            if let Some(rest) = line.strip_prefix("TLS certificate SHA-256 fingerprint: ") {
+                fingerprint = Some(rest.trim().to_string());
+            }
+        }
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let url = url.expect("url in banner");
+        let setup_token = std::fs::read_to_string(data_dir.join("setup-token"))
+            .ok()
+            .map(|t| t.trim().to_string());
+        TestServer {
+            child: Some(child),
+            addr: url.trim_start_matches("https://").to_string(),
+            url,
+            fingerprint: fingerprint.expect("fingerprint"),
+            setup_token,
+            data_dir,
+            _tmp: tmp,
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.url, &Trust::Fingerprint(self.fingerprint.clone())).expect("client")
+    }
+
+    pub fn client_with(&self, token: &Secret<String>) -> Client {
+        self.client().with_token(token.clone())
+    }
+
+    /// Registers `admin` with the setup token and returns a logged-in client.
+    pub async fn admin(&self) -> Client {
+        let c = self.client();
+        c.register(&RegisterRequest {
+            username: "admin".into(),
+            password: Secret::new(PASSWORD.into()),
+            setup_token: Some(Secret::new(self.setup_token.clone().expect("setup token"))),
+            invite: None,
+        })
+        .await
+        .expect("register admin");
+        self.login("admin").await
+    }
+
+    pub async fn login(&self, username: &str) -> Client {
+        let r = self
+            .client()
+            .login(username, Secret::new(PASSWORD.into()))
+            .await
+            .expect("login");
+        self.client_with(&r.token)
+    }
+
+    /// Creates a plain user through an admin invite and returns it logged in.
+    pub async fn user(&self, admin: &Client, username: &str) -> Client {
+        let invite = admin
+            .admin_invite(&Default::default())
+            .await
+            .expect("invite");
+        self.client()
+            .register(&RegisterRequest {
+                username: username.into(),
+                password: Secret::new(PASSWORD.into()),
+                setup_token: None,
+                invite: Some(invite.token),
+            })
+            .await
+            .expect("register user");
+        self.login(username).await
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// SIGTERM and wait; returns whether it exited successfully.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs the CLI with its own config directory (one per simulated user device).
+pub fn sb(config_home: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("XDG_CONFIG_HOME", config_home)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sb");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("sb output")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn json(o: &Output) -> serde_json::Value {
+    assert!(
+        o.status.success(),
+        "command failed: {}\n{}",
+        stdout(o),
+        stderr(o)
+    );
+    serde_json::from_slice(&o.stdout).expect("json output")
+}
