@@ -205,6 +205,29 @@ impl Client {
         })
     }
 
+    /// Sends arbitrary bytes with a content type (for uploads and protocol tests).
+    pub async fn raw_body(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<reqwest::Response> {
+        let url = self
+            .base
+            .join(path)
+            .map_err(|_| ClientError::BadUrl(path.into()))?;
+        let mut req = self
+            .http
+            .request(method, url)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t.expose());
+        }
+        req.send().await.map_err(|e| self.transport_error(e))
+    }
+
     async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,

@@ -115,6 +115,8 @@ fn frame(f: &ServerFrame) -> Message {
     }
 }
 
+/// Whether a read failed on `max_frame_size`/`max_message_size`. Relies on our tungstenite being
+/// the version axum uses (the workspace pins them together).
 fn is_too_big(e: &axum::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
