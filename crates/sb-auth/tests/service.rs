@@ -1,5 +1,7 @@
 //! The auth service against a real SQLite store, with time passed in explicitly.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use sb_auth::{
     Action, Auth, AuthError, AuthEvent, NewToken, Origin, RegisterInput, Resource, Scope,
     credential_topic,

@@ -127,10 +127,8 @@ impl<M> Node<M> {
 
     fn collect<'a>(&'a self, levels: &[&str], first: bool, out: &mut Vec<&'a Sub<M>>) {
         let dollar = first && levels.first().is_some_and(|l| l.starts_with('$'));
-        if !dollar {
-            if let Some(hash) = self.children.get("#") {
-                out.extend(hash.subs.iter());
-            }
+        if let (false, Some(hash)) = (dollar, self.children.get("#")) {
+            out.extend(hash.subs.iter());
         }
         let Some((level, rest)) = levels.split_first() else {
             out.extend(self.subs.iter());
@@ -139,10 +137,8 @@ impl<M> Node<M> {
         if let Some(child) = self.children.get(*level) {
             child.collect(rest, false, out);
         }
-        if !dollar {
-            if let Some(plus) = self.children.get("+") {
-                plus.collect(rest, false, out);
-            }
+        if let (false, Some(plus)) = (dollar, self.children.get("+")) {
+            plus.collect(rest, false, out);
         }
     }
 }

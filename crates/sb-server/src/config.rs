@@ -7,7 +7,7 @@ use std::path::Path;
 
 /// Builds the configuration. A named file must exist; unknown fields anywhere are errors, so a
 /// typo never silently falls back to a default.
-pub fn load(file: Option<&Path>) -> Result<Config, figment::Error> {
+pub fn load(file: Option<&Path>) -> Result<Config, Box<figment::Error>> {
     let mut fig = Figment::from(Serialized::defaults(Config::default()));
     if let Some(path) = file {
         fig = fig.merge(Toml::file_exact(path));
@@ -16,7 +16,7 @@ pub fn load(file: Option<&Path>) -> Result<Config, figment::Error> {
     let env = Env::prefixed("SB_")
         .filter(|key| key.as_str().contains("__"))
         .split("__");
-    fig.merge(env).extract()
+    fig.merge(env).extract().map_err(Box::new)
 }
 
 #[cfg(test)]
@@ -25,6 +25,7 @@ mod tests {
     use std::io::Write;
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature is fixed
     fn file_then_environment_override_defaults() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         writeln!(

@@ -1,6 +1,8 @@
 //! The behaviour every [`Store`] backend must show. Backends call [`run`] from their tests with a
 //! fresh, empty store; it panics (as a test does) at the first broken contract.
 
+#![allow(clippy::unwrap_used)]
+
 use crate::audit::ChainVerifier;
 use crate::*;
 

@@ -1,5 +1,7 @@
 //! The store conformance suite and durability checks, against the SQLite backend.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use sb_core::config::StoreConfig;
 use sb_core::{Role, UnixMillis, UserId};
 use sb_store::audit::{ChainBreak, ChainVerifier};

@@ -1,6 +1,8 @@
 //! Bad input gets a 4xx with the JSON error shape and a stable code, changes nothing, and the
 //! server keeps serving everyone else.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use common::*;
@@ -8,6 +10,17 @@ use futures_util::{SinkExt, StreamExt};
 use reqwest::Method;
 use sb_core::Secret;
 use tokio_tungstenite::tungstenite::Message;
+
+/// name, method, path, content type, body, expected status, expected code
+type Case = (
+    &'static str,
+    Method,
+    &'static str,
+    &'static str,
+    Vec<u8>,
+    u16,
+    &'static str,
+);
 
 async fn error_of(resp: reqwest::Response) -> (u16, String) {
     let status = resp.status().as_u16();
@@ -34,7 +47,7 @@ async fn each_kind_of_bad_request_gets_its_stable_code() {
     let admin = server.admin().await;
     let anon = server.client();
     let json = "application/json";
-    let cases: Vec<(&str, Method, &str, &str, Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "malformed json",
             Method::POST,

@@ -1,5 +1,7 @@
 //! End to end through the real `sb` binary, as a user would drive it.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use common::*;

@@ -1,5 +1,7 @@
 //! Security behaviour of the running server, through the SDK and the real binary.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use common::*;

@@ -1,5 +1,7 @@
 //! `/metrics`, `/v1/openapi.json`, health endpoints and graceful shutdown.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use common::*;
