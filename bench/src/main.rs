@@ -1,1 +1,225 @@
-fn main() {}
+//! `sb-bench`: load against a real `sb serve` on this machine.
+//!
+//! Starts the server binary on a free port with a temporary data directory (rate limits raised so
+//! they don't cap the measurement), registers an admin, then for each scenario runs
+//! `--concurrency` clients (each with its own connection) for `--seconds` and reports throughput
+//! and latency percentiles as a Markdown table for BENCHMARKS.md.
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use reqwest::Method;
+use sb_client::{Client, Trust};
+use sb_core::Secret;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(about = "Benchmark a Switchboard server: logins and token-authenticated requests")]
+struct Args {
+    /// The `sb` binary to run (build it with `cargo build --release`).
+    #[arg(long, default_value = "target/release/sb")]
+    sb: String,
+    /// Concurrent clients per scenario.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Seconds per scenario.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+}
+
+const PASSWORD: &str = "load-test passphrase, long enough";
+
+struct Server {
+    child: Child,
+    url: String,
+    fingerprint: String,
+    setup_token: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(sb: &str) -> anyhow::Result<Server> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let mut child = Command::new(sb)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("SB_LOG", "warn")
+        .env("SB_RATE_LIMITS__LOGIN_PER_IP_PER_MINUTE", "100000000")
+        .env("SB_RATE_LIMITS__LOGIN_PER_ACCOUNT_PER_MINUTE", "100000000")
+        .env("SB_RATE_LIMITS__REQUESTS_PER_CREDENTIAL_PER_SECOND", "100000000")
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {sb}; build it first with `cargo build --release`"))?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut url, mut fingerprint) = (None, None);
+    while fingerprint.is_none() {
+        let Some(line) = lines.next() else {
+            bail!("server exited during start")
+        };
+        let line = line?;
+        if let Some(u) = line.strip_prefix("Switchboard listening on ") {
+            url = Some(u.trim().to_string());
+        }
+        if let Some(f) = line.strip_prefix("TLS certificate SHA-256 fingerprint: ") {
+            fingerprint = Some(f.trim().to_string());
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Ok(Server {
+        child,
+        url: url.context("no url")?,
+        fingerprint: fingerprint.context("no fingerprint")?,
+        setup_token: std::fs::read_to_string(data.join("setup-token"))?
+            .trim()
+            .to_string(),
+        _dir: dir,
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Scenario {
+    Login,
+    Me,
+    Health,
+}
+
+struct Outcome {
+    name: &'static str,
+    ok: u64,
+    errors: u64,
+    elapsed: Duration,
+    hist: Histogram<u64>,
+}
+
+async fn run(
+    server: &Server,
+    scenario: Scenario,
+    token: Option<Secret<String>>,
+    args: &Args,
+) -> anyhow::Result<Outcome> {
+    let name = match scenario {
+        Scenario::Login => "POST /v1/auth/login (Argon2id verify)",
+        Scenario::Me => "GET /v1/me (API token)",
+        Scenario::Health => "GET /healthz (no auth, baseline)",
+    };
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency {
+        let mut client = Client::new(&server.url, &Trust::Fingerprint(server.fingerprint.clone()))?;
+        if let Some(t) = &token {
+            client = client.with_token(t.clone());
+        }
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            let (mut ok, mut errors) = (0u64, 0u64);
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                let good = match scenario {
+                    Scenario::Login => client
+                        .login("bench", Secret::new(PASSWORD.into()))
+                        .await
+                        .is_ok(),
+                    Scenario::Me => client.me().await.is_ok(),
+                    Scenario::Health => client
+                        .raw(Method::GET, "/healthz", None)
+                        .await
+                        .is_ok_and(|r| r.status().is_success()),
+                };
+                let us = t0.elapsed().as_micros() as u64;
+                if good {
+                    ok += 1;
+                    hist.record(us.max(1))?;
+                } else {
+                    errors += 1;
+                }
+            }
+            anyhow::Ok((ok, errors, hist))
+        }));
+    }
+    // Progress on stderr while the clients run.
+    let progress = tokio::spawn({
+        let secs = args.seconds;
+        async move {
+            for s in 1..=secs {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                eprint!("\r  {name}: {s}/{secs} s");
+                let _ = std::io::stderr().flush();
+            }
+            eprintln!();
+        }
+    });
+    let mut total = Outcome {
+        name,
+        ok: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        hist: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+    };
+    for t in tasks {
+        let (ok, errors, hist) = t.await??;
+        total.ok += ok;
+        total.errors += errors;
+        total.hist.add(hist)?;
+    }
+    total.elapsed = started.elapsed();
+    let _ = progress.await;
+    Ok(total)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let server = start(&args.sb)?;
+    let c = Client::new(&server.url, &Trust::Fingerprint(server.fingerprint.clone()))?;
+    c.register(&sb_proto::RegisterRequest {
+        username: "bench".into(),
+        password: Secret::new(PASSWORD.into()),
+        setup_token: Some(Secret::new(server.setup_token.clone())),
+        invite: None,
+    })
+    .await?;
+    let session = c.login("bench", Secret::new(PASSWORD.into())).await?.token;
+    let api = Client::new(&server.url, &Trust::Fingerprint(server.fingerprint.clone()))?
+        .with_token(session)
+        .create_token(&sb_proto::TokenCreate {
+            name: "bench".into(),
+            scopes: vec!["read".into()],
+            expires_in_secs: None,
+        })
+        .await?
+        .token;
+    eprintln!(
+        "sb-bench: {} clients x {} s per scenario against {}",
+        args.concurrency, args.seconds, server.url
+    );
+    let mut results = Vec::new();
+    results.push(run(&server, Scenario::Health, None, &args).await?);
+    results.push(run(&server, Scenario::Me, Some(api), &args).await?);
+    results.push(run(&server, Scenario::Login, None, &args).await?);
+    println!("| scenario | requests/s | p50 ms | p99 ms | max ms | errors |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for r in &results {
+        let ms = |q: f64| r.hist.value_at_quantile(q) as f64 / 1000.0;
+        println!(
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
+            r.name,
+            r.ok as f64 / r.elapsed.as_secs_f64(),
+            ms(0.50),
+            ms(0.99),
+            r.hist.max() as f64 / 1000.0,
+            r.errors
+        );
+    }
+    Ok(())
+}
