@@ -55,7 +55,10 @@ fn start(sb: &str) -> anyhow::Result<Server> {
         .env("SB_LOG", "warn")
         .env("SB_RATE_LIMITS__LOGIN_PER_IP_PER_MINUTE", "100000000")
         .env("SB_RATE_LIMITS__LOGIN_PER_ACCOUNT_PER_MINUTE", "100000000")
-        .env("SB_RATE_LIMITS__REQUESTS_PER_CREDENTIAL_PER_SECOND", "100000000")
+        .env(
+            "SB_RATE_LIMITS__REQUESTS_PER_CREDENTIAL_PER_SECOND",
+            "100000000",
+        )
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {sb}; build it first with `cargo build --release`"))?;

@@ -252,3 +252,68 @@ fn serve_reads_config_file_and_environment() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("body_max"));
 }
+
+#[test]
+fn no_secret_reaches_the_logs_even_at_debug_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let mut server = TestServer::start_with(ServerOptions {
+        env: vec![
+            ("SB_LOG", "debug".into()),
+            ("SB_SERVER__LOG_FORMAT", "json".into()),
+        ],
+        log_file: Some(log.clone()),
+        ..Default::default()
+    });
+    let setup = server.setup_token.clone().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let secrets = rt.block_on(async {
+        let admin = server.admin().await;
+        let session = server
+            .client()
+            .login("admin", Secret::new(PASSWORD.into()))
+            .await
+            .unwrap()
+            .token;
+        let api = admin
+            .create_token(&sb_proto::TokenCreate {
+                name: "t".into(),
+                scopes: vec![],
+                expires_in_secs: None,
+            })
+            .await
+            .unwrap()
+            .token;
+        let invite = admin.admin_invite(&Default::default()).await.unwrap().token;
+        let _ = server
+            .client()
+            .login("admin", Secret::new("a wrong password guess".into()))
+            .await;
+        admin
+            .change_password(&sb_proto::PasswordChange {
+                current_password: Secret::new(PASSWORD.into()),
+                new_password: Secret::new("a brand new passphrase 42".into()),
+            })
+            .await
+            .unwrap();
+        vec![
+            setup,
+            PASSWORD.to_string(),
+            "a wrong password guess".into(),
+            "a brand new passphrase 42".into(),
+            session.expose().clone(),
+            api.expose().clone(),
+            invite.expose().clone(),
+        ]
+    });
+    assert!(server.stop());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("shutdown requested"), "the log was captured");
+    for line in text.lines() {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("--log-format json line is not JSON ({e}): {line}"));
+    }
+    for secret in &secrets {
+        assert!(!text.contains(secret.as_str()), "a secret reached the log");
+    }
+}

@@ -28,6 +28,8 @@ pub struct ServerOptions<'a> {
     pub listen: &'a str,
     pub data_dir: Option<PathBuf>,
     pub env: Vec<(&'a str, String)>,
+    /// Capture the server's stderr (its logs) in this file instead of inheriting it.
+    pub log_file: Option<PathBuf>,
 }
 
 impl Default for ServerOptions<'_> {
@@ -36,6 +38,7 @@ impl Default for ServerOptions<'_> {
             listen: "127.0.0.1:0",
             data_dir: None,
             env: Vec::new(),
+            log_file: None,
         }
     }
 }
@@ -62,6 +65,9 @@ impl TestServer {
             .stderr(Stdio::inherit());
         for (k, v) in &opts.env {
             cmd.env(k, v);
+        }
+        if let Some(path) = &opts.log_file {
+            cmd.stderr(std::fs::File::create(path).expect("log file"));
         }
         let mut child = cmd.spawn().expect("spawn sb serve");
         let stdout = child.stdout.take().expect("stdout");
