@@ -246,6 +246,25 @@ pub fn cert_fingerprint(der: &[u8]) -> String {
         .join(":")
 }
 
+/// Why a client frame could not be decoded; `id` is the request id when it could be read, so the
+/// error reply can still be matched to its request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrameError {
+    pub id: Option<String>,
+    pub message: String,
+}
+
+/// Decodes one text frame from a client. The transport bounds its size
+/// (`limits.ws_message_size_bytes_max`); this never panics on any input.
+pub fn decode_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
+    serde_json::from_str::<ClientFrame>(text).map_err(|e| FrameError {
+        id: serde_json::from_str::<serde_json::Value>(text)
+            .ok()
+            .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(String::from)),
+        message: format!("bad frame: {e}"),
+    })
+}
+
 /// The `/v1/ws` protocol version carried in `hello`.
 pub const WS_PROTOCOL_VERSION: u32 = 1;
 
@@ -267,6 +286,17 @@ mod tests {
         assert_eq!(f, ClientFrame::Ping { id: "1".into() });
         let out = serde_json::to_string(&ServerFrame::Pong { id: "1".into() }).unwrap();
         assert_eq!(out, r#"{"type":"pong","id":"1"}"#);
+    }
+
+    #[test]
+    fn undecodable_frames_keep_their_id_when_readable() {
+        let e = decode_client_frame(r#"{"type":"nope","id":"7"}"#).unwrap_err();
+        assert_eq!(e.id.as_deref(), Some("7"));
+        assert!(decode_client_frame("{").unwrap_err().id.is_none());
+        assert_eq!(
+            decode_client_frame(r#"{"type":"whoami","id":"w"}"#),
+            Ok(ClientFrame::Whoami { id: "w".into() })
+        );
     }
 
     #[test]

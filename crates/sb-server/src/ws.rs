@@ -193,15 +193,11 @@ async fn run(
                 }
                 Some(Ok(Message::Text(text))) => {
                     unanswered = 0;
-                    let reply = match serde_json::from_str::<ClientFrame>(&text) {
+                    let reply = match sb_proto::decode_client_frame(&text) {
                         Ok(ClientFrame::Ping { id }) => ServerFrame::Pong { id },
                         Ok(ClientFrame::Whoami { id }) => ServerFrame::Whoami { id, user: user.clone() },
-                        Err(e) => {
-                            let id = serde_json::from_str::<serde_json::Value>(&text).ok()
-                                .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(String::from));
-                            ServerFrame::Error { id, code: ErrorCode::InvalidBody.as_str().into(),
-                                message: format!("bad frame: {e}") }
-                        }
+                        Err(e) => ServerFrame::Error { id: e.id, code: ErrorCode::InvalidBody.as_str().into(),
+                            message: e.message },
                     };
                     if tx.send(frame(&reply)).await.is_err() { break None; }
                 }
