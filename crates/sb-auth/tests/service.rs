@@ -407,3 +407,22 @@ async fn invite_mode_needs_an_invite_and_it_is_single_use() {
         .unwrap_err();
     assert_eq!(e.code(), ErrorCode::InvalidInvite);
 }
+
+#[tokio::test]
+async fn sessions_expire_after_the_configured_ttl() {
+    let f = fixture();
+    admin_and_user(&f).await;
+    let ttl_ms = AuthConfig::default().session_ttl_secs as i64 * 1000;
+    let t = login(&f, "bob", 1_000).await.unwrap();
+    let ok = f
+        .auth
+        .authenticate(t.expose(), origin().ip, UnixMillis(1_000 + ttl_ms - 1))
+        .await;
+    assert!(ok.is_ok());
+    let expired = f
+        .auth
+        .authenticate(t.expose(), origin().ip, UnixMillis(1_000 + ttl_ms))
+        .await
+        .unwrap_err();
+    assert_eq!(expired.code(), ErrorCode::InvalidToken);
+}

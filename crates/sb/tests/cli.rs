@@ -317,3 +317,236 @@ fn no_secret_reaches_the_logs_even_at_debug_level() {
         assert!(!text.contains(secret.as_str()), "a secret reached the log");
     }
 }
+
+#[test]
+fn cli_tokens_profiles_passwords_admin_and_the_audit_trail() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = TestServer::start();
+    let setup_file = server.data_dir.join("setup-token");
+    let mode = std::fs::metadata(&setup_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "setup-token is private");
+    let admin_home = tempfile::tempdir().unwrap();
+    let bob_home = tempfile::tempdir().unwrap();
+    let pw = format!("{PASSWORD}\n");
+    let setup = server.setup_token.clone().unwrap();
+    let ok = |o: std::process::Output| {
+        assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+        o
+    };
+
+    // Trust through a CA file instead of pinning: no prompt, nothing pinned.
+    let ca = server.data_dir.join("tls/cert.pem");
+    let ca = ca.to_str().unwrap();
+    ok(sb(
+        admin_home.path(),
+        &[
+            "register",
+            &server.url,
+            "--username",
+            "admin",
+            "--setup-token",
+            &setup,
+            "--password-stdin",
+            "--ca",
+            ca,
+        ],
+        &pw,
+    ));
+    let pins = json(&sb(admin_home.path(), &["trust", "list", "--json"], ""));
+    assert_eq!(
+        pins,
+        serde_json::json!({}),
+        "a CA-trusted server is not pinned"
+    );
+
+    let invite = json(&sb(
+        admin_home.path(),
+        &["admin", "invite", "--expires", "1h", "--json"],
+        "",
+    ));
+    let invite_token = invite["token"].as_str().unwrap().to_string();
+    assert!(invite_token.starts_with("sbi_"));
+    ok(sb(
+        bob_home.path(),
+        &[
+            "register",
+            &server.url,
+            "--username",
+            "bob",
+            "--invite",
+            &invite_token,
+            "--password-stdin",
+            "--yes",
+        ],
+        &pw,
+    ));
+
+    let created = json(&sb(
+        bob_home.path(),
+        &[
+            "token",
+            "create",
+            "ci",
+            "--scope",
+            "read",
+            "--expires",
+            "30d",
+            "--json",
+        ],
+        "",
+    ));
+    let keys: Vec<&str> = created
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(keys, vec!["id", "token"]);
+    let token_id = created["id"].as_str().unwrap().to_string();
+    let listed = json(&sb(bob_home.path(), &["token", "list", "--json"], ""));
+    assert_eq!(listed[0]["scopes"], serde_json::json!(["read"]));
+    assert!(listed[0]["expires_at_ms"].is_i64());
+    ok(sb(bob_home.path(), &["token", "revoke", &token_id], ""));
+    let listed = json(&sb(bob_home.path(), &["token", "list", "--json"], ""));
+    assert_eq!(listed[0]["revoked"], true);
+
+    let profile = json(&sb(
+        bob_home.path(),
+        &[
+            "profile",
+            "--display-name",
+            "Bob B",
+            "--status",
+            "on call",
+            "--json",
+        ],
+        "",
+    ));
+    assert_eq!(
+        (
+            profile["display_name"].as_str(),
+            profile["status_text"].as_str()
+        ),
+        (Some("Bob B"), Some("on call"))
+    );
+
+    ok(sb(
+        bob_home.path(),
+        &["passwd", "--password-stdin"],
+        &format!("{PASSWORD}\nan entirely new passphrase\n"),
+    ));
+    let relog = sb(
+        bob_home.path(),
+        &[
+            "login",
+            &server.url,
+            "--username",
+            "bob",
+            "--password-stdin",
+        ],
+        &pw,
+    );
+    assert!(!relog.status.success(), "the old password no longer works");
+    ok(sb(
+        bob_home.path(),
+        &[
+            "login",
+            &server.url,
+            "--username",
+            "bob",
+            "--password-stdin",
+        ],
+        "an entirely new passphrase\n",
+    ));
+
+    let denied = sb(bob_home.path(), &["admin", "users"], "");
+    assert!(!denied.status.success());
+    assert!(stderr(&denied).contains("forbidden"));
+
+    let users = json(&sb(admin_home.path(), &["admin", "users", "--json"], ""));
+    assert_eq!(users.as_array().unwrap().len(), 2);
+    ok(sb(
+        admin_home.path(),
+        &["admin", "users", "set-role", "bob", "admin"],
+        "",
+    ));
+    ok(sb(
+        admin_home.path(),
+        &["admin", "users", "disable", "bob"],
+        "",
+    ));
+    let out = sb(bob_home.path(), &["whoami"], "");
+    assert!(!out.status.success(), "disabling ends bob's sessions");
+    ok(sb(
+        admin_home.path(),
+        &["admin", "users", "enable", "bob"],
+        "",
+    ));
+    let self_disable = sb(
+        admin_home.path(),
+        &["admin", "users", "disable", "admin"],
+        "",
+    );
+    assert!(
+        !self_disable.status.success(),
+        "an admin cannot lock themselves out"
+    );
+    ok(sb(
+        bob_home.path(),
+        &[
+            "login",
+            &server.url,
+            "--username",
+            "bob",
+            "--password-stdin",
+        ],
+        "an entirely new passphrase\n",
+    ));
+    ok(sb(bob_home.path(), &["logout"], ""));
+
+    let events = json(&sb(
+        admin_home.path(),
+        &["admin", "audit", "--limit", "1000", "--json"],
+        "",
+    ));
+    let actions: std::collections::BTreeSet<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "user.register",
+        "login.success",
+        "login.failure",
+        "logout",
+        "password.change",
+        "token.create",
+        "token.revoke",
+        "invite.create",
+        "user.role_change",
+        "user.disable",
+        "user.enable",
+        "permission.denied",
+    ] {
+        assert!(
+            actions.contains(expected),
+            "audit lacks {expected}: {actions:?}"
+        );
+    }
+    let filtered = json(&sb(
+        admin_home.path(),
+        &[
+            "admin", "audit", "--action", "login.", "--since", "1h", "--json",
+        ],
+        "",
+    ));
+    assert!(
+        filtered
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["action"].as_str().unwrap().starts_with("login."))
+    );
+    ok(sb(admin_home.path(), &["admin", "audit", "--verify"], ""));
+}

@@ -374,3 +374,33 @@ async fn registration_modes_are_enforced() {
         .unwrap_err();
     assert_eq!(e.code(), Some("invalid_invite"), "invites are single-use");
 }
+
+#[tokio::test]
+async fn guessing_tokens_from_one_address_is_rate_limited() {
+    let server = TestServer::start_with(ServerOptions {
+        env: vec![(
+            "SB_RATE_LIMITS__TOKEN_FAILURES_PER_IP_PER_MINUTE",
+            "3".into(),
+        )],
+        ..Default::default()
+    });
+    let admin = server.admin().await;
+    let mut statuses = Vec::new();
+    for i in 0..5 {
+        let guess = server.client_with(&Secret::new(format!("sbs_guess{i}")));
+        statuses.push(
+            guess
+                .raw(Method::GET, "/v1/me", None)
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, vec![401, 401, 401, 429, 429]);
+    // The limit is on failures: a valid token from the same address is refused too while it
+    // lasts (the address is what is being throttled), and the server says when to retry.
+    let resp = admin.raw(Method::GET, "/v1/me", None).await.unwrap();
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().get("retry-after").is_some());
+}
