@@ -48,6 +48,14 @@ pub struct Origin {
     pub client: String,
 }
 
+/// The context of an authenticated call: who asks, from where, and when.
+#[derive(Clone, Copy, Debug)]
+pub struct Ctx<'a> {
+    pub subject: &'a Subject,
+    pub origin: &'a Origin,
+    pub now: UnixMillis,
+}
+
 /// Published on the auth bus when a credential or account stops being valid.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AuthEvent {
@@ -247,14 +255,12 @@ impl Auth {
     }
 
     /// The access decision for a route: allowed, or `Forbidden` with the denial audited.
-    pub async fn authorize(
-        &self,
-        subject: &Subject,
-        action: Action,
-        resource: &Resource,
-        origin: &Origin,
-        now: UnixMillis,
-    ) -> Result<()> {
+    pub async fn authorize(&self, cx: Ctx<'_>, action: Action, resource: &Resource) -> Result<()> {
+        let Ctx {
+            subject,
+            origin,
+            now,
+        } = cx;
         let Err(denial) = policy::authorize(subject, action, resource) else {
             return Ok(());
         };
@@ -522,21 +528,14 @@ impl Auth {
 
     pub async fn update_profile(
         &self,
-        subject: &Subject,
+        cx: Ctx<'_>,
         display_name: Option<String>,
         status_text: Option<String>,
-        origin: &Origin,
-        now: UnixMillis,
     ) -> Result<UserRecord> {
+        let Ctx { subject, .. } = cx;
         let owner = subject.user_id;
-        self.authorize(
-            subject,
-            Action::Update,
-            &Resource::Account { owner },
-            origin,
-            now,
-        )
-        .await?;
+        self.authorize(cx, Action::Update, &Resource::Account { owner })
+            .await?;
         let max = self.config.profile_field_length_max;
         for v in [&display_name, &status_text].into_iter().flatten() {
             if v.chars().count() > max || v.chars().any(char::is_control) {
@@ -553,31 +552,27 @@ impl Auth {
     }
 
     /// Ends the caller's own session (a no-op for API tokens, which are revoked by id).
-    pub async fn logout(&self, subject: &Subject, origin: &Origin, now: UnixMillis) -> Result<()> {
-        if let Credential::Session(id) = subject.credential {
-            self.revoke_session_record(subject, id, origin, now, "logout")
-                .await?;
+    pub async fn logout(&self, cx: Ctx<'_>) -> Result<()> {
+        if let Credential::Session(id) = cx.subject.credential {
+            self.revoke_session_record(cx, id, "logout").await?;
         }
         Ok(())
     }
 
     pub async fn change_password(
         &self,
-        subject: &Subject,
+        cx: Ctx<'_>,
         current: Secret<String>,
         new: Secret<String>,
-        origin: &Origin,
-        now: UnixMillis,
     ) -> Result<Vec<SessionId>> {
-        let owner = subject.user_id;
-        self.authorize(
+        let Ctx {
             subject,
-            Action::Update,
-            &Resource::Account { owner },
             origin,
             now,
-        )
-        .await?;
+        } = cx;
+        let owner = subject.user_id;
+        self.authorize(cx, Action::Update, &Resource::Account { owner })
+            .await?;
         let me = self.me(subject).await?;
         if !self
             .hasher
@@ -612,43 +607,29 @@ impl Auth {
         Ok(revoked)
     }
 
-    pub async fn list_sessions(
-        &self,
-        subject: &Subject,
-        origin: &Origin,
-        now: UnixMillis,
-    ) -> Result<Vec<SessionRecord>> {
+    pub async fn list_sessions(&self, cx: Ctx<'_>) -> Result<Vec<SessionRecord>> {
+        let Ctx { subject, .. } = cx;
         let owner = subject.user_id;
-        self.authorize(
-            subject,
-            Action::Read,
-            &Resource::Session { owner },
-            origin,
-            now,
-        )
-        .await?;
+        self.authorize(cx, Action::Read, &Resource::Session { owner })
+            .await?;
         Ok(self.store.list_sessions(owner).await?)
     }
 
-    pub async fn revoke_session(
-        &self,
-        subject: &Subject,
-        id: SessionId,
-        origin: &Origin,
-        now: UnixMillis,
-    ) -> Result<()> {
-        self.revoke_session_record(subject, id, origin, now, "session.revoke")
-            .await
+    pub async fn revoke_session(&self, cx: Ctx<'_>, id: SessionId) -> Result<()> {
+        self.revoke_session_record(cx, id, "session.revoke").await
     }
 
     async fn revoke_session_record(
         &self,
-        subject: &Subject,
+        cx: Ctx<'_>,
         id: SessionId,
-        origin: &Origin,
-        now: UnixMillis,
         audit_action: &str,
     ) -> Result<()> {
+        let Ctx {
+            subject,
+            origin,
+            now,
+        } = cx;
         let session = self
             .store
             .session_by_id(id)
@@ -657,8 +638,7 @@ impl Auth {
         let resource = Resource::Session {
             owner: session.user_id,
         };
-        self.authorize(subject, Action::Delete, &resource, origin, now)
-            .await?;
+        self.authorize(cx, Action::Delete, &resource).await?;
         if self.store.revoke_session(id, now).await? {
             self.bus.publish(
                 &credential_topic(&id.to_string()),
@@ -679,20 +659,17 @@ impl Auth {
 
     pub async fn create_token(
         &self,
-        subject: &Subject,
+        cx: Ctx<'_>,
         new: NewToken,
-        origin: &Origin,
-        now: UnixMillis,
     ) -> Result<(ApiTokenRecord, Secret<String>)> {
-        let owner = subject.user_id;
-        self.authorize(
+        let Ctx {
             subject,
-            Action::Create,
-            &Resource::ApiToken { owner },
             origin,
             now,
-        )
-        .await?;
+        } = cx;
+        let owner = subject.user_id;
+        self.authorize(cx, Action::Create, &Resource::ApiToken { owner })
+            .await?;
         let name = new.name.trim();
         if name.is_empty()
             || name.chars().count() > TOKEN_NAME_LENGTH_MAX
@@ -758,31 +735,20 @@ impl Auth {
         Ok((record, secret))
     }
 
-    pub async fn list_tokens(
-        &self,
-        subject: &Subject,
-        origin: &Origin,
-        now: UnixMillis,
-    ) -> Result<Vec<ApiTokenRecord>> {
+    pub async fn list_tokens(&self, cx: Ctx<'_>) -> Result<Vec<ApiTokenRecord>> {
+        let Ctx { subject, .. } = cx;
         let owner = subject.user_id;
-        self.authorize(
-            subject,
-            Action::Read,
-            &Resource::ApiToken { owner },
-            origin,
-            now,
-        )
-        .await?;
+        self.authorize(cx, Action::Read, &Resource::ApiToken { owner })
+            .await?;
         Ok(self.store.list_tokens(owner).await?)
     }
 
-    pub async fn revoke_token(
-        &self,
-        subject: &Subject,
-        id: TokenId,
-        origin: &Origin,
-        now: UnixMillis,
-    ) -> Result<()> {
+    pub async fn revoke_token(&self, cx: Ctx<'_>, id: TokenId) -> Result<()> {
+        let Ctx {
+            subject,
+            origin,
+            now,
+        } = cx;
         let token = self
             .store
             .token_by_id(id)
@@ -791,8 +757,7 @@ impl Auth {
         let resource = Resource::ApiToken {
             owner: token.user_id,
         };
-        self.authorize(subject, Action::Delete, &resource, origin, now)
-            .await?;
+        self.authorize(cx, Action::Delete, &resource).await?;
         if self.store.revoke_token(id, now).await? {
             self.bus.publish(
                 &credential_topic(&id.to_string()),
@@ -813,26 +778,14 @@ impl Auth {
 
     // --- administration ---
 
-    pub async fn list_users(
-        &self,
-        subject: &Subject,
-        origin: &Origin,
-        now: UnixMillis,
-    ) -> Result<Vec<UserRecord>> {
-        self.authorize(subject, Action::Read, &Resource::Users, origin, now)
-            .await?;
+    pub async fn list_users(&self, cx: Ctx<'_>) -> Result<Vec<UserRecord>> {
+        self.authorize(cx, Action::Read, &Resource::Users).await?;
         Ok(self.store.list_users().await?)
     }
 
-    async fn admin_target(
-        &self,
-        subject: &Subject,
-        target: &str,
-        origin: &Origin,
-        now: UnixMillis,
-    ) -> Result<UserRecord> {
-        self.authorize(subject, Action::Update, &Resource::Users, origin, now)
-            .await?;
+    async fn admin_target(&self, cx: Ctx<'_>, target: &str) -> Result<UserRecord> {
+        let Ctx { subject, .. } = cx;
+        self.authorize(cx, Action::Update, &Resource::Users).await?;
         let user = match target.parse::<UserId>() {
             Ok(id) => self.store.user_by_id(id).await?,
             Err(_) => self.store.user_by_username(target).await?,
@@ -846,15 +799,13 @@ impl Auth {
         Ok(user)
     }
 
-    pub async fn set_role(
-        &self,
-        subject: &Subject,
-        target: &str,
-        role: Role,
-        origin: &Origin,
-        now: UnixMillis,
-    ) -> Result<UserRecord> {
-        let user = self.admin_target(subject, target, origin, now).await?;
+    pub async fn set_role(&self, cx: Ctx<'_>, target: &str, role: Role) -> Result<UserRecord> {
+        let Ctx {
+            subject,
+            origin,
+            now,
+        } = cx;
+        let user = self.admin_target(cx, target).await?;
         self.store.set_role(user.id, role).await?;
         self.audit(
             now,
@@ -872,13 +823,16 @@ impl Auth {
     /// real-time connections; its API tokens stop working while it is disabled.
     pub async fn set_disabled(
         &self,
-        subject: &Subject,
+        cx: Ctx<'_>,
         target: &str,
         disabled: bool,
-        origin: &Origin,
-        now: UnixMillis,
     ) -> Result<UserRecord> {
-        let user = self.admin_target(subject, target, origin, now).await?;
+        let Ctx {
+            subject,
+            origin,
+            now,
+        } = cx;
+        let user = self.admin_target(cx, target).await?;
         self.store.set_disabled(user.id, disabled).await?;
         if disabled {
             self.store.revoke_user_sessions(user.id, now).await?;
@@ -904,12 +858,15 @@ impl Auth {
 
     pub async fn create_invite(
         &self,
-        subject: &Subject,
+        cx: Ctx<'_>,
         ttl: Option<Duration>,
-        origin: &Origin,
-        now: UnixMillis,
     ) -> Result<(InviteRecord, Secret<String>)> {
-        self.authorize(subject, Action::Create, &Resource::Invites, origin, now)
+        let Ctx {
+            subject,
+            origin,
+            now,
+        } = cx;
+        self.authorize(cx, Action::Create, &Resource::Invites)
             .await?;
         let ttl = ttl.unwrap_or(Duration::from_secs(self.config.invite_ttl_secs));
         let secret = token::generate(token::INVITE_PREFIX);
@@ -936,26 +893,17 @@ impl Auth {
 
     pub async fn query_audit(
         &self,
-        subject: &Subject,
+        cx: Ctx<'_>,
         mut filter: AuditFilter,
-        origin: &Origin,
-        now: UnixMillis,
     ) -> Result<Vec<AuditRecord>> {
-        self.authorize(subject, Action::Read, &Resource::Audit, origin, now)
-            .await?;
+        self.authorize(cx, Action::Read, &Resource::Audit).await?;
         filter.limit = filter.limit.clamp(1, AUDIT_QUERY_LIMIT_MAX);
         Ok(self.store.query_audit(filter).await?)
     }
 
     /// Walks the whole chain and reports the first broken record, if any.
-    pub async fn verify_audit(
-        &self,
-        subject: &Subject,
-        origin: &Origin,
-        now: UnixMillis,
-    ) -> Result<AuditVerification> {
-        self.authorize(subject, Action::Read, &Resource::Audit, origin, now)
-            .await?;
+    pub async fn verify_audit(&self, cx: Ctx<'_>) -> Result<AuditVerification> {
+        self.authorize(cx, Action::Read, &Resource::Audit).await?;
         let mut verifier = ChainVerifier::default();
         let mut after = 0;
         loop {

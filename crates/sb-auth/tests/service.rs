@@ -3,8 +3,8 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use sb_auth::{
-    Action, Auth, AuthError, AuthEvent, NewToken, Origin, RegisterInput, Resource, Scope,
-    credential_topic,
+    Action, Auth, AuthError, AuthEvent, Ctx, NewToken, Origin, RegisterInput, Resource, Scope,
+    Subject, credential_topic,
 };
 use sb_bus::{Bus, BusConfig, OverflowPolicy};
 use sb_core::config::{AuthConfig, RateLimitConfig, RegistrationMode, StoreConfig};
@@ -22,6 +22,16 @@ fn origin() -> Origin {
     Origin {
         ip: "127.0.0.1".parse().unwrap(),
         client: "test".into(),
+    }
+}
+
+static ORIGIN: std::sync::LazyLock<Origin> = std::sync::LazyLock::new(origin);
+
+fn cx(subject: &Subject, at: i64) -> Ctx<'_> {
+    Ctx {
+        subject,
+        origin: &ORIGIN,
+        now: UnixMillis(at),
     }
 }
 
@@ -156,7 +166,7 @@ async fn disabled_user_cannot_log_in_and_loses_sessions() {
         .unwrap();
     let bob_token = login(&f, "bob", 5).await.unwrap();
     f.auth
-        .set_disabled(&root, "bob", true, &origin(), UnixMillis(6))
+        .set_disabled(cx(&root, 6), "bob", true)
         .await
         .unwrap();
     assert_eq!(
@@ -172,7 +182,7 @@ async fn disabled_user_cannot_log_in_and_loses_sessions() {
         ErrorCode::InvalidToken
     );
     f.auth
-        .set_disabled(&root, "bob", false, &origin(), UnixMillis(8))
+        .set_disabled(cx(&root, 8), "bob", false)
         .await
         .unwrap();
     assert!(login(&f, "bob", 9).await.is_ok());
@@ -193,7 +203,7 @@ async fn revocation_is_immediate_and_announced_on_the_bus() {
         .bus()
         .subscribe(&credential_topic(&bob.credential.id_string()))
         .unwrap();
-    f.auth.logout(&bob, &origin(), UnixMillis(6)).await.unwrap();
+    f.auth.logout(cx(&bob, 6)).await.unwrap();
     assert_eq!(
         sub.try_recv().unwrap().unwrap().payload,
         AuthEvent::CredentialRevoked
@@ -224,14 +234,12 @@ async fn api_tokens_carry_scopes_and_stop_when_revoked() {
     let denied = f
         .auth
         .create_token(
-            &bob,
+            cx(&bob, 6),
             NewToken {
                 name: "x".into(),
                 scopes: vec![Scope::Admin],
                 ttl: None,
             },
-            &origin(),
-            UnixMillis(6),
         )
         .await
         .unwrap_err();
@@ -239,14 +247,12 @@ async fn api_tokens_carry_scopes_and_stop_when_revoked() {
     let (rec, secret) = f
         .auth
         .create_token(
-            &bob,
+            cx(&bob, 6),
             NewToken {
                 name: "ci".into(),
                 scopes: vec![Scope::Read],
                 ttl: None,
             },
-            &origin(),
-            UnixMillis(6),
         )
         .await
         .unwrap();
@@ -259,7 +265,7 @@ async fn api_tokens_carry_scopes_and_stop_when_revoked() {
     assert_eq!(via_token.user_id, bob.user_id);
     let write = f
         .auth
-        .update_profile(&via_token, Some("B".into()), None, &origin(), UnixMillis(7))
+        .update_profile(cx(&via_token, 7), Some("B".into()), None)
         .await
         .unwrap_err();
     assert_eq!(
@@ -267,10 +273,7 @@ async fn api_tokens_carry_scopes_and_stop_when_revoked() {
         ErrorCode::Forbidden,
         "read-only token cannot write"
     );
-    f.auth
-        .revoke_token(&bob, rec.id, &origin(), UnixMillis(8))
-        .await
-        .unwrap();
+    f.auth.revoke_token(cx(&bob, 8), rec.id).await.unwrap();
     assert!(
         f.auth
             .authenticate(secret.expose(), origin().ip, UnixMillis(9))
@@ -304,27 +307,19 @@ async fn denials_are_audited_and_tampering_is_found() {
     assert_eq!(bob.role, Role::User);
     let e = f
         .auth
-        .authorize(
-            &bob,
-            Action::Read,
-            &Resource::Audit,
-            &origin(),
-            UnixMillis(6),
-        )
+        .authorize(cx(&bob, 6), Action::Read, &Resource::Audit)
         .await
         .unwrap_err();
     assert_eq!(e.code(), ErrorCode::Forbidden);
     let denied = f
         .auth
         .query_audit(
-            &root,
+            cx(&root, 7),
             AuditFilter {
                 action_prefix: Some("permission.denied".into()),
                 limit: 10,
                 ..Default::default()
             },
-            &origin(),
-            UnixMillis(7),
         )
         .await
         .unwrap();
@@ -332,11 +327,7 @@ async fn denials_are_audited_and_tampering_is_found() {
     assert_eq!(denied[0].entry.actor, bob.user_id.to_string());
     assert_eq!(denied[0].entry.target, "audit");
 
-    let ok = f
-        .auth
-        .verify_audit(&root, &origin(), UnixMillis(8))
-        .await
-        .unwrap();
+    let ok = f.auth.verify_audit(cx(&root, 8)).await.unwrap();
     assert!(ok.first_break.is_none());
     assert!(ok.checked >= 5);
     let raw = rusqlite::Connection::open(&f.db).unwrap();
@@ -344,11 +335,7 @@ async fn denials_are_audited_and_tampering_is_found() {
         "DROP TRIGGER audit_no_update; UPDATE audit SET ip = '10.9.9.9' WHERE seq = 3;",
     )
     .unwrap();
-    let bad = f
-        .auth
-        .verify_audit(&root, &origin(), UnixMillis(9))
-        .await
-        .unwrap();
+    let bad = f.auth.verify_audit(cx(&root, 9)).await.unwrap();
     assert_eq!(bad.first_break.map(|b| b.seq()), Some(3));
 }
 
@@ -391,11 +378,7 @@ async fn invite_mode_needs_an_invite_and_it_is_single_use() {
         )
         .await
         .unwrap();
-    let (_, invite) = f
-        .auth
-        .create_invite(&root, None, &origin(), UnixMillis(3))
-        .await
-        .unwrap();
+    let (_, invite) = f.auth.create_invite(cx(&root, 3), None).await.unwrap();
     f.auth
         .register(reg("carol", Some(invite.clone())), &origin(), UnixMillis(4))
         .await

@@ -5,8 +5,9 @@ use crate::error::ApiError;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::header;
 use axum::http::request::Parts;
-use sb_auth::{AuthError, Origin, Subject};
+use sb_auth::{AuthError, Ctx, Origin, Subject};
 use sb_core::ErrorCode;
+use sb_core::UnixMillis;
 use serde::de::DeserializeOwned;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -84,10 +85,21 @@ pub fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     Ok(token.trim())
 }
 
-/// An authenticated request: who, and from where.
+/// An authenticated request: who, from where, and when it arrived.
 pub struct Caller {
     pub subject: Subject,
     pub origin: Origin,
+    pub now: UnixMillis,
+}
+
+impl Caller {
+    pub fn cx(&self) -> Ctx<'_> {
+        Ctx {
+            subject: &self.subject,
+            origin: &self.origin,
+            now: self.now,
+        }
+    }
 }
 
 impl FromRequestParts<Arc<AppState>> for Caller {
@@ -99,10 +111,12 @@ impl FromRequestParts<Arc<AppState>> for Caller {
     ) -> Result<Self, Self::Rejection> {
         let origin = origin_of(parts);
         let token = bearer(parts)?;
-        let subject = state
-            .auth
-            .authenticate(token, origin.ip, crate::now())
-            .await?;
-        Ok(Caller { subject, origin })
+        let now = crate::now();
+        let subject = state.auth.authenticate(token, origin.ip, now).await?;
+        Ok(Caller {
+            subject,
+            origin,
+            now,
+        })
     }
 }

@@ -128,7 +128,7 @@ pub async fn login(
 #[utoipa::path(post, path = "/v1/auth/logout", tag = "auth",
     responses((status = 204), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn logout(State(st): St, c: Caller) -> Result<StatusCode, ApiError> {
-    st.auth.logout(&c.subject, &c.origin, now()).await?;
+    st.auth.logout(c.cx()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -139,13 +139,7 @@ pub async fn me(State(st): St, c: Caller) -> Result<Json<UserInfo>, ApiError> {
         owner: c.subject.user_id,
     };
     st.auth
-        .authorize(
-            &c.subject,
-            sb_auth::Action::Read,
-            &resource,
-            &c.origin,
-            now(),
-        )
+        .authorize(c.cx(), sb_auth::Action::Read, &resource)
         .await?;
     Ok(Json(user_info(&st.auth.me(&c.subject).await?)))
 }
@@ -159,13 +153,7 @@ pub async fn update_profile(
 ) -> Result<Json<UserInfo>, ApiError> {
     let u = st
         .auth
-        .update_profile(
-            &c.subject,
-            req.display_name,
-            req.status_text,
-            &c.origin,
-            now(),
-        )
+        .update_profile(c.cx(), req.display_name, req.status_text)
         .await?;
     Ok(Json(user_info(&u)))
 }
@@ -179,13 +167,7 @@ pub async fn change_password(
 ) -> Result<Json<PasswordChanged>, ApiError> {
     let revoked = st
         .auth
-        .change_password(
-            &c.subject,
-            req.current_password,
-            req.new_password,
-            &c.origin,
-            now(),
-        )
+        .change_password(c.cx(), req.current_password, req.new_password)
         .await?;
     Ok(Json(PasswordChanged {
         sessions_revoked: revoked.len(),
@@ -195,7 +177,7 @@ pub async fn change_password(
 #[utoipa::path(get, path = "/v1/sessions", tag = "account",
     responses((status = 200, body = Vec<SessionInfo>), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list_sessions(State(st): St, c: Caller) -> Result<Json<Vec<SessionInfo>>, ApiError> {
-    let list = st.auth.list_sessions(&c.subject, &c.origin, now()).await?;
+    let list = st.auth.list_sessions(c.cx()).await?;
     Ok(Json(
         list.iter()
             .map(|s| session_info(s, &c.subject.credential))
@@ -212,16 +194,14 @@ pub async fn revoke_session(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id: SessionId = parse_id(&id, "session id")?;
-    st.auth
-        .revoke_session(&c.subject, id, &c.origin, now())
-        .await?;
+    st.auth.revoke_session(c.cx(), id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/v1/tokens", tag = "tokens",
     responses((status = 200, body = Vec<TokenInfo>), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list_tokens(State(st): St, c: Caller) -> Result<Json<Vec<TokenInfo>>, ApiError> {
-    let list = st.auth.list_tokens(&c.subject, &c.origin, now()).await?;
+    let list = st.auth.list_tokens(c.cx()).await?;
     Ok(Json(list.iter().map(token_info).collect()))
 }
 
@@ -252,10 +232,7 @@ pub async fn create_token(
         scopes,
         ttl: req.expires_in_secs.map(Duration::from_secs),
     };
-    let (rec, token) = st
-        .auth
-        .create_token(&c.subject, new, &c.origin, now())
-        .await?;
+    let (rec, token) = st.auth.create_token(c.cx(), new).await?;
     Ok((
         StatusCode::CREATED,
         Json(TokenCreated {
@@ -275,16 +252,14 @@ pub async fn revoke_token(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id: TokenId = parse_id(&id, "token id")?;
-    st.auth
-        .revoke_token(&c.subject, id, &c.origin, now())
-        .await?;
+    st.auth.revoke_token(c.cx(), id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/v1/admin/users", tag = "admin",
     responses((status = 200, body = Vec<UserInfo>), (status = 403, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn admin_list_users(State(st): St, c: Caller) -> Result<Json<Vec<UserInfo>>, ApiError> {
-    let users = st.auth.list_users(&c.subject, &c.origin, now()).await?;
+    let users = st.auth.list_users(c.cx()).await?;
     Ok(Json(users.iter().map(user_info).collect()))
 }
 
@@ -308,18 +283,10 @@ pub async fn admin_update_user(
         let role = Role::parse(role).ok_or_else(|| {
             ApiError::new(ErrorCode::InvalidArgument, "role must be admin or user")
         })?;
-        result = Some(
-            st.auth
-                .set_role(&c.subject, &user, role, &c.origin, now())
-                .await?,
-        );
+        result = Some(st.auth.set_role(c.cx(), &user, role).await?);
     }
     if let Some(disabled) = req.disabled {
-        result = Some(
-            st.auth
-                .set_disabled(&c.subject, &user, disabled, &c.origin, now())
-                .await?,
-        );
+        result = Some(st.auth.set_disabled(c.cx(), &user, disabled).await?);
     }
     let updated = result.ok_or_else(|| ApiError::new(ErrorCode::Internal, "no update"))?;
     let fresh = st
@@ -340,10 +307,7 @@ pub async fn admin_create_invite(
     ApiJson(req): ApiJson<InviteCreate>,
 ) -> Result<(StatusCode, Json<InviteCreated>), ApiError> {
     let ttl = req.expires_in_secs.map(Duration::from_secs);
-    let (invite, token) = st
-        .auth
-        .create_invite(&c.subject, ttl, &c.origin, now())
-        .await?;
+    let (invite, token) = st.auth.create_invite(c.cx(), ttl).await?;
     Ok((
         StatusCode::CREATED,
         Json(InviteCreated {
@@ -369,10 +333,7 @@ pub async fn admin_audit(
         after_seq: q.after_seq,
         limit: q.limit.unwrap_or(100),
     };
-    let records = st
-        .auth
-        .query_audit(&c.subject, filter, &c.origin, now())
-        .await?;
+    let records = st.auth.query_audit(c.cx(), filter).await?;
     Ok(Json(records.into_iter().map(audit_event).collect()))
 }
 
@@ -382,7 +343,7 @@ pub async fn admin_audit_verify(
     State(st): St,
     c: Caller,
 ) -> Result<Json<AuditVerifyResult>, ApiError> {
-    let v = st.auth.verify_audit(&c.subject, &c.origin, now()).await?;
+    let v = st.auth.verify_audit(c.cx()).await?;
     Ok(Json(AuditVerifyResult {
         ok: v.first_break.is_none(),
         checked: v.checked,

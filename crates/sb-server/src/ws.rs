@@ -5,10 +5,10 @@
 //! Outbound events reach a socket through bus subscriptions, whose bounded queues and overflow
 //! policy are the socket's outbound limit.
 
+use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::Caller;
 use crate::routes::user_info;
-use crate::{AppState, now};
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
@@ -69,13 +69,7 @@ pub async fn ws_handler(
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     st.auth
-        .authorize(
-            &c.subject,
-            Action::Read,
-            &Resource::Realtime,
-            &c.origin,
-            now(),
-        )
+        .authorize(c.cx(), Action::Read, &Resource::Realtime)
         .await?;
     let upgrade = upgrade.map_err(|r| {
         ApiError::new(
