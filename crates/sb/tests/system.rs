@@ -399,31 +399,16 @@ async fn serves_http2_and_http1() {
 
 #[tokio::test]
 async fn connections_beyond_the_limit_wait_at_the_door() {
-    use std::sync::Arc;
     let server = TestServer::start_with(ServerOptions {
         env: vec![("SB_LIMITS__CONNECTIONS_MAX", "1".into())],
         ..Default::default()
     });
-    // Raw TLS connections (certificate checks are beside the point here).
     let addr = server.addr.clone();
     let handshake = move || {
         let addr = addr.clone();
-        async move {
-            let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAny))
-            .with_no_client_auth();
-            tokio_rustls::TlsConnector::from(Arc::new(config))
-                .connect("localhost".try_into().unwrap(), tcp)
-                .await
-        }
+        async move { raw_tls(&addr, b"http/1.1").await }
     };
-    let first = handshake().await.expect("first connection is served");
+    let first = handshake().await;
     let second = tokio::spawn(handshake());
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert!(
@@ -431,11 +416,59 @@ async fn connections_beyond_the_limit_wait_at_the_door() {
         "second connection waits while the first holds the only slot"
     );
     drop(first);
-    let second = tokio::time::timeout(std::time::Duration::from_secs(10), second)
+    tokio::time::timeout(std::time::Duration::from_secs(10), second)
         .await
         .expect("served once the slot frees")
+        .expect("handshake completes");
+}
+
+async fn raw_tls(
+    addr: &str,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use std::sync::Arc;
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(AcceptAny))
+    .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn oversize_headers_are_refused_and_others_still_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_with(ServerOptions {
+        env: vec![("SB_LIMITS__HEADER_SIZE_BYTES_MAX", "8192".into())],
+        ..Default::default()
+    });
+    let mut tls = raw_tls(&server.addr, b"http/1.1").await;
+    let request = format!(
+        "GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    // The server may stop reading once the limit is hit, so the write can fail part-way.
+    let _ = tls.write_all(request.as_bytes()).await;
+    let mut response = Vec::new();
+    let _ = tls.read_to_end(&mut response).await;
+    let head = String::from_utf8_lossy(&response);
+    assert!(head.starts_with("HTTP/1.1 431"), "{head}");
+
+    let mut ok = raw_tls(&server.addr, b"http/1.1").await;
+    ok.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
         .unwrap();
-    assert!(second.is_ok());
+    let mut response = Vec::new();
+    ok.read_to_end(&mut response).await.unwrap();
+    assert!(String::from_utf8_lossy(&response).starts_with("HTTP/1.1 200"));
 }
 
 #[derive(Debug)]
