@@ -519,6 +519,12 @@ impl Auth {
         Ok(None)
     }
 
+    /// Deletes sessions that ended more than `ended_session_retention_secs` before `now`.
+    pub async fn prune_ended_sessions(&self, now: UnixMillis) -> Result<u64> {
+        let retention = Duration::from_secs(self.config.ended_session_retention_secs);
+        Ok(self.store.prune_sessions(now.minus(retention)).await?)
+    }
+
     pub async fn me(&self, subject: &Subject) -> Result<UserRecord> {
         self.store
             .user_by_id(subject.user_id)

@@ -409,3 +409,42 @@ async fn sessions_expire_after_the_configured_ttl() {
         .unwrap_err();
     assert_eq!(expired.code(), ErrorCode::InvalidToken);
 }
+
+#[tokio::test]
+async fn ended_sessions_are_pruned_after_the_retention() {
+    let f = fixture();
+    admin_and_user(&f).await;
+    let t = login(&f, "bob", 1_000).await.unwrap();
+    let bob = f
+        .auth
+        .authenticate(t.expose(), origin().ip, UnixMillis(1_000))
+        .await
+        .unwrap();
+    let _live = login(&f, "bob", 2_000).await.unwrap();
+    f.auth.logout(cx(&bob, 3_000)).await.unwrap();
+    let retention_ms = AuthConfig::default().ended_session_retention_secs as i64 * 1000;
+    assert_eq!(
+        f.auth
+            .prune_ended_sessions(UnixMillis(3_000 + retention_ms - 1))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        f.auth
+            .prune_ended_sessions(UnixMillis(3_001 + retention_ms))
+            .await
+            .unwrap(),
+        1
+    );
+    let live = login(&f, "bob", 4_000).await.unwrap();
+    let bob = f
+        .auth
+        .authenticate(live.expose(), origin().ip, UnixMillis(4_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        f.auth.list_sessions(cx(&bob, 4_000)).await.unwrap().len(),
+        2
+    );
+}

@@ -100,6 +100,8 @@ pub enum RegistrationMode {
 pub struct AuthConfig {
     pub registration: RegistrationMode,
     pub session_ttl_secs: u64,
+    /// Ended (revoked or expired) sessions stay listed this long, then are deleted.
+    pub ended_session_retention_secs: u64,
     pub invite_ttl_secs: u64,
     /// Upper bound on `--expires` for API tokens; 0 means tokens may live forever.
     pub token_ttl_max_secs: u64,
@@ -119,6 +121,7 @@ impl Default for AuthConfig {
         Self {
             registration: RegistrationMode::Invite,
             session_ttl_secs: 30 * 24 * 3600,
+            ended_session_retention_secs: 7 * 24 * 3600,
             invite_ttl_secs: 7 * 24 * 3600,
             token_ttl_max_secs: 0,
             password_min_length: 10,
@@ -266,6 +269,8 @@ read_connections = 4
 # "open": anyone may register. "invite": an admin's invite is needed. "closed": nobody.
 registration = "invite"
 session_ttl_secs = 2592000
+# Revoked and expired sessions stay in `sb sessions` this long, then are deleted (hourly).
+ended_session_retention_secs = 604800
 invite_ttl_secs = 604800
 # Longest allowed API token lifetime; 0 lets tokens live until revoked.
 token_ttl_max_secs = 0

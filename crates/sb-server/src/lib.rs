@@ -201,6 +201,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     serve(config, shutdown).await
 }
 
+/// How often ended sessions are pruned.
+const SESSION_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+
+async fn prune_sessions_periodically(st: Arc<AppState>) {
+    let mut tick = tokio::time::interval(SESSION_PRUNE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = st.shutdown.cancelled() => return,
+            _ = tick.tick() => match st.auth.prune_ended_sessions(now()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(sessions = n, "pruned ended sessions"),
+                Err(e) => tracing::warn!(error = %e, "pruning sessions failed"),
+            },
+        }
+    }
+}
+
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match (
@@ -273,6 +290,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         openapi: OnceLock::new(),
     });
     let router = app(state.clone());
+    tokio::spawn(prune_sessions_periodically(state.clone()));
 
     // The banner goes to stdout, for the person who started the server; logs go to stderr and
     // never carry the setup token.

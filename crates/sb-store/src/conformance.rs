@@ -238,6 +238,36 @@ async fn sessions_look_up_by_hash_and_revoke(s: &dyn Store) {
         vec![two.id]
     );
     assert_eq!(s.list_sessions(alice.id).await.unwrap().len(), 2);
+
+    // Pruning removes sessions that ended before the cutoff, and nothing live.
+    let live = session(alice.id, 43, 61);
+    s.insert_session(live.clone()).await.unwrap();
+    assert_eq!(
+        s.prune_sessions(UnixMillis(55)).await.unwrap(),
+        1,
+        "revoked at 50"
+    );
+    assert_eq!(
+        s.prune_sessions(UnixMillis(61)).await.unwrap(),
+        1,
+        "revoked at 60"
+    );
+    let left: Vec<SessionId> = s
+        .list_sessions(alice.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|x| x.id)
+        .collect();
+    assert_eq!(left, vec![live.id]);
+    assert_eq!(
+        s.prune_sessions(live.expires_at.plus(std::time::Duration::from_millis(1)))
+            .await
+            .unwrap(),
+        1,
+        "expired"
+    );
+    assert!(s.session_by_token_hash([43; 32]).await.unwrap().is_none());
 }
 
 async fn password_change_revokes_other_sessions(s: &dyn Store) {

@@ -177,6 +177,8 @@ pub trait Store: Send + Sync + 'static {
     /// Revokes every live session of the user; returns their ids.
     async fn revoke_user_sessions(&self, user: UserId, now: UnixMillis) -> Result<Vec<SessionId>>;
     async fn touch_session(&self, id: SessionId, now: UnixMillis) -> Result<()>;
+    /// Deletes sessions that were revoked or expired before `cutoff`; returns how many.
+    async fn prune_sessions(&self, cutoff: UnixMillis) -> Result<u64>;
 
     // --- API tokens ---
     async fn insert_token(&self, token: ApiTokenRecord) -> Result<()>;

@@ -601,6 +601,17 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn prune_sessions(&self, cutoff: UnixMillis) -> Result<u64> {
+        self.write("prune_sessions", move |c| {
+            let n = c.execute(
+                "DELETE FROM sessions WHERE expires_at < ?1 OR revoked_at < ?1",
+                [cutoff.0],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
     async fn insert_token(&self, t: ApiTokenRecord) -> Result<()> {
         let scopes = serde_json::to_string(&t.scopes).map_err(backend)?;
         self.write("insert_token", move |c| {
