@@ -21,6 +21,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub bus: BusConfig,
     pub metrics: MetricsConfig,
+    pub chat: ChatConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -239,6 +240,33 @@ pub struct MetricsConfig {
     pub bearer_token: Option<Secret<String>>,
 }
 
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChatConfig {
+    /// Largest message body, in bytes of UTF-8.
+    pub message_size_bytes_max: usize,
+    /// Most messages one history page returns.
+    pub history_page_max: usize,
+    /// Most messages replayed per room when a device resumes; beyond this it is told to page.
+    pub catchup_messages_max: usize,
+    pub room_name_length_max: usize,
+    pub room_topic_length_max: usize,
+    pub room_members_max: usize,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        Self {
+            message_size_bytes_max: 16 * 1024,
+            history_page_max: 200,
+            catchup_messages_max: 1_000,
+            room_name_length_max: 64,
+            room_topic_length_max: 512,
+            room_members_max: 10_000,
+        }
+    }
+}
+
 /// The annotated default configuration, printed by `sb config default`.
 pub const DEFAULT_CONFIG_TOML: &str = r#"# Switchboard configuration. Every value below is the shipped default.
 # Any field can also be set in the environment as SB_<SECTION>__<FIELD>,
@@ -328,6 +356,17 @@ overflow = "disconnect"
 [metrics]
 # When set, /metrics requires "Authorization: Bearer <token>".
 # bearer_token = "change-me"
+
+[chat]
+# Largest message body, in bytes of UTF-8.
+message_size_bytes_max = 16384
+history_page_max = 200
+# A device that reconnects gets at most this many missed messages per room; beyond that it is
+# told the catch-up was truncated and pages through history instead.
+catchup_messages_max = 1000
+room_name_length_max = 64
+room_topic_length_max = 512
+room_members_max = 10000
 "#;
 
 #[cfg(test)]

@@ -35,6 +35,10 @@ pub enum ErrorCode {
     UsernameTaken,
     NotFound,
     MethodNotAllowed,
+    /// The user is banned from this room.
+    Banned,
+    /// The request conflicts with the current state (e.g. already a member).
+    Conflict,
     /// Too many requests; see `Retry-After`.
     RateLimited,
     /// Too many concurrent operations of this kind; try again shortly.
@@ -65,6 +69,8 @@ impl ErrorCode {
             ErrorCode::UsernameTaken => "username_taken",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Banned => "banned",
+            ErrorCode::Conflict => "conflict",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",

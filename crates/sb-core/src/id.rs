@@ -56,3 +56,7 @@ id_type!(
     /// A single-use registration invite.
     InviteId
 );
+id_type!(
+    /// A chat room (group or direct message).
+    RoomId
+);

@@ -11,7 +11,7 @@ pub mod secret;
 pub mod time;
 
 pub use error::ErrorCode;
-pub use id::{InviteId, SessionId, TokenId, UserId};
+pub use id::{InviteId, RoomId, SessionId, TokenId, UserId};
 pub use secret::Secret;
 pub use time::UnixMillis;
 
@@ -35,6 +35,36 @@ impl Role {
         match s {
             "admin" => Some(Role::Admin),
             "user" => Some(Role::User),
+            _ => None,
+        }
+    }
+}
+
+/// A member's role in a chat room, lowest first (so `>=` compares authority).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum RoomRole {
+    Member,
+    Moderator,
+    Owner,
+}
+
+impl RoomRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoomRole::Member => "member",
+            RoomRole::Moderator => "moderator",
+            RoomRole::Owner => "owner",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RoomRole> {
+        match s {
+            "member" => Some(RoomRole::Member),
+            "moderator" => Some(RoomRole::Moderator),
+            "owner" => Some(RoomRole::Owner),
             _ => None,
         }
     }

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::audit::ChainVerifier;
+use crate::chat::ChatStore;
 use crate::*;
 
 fn user(name: &str, role: Role, at: i64) -> UserRecord {
@@ -398,4 +399,168 @@ async fn audit_appends_form_a_verifiable_chain(s: &dyn Store) {
         like_is_literal.is_empty(),
         "'_' in a prefix is not a wildcard"
     );
+}
+
+/// The chat half of the contract, for backends that store chat too. Needs an empty store.
+pub async fn run_chat<S: Store + ChatStore>(s: &S) {
+    use crate::chat::*;
+    let mut users = Vec::new();
+    for (i, name) in ["ann", "ben", "cat"].iter().enumerate() {
+        let u = user(name, Role::User, 1_000 + i as i64);
+        s.create_user(u.clone(), Admission::Open, UnixMillis(1_000))
+            .await
+            .unwrap();
+        users.push(u.id);
+    }
+    let (ann, ben, cat) = (users[0], users[1], users[2]);
+    let room = RoomRecord {
+        id: sb_core::RoomId::new_at(UnixMillis(2_000)),
+        kind: RoomKind::Group,
+        name: "ops".into(),
+        topic: "on call".into(),
+        public: true,
+        created_by: ann,
+        created_at: UnixMillis(2_000),
+        last_seq: 0,
+    };
+    s.create_room(room.clone()).await.unwrap();
+    let dup = s
+        .create_room(RoomRecord {
+            id: sb_core::RoomId::new_at(UnixMillis(2_001)),
+            name: "OPS".into(),
+            ..room.clone()
+        })
+        .await;
+    assert!(
+        matches!(dup, Err(StoreError::Conflict(_))),
+        "group names are unique"
+    );
+    let access = s.room_access(room.id, ann).await.unwrap().unwrap();
+    assert_eq!(
+        (access.role, access.banned),
+        (Some(sb_core::RoomRole::Owner), false)
+    );
+    assert_eq!(
+        s.room_access(room.id, ben).await.unwrap().unwrap().role,
+        None
+    );
+
+    let add = |u, max| {
+        s.add_member(
+            room.id,
+            u,
+            sb_core::RoomRole::Member,
+            max,
+            UnixMillis(2_100),
+        )
+    };
+    assert_eq!(add(ben, 10).await.unwrap(), MemberChange::Added);
+    assert_eq!(add(ben, 10).await.unwrap(), MemberChange::AlreadyMember);
+    assert_eq!(add(cat, 2).await.unwrap(), MemberChange::RoomFull);
+    let names: Vec<String> = s
+        .members(room.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.username)
+        .collect();
+    assert_eq!(names, vec!["ann", "ben"]);
+
+    let send = |sender, id: &str| NewMessage {
+        room_id: room.id,
+        message_id: id.to_string(),
+        sender,
+        body: format!("body of {id}"),
+        reply_to: None,
+        at: UnixMillis(3_000),
+    };
+    for (i, id) in ["m1", "m2", "m3"].iter().enumerate() {
+        let a = s.append_message(send(ann, id)).await.unwrap();
+        assert!(matches!(a, Appended::New(_)));
+        assert_eq!(a.record().seq, i as i64 + 1, "dense per-room sequence");
+    }
+    let again = s.append_message(send(ann, "m2")).await.unwrap();
+    assert_eq!(
+        again,
+        Appended::Duplicate(s.messages_after(room.id, 1, 1).await.unwrap().remove(0))
+    );
+    let other_sender = s.append_message(send(ben, "m2")).await.unwrap();
+    assert_eq!(other_sender.record().seq, 4, "ids are per sender");
+    assert_eq!(
+        s.room_access(room.id, ann)
+            .await
+            .unwrap()
+            .unwrap()
+            .room
+            .last_seq,
+        4
+    );
+    let seqs = |v: Vec<MessageRecord>| v.into_iter().map(|m| m.seq).collect::<Vec<_>>();
+    assert_eq!(
+        seqs(s.messages_after(room.id, 0, 10).await.unwrap()),
+        vec![1, 2, 3, 4]
+    );
+    assert_eq!(
+        seqs(s.messages_after(room.id, 2, 1).await.unwrap()),
+        vec![3]
+    );
+    assert_eq!(
+        seqs(s.messages_before(room.id, 4, 2).await.unwrap()),
+        vec![2, 3]
+    );
+    let missing = s
+        .append_message(NewMessage {
+            room_id: sb_core::RoomId::new_at(UnixMillis(1)),
+            ..send(ann, "x")
+        })
+        .await;
+    assert!(matches!(missing, Err(StoreError::NotFound)));
+
+    s.ban(room.id, ben, ann, UnixMillis(4_000)).await.unwrap();
+    let access = s.room_access(room.id, ben).await.unwrap().unwrap();
+    assert_eq!((access.role, access.banned), (None, true));
+    assert_eq!(add(ben, 10).await.unwrap(), MemberChange::Banned);
+    assert!(!s.remove_member(room.id, ben).await.unwrap());
+
+    let (dm, created) = s
+        .direct_room(
+            ann,
+            cat,
+            sb_core::RoomId::new_at(UnixMillis(5_000)),
+            UnixMillis(5_000),
+        )
+        .await
+        .unwrap();
+    assert!(created);
+    let (same, created) = s
+        .direct_room(
+            cat,
+            ann,
+            sb_core::RoomId::new_at(UnixMillis(5_001)),
+            UnixMillis(5_001),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (same.id, created),
+        (dm.id, false),
+        "one direct room per pair"
+    );
+    assert_eq!(s.members(dm.id).await.unwrap().len(), 2);
+    let ann_rooms: Vec<_> = s
+        .rooms_of(ann)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(r, _)| r.id)
+        .collect();
+    assert_eq!(ann_rooms, vec![room.id, dm.id]);
+    let public: Vec<_> = s
+        .public_rooms()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(public, vec![room.id], "direct rooms are never public");
 }

@@ -9,9 +9,12 @@
 //! in one transaction.
 
 pub mod audit;
+pub mod chat;
 pub mod conformance;
 mod sqlite;
+mod sqlite_chat;
 
+pub use chat::ChatStore;
 pub use sqlite::{Observer, SqliteStore};
 
 use async_trait::async_trait;

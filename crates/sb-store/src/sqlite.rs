@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 /// Never edit a shipped entry: append a new one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -86,7 +87,52 @@ CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
-"#];
+"#,
+    r#"
+CREATE TABLE rooms (
+    id         TEXT PRIMARY KEY,
+    kind       TEXT NOT NULL CHECK (kind IN ('group', 'direct')),
+    name       TEXT NOT NULL,
+    topic      TEXT NOT NULL DEFAULT '',
+    public     INTEGER NOT NULL,
+    created_by TEXT NOT NULL REFERENCES users(id),
+    created_at INTEGER NOT NULL,
+    last_seq   INTEGER NOT NULL DEFAULT 0,
+    -- For direct rooms: the two user ids, sorted, so each pair has one room.
+    dm_key     TEXT UNIQUE
+) STRICT;
+CREATE UNIQUE INDEX rooms_group_name ON rooms(name COLLATE NOCASE) WHERE kind = 'group';
+
+CREATE TABLE room_members (
+    room_id   TEXT NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+    user_id   TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    role      TEXT NOT NULL CHECK (role IN ('member', 'moderator', 'owner')),
+    joined_at INTEGER NOT NULL,
+    PRIMARY KEY (room_id, user_id)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX room_members_by_user ON room_members(user_id);
+
+CREATE TABLE room_bans (
+    room_id   TEXT NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+    user_id   TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    banned_by TEXT NOT NULL REFERENCES users(id),
+    banned_at INTEGER NOT NULL,
+    PRIMARY KEY (room_id, user_id)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE messages (
+    room_id    TEXT NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+    seq        INTEGER NOT NULL,
+    message_id TEXT NOT NULL,
+    sender     TEXT NOT NULL REFERENCES users(id),
+    body       TEXT NOT NULL,
+    reply_to   INTEGER,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (room_id, seq),
+    UNIQUE (room_id, sender, message_id)
+) STRICT, WITHOUT ROWID;
+"#,
+];
 
 const SETUP_TOKEN_KEY: &str = "setup_token_hash";
 
@@ -176,7 +222,7 @@ impl SqliteStore {
         }
     }
 
-    async fn write<R, F>(&self, op: &'static str, f: F) -> Result<R>
+    pub(crate) async fn write<R, F>(&self, op: &'static str, f: F) -> Result<R>
     where
         R: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<R> + Send + 'static,
@@ -193,7 +239,7 @@ impl SqliteStore {
         r
     }
 
-    async fn read<R, F>(&self, op: &'static str, f: F) -> Result<R>
+    pub(crate) async fn read<R, F>(&self, op: &'static str, f: F) -> Result<R>
     where
         R: Send + 'static,
         F: FnOnce(&Connection) -> Result<R> + Send + 'static,
@@ -214,7 +260,7 @@ impl SqliteStore {
 
 // --- row mapping ---
 
-fn parse_id<T: std::str::FromStr>(s: String) -> rusqlite::Result<T> {
+pub(crate) fn parse_id<T: std::str::FromStr>(s: String) -> rusqlite::Result<T> {
     s.parse().map_err(|_| {
         rusqlite::Error::FromSqlConversionFailure(
             0,
@@ -320,7 +366,7 @@ fn changed(n: usize) -> Result<()> {
     }
 }
 
-fn is_unique_violation(e: &rusqlite::Error) -> bool {
+pub(crate) fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _)
         if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
         || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)

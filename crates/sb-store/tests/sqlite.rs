@@ -18,6 +18,12 @@ async fn sqlite_passes_conformance_suite() {
 }
 
 #[tokio::test]
+async fn sqlite_passes_chat_conformance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    sb_store::conformance::run_chat(&open(&dir)).await;
+}
+
+#[tokio::test]
 async fn data_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let id = UserId::new_at(UnixMillis(1));

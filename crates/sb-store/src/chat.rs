@@ -1,0 +1,149 @@
+//! Chat storage: rooms, members, bans and messages.
+//!
+//! Each room has a `last_seq`; appending a message assigns `last_seq + 1` in the same
+//! transaction that stores it, so sequence numbers are dense, per room, and durable before the
+//! append returns. A message is identified by `(room, sender, message_id)` where `message_id`
+//! is chosen by the client: appending the same one again returns the stored message instead of
+//! a second copy, which makes retries safe.
+
+use crate::Result;
+use async_trait::async_trait;
+use sb_core::{RoomId, RoomRole, UnixMillis, UserId};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoomKind {
+    Group,
+    Direct,
+}
+
+impl RoomKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoomKind::Group => "group",
+            RoomKind::Direct => "direct",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomRecord {
+    pub id: RoomId,
+    pub kind: RoomKind,
+    pub name: String,
+    pub topic: String,
+    pub public: bool,
+    pub created_by: UserId,
+    pub created_at: UnixMillis,
+    /// Sequence number of the newest message; 0 for an empty room.
+    pub last_seq: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub user_id: UserId,
+    pub username: String,
+    pub role: RoomRole,
+    pub joined_at: UnixMillis,
+}
+
+/// What an access decision about a room needs to know about one user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomAccess {
+    pub room: RoomRecord,
+    pub role: Option<RoomRole>,
+    pub banned: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageRecord {
+    pub room_id: RoomId,
+    pub seq: i64,
+    pub message_id: String,
+    pub sender: UserId,
+    pub body: String,
+    pub reply_to: Option<i64>,
+    pub created_at: UnixMillis,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewMessage {
+    pub room_id: RoomId,
+    pub message_id: String,
+    pub sender: UserId,
+    pub body: String,
+    pub reply_to: Option<i64>,
+    pub at: UnixMillis,
+}
+
+/// The result of an append: a new message, or the one already stored under that id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Appended {
+    New(MessageRecord),
+    Duplicate(MessageRecord),
+}
+
+impl Appended {
+    pub fn record(&self) -> &MessageRecord {
+        match self {
+            Appended::New(m) | Appended::Duplicate(m) => m,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberChange {
+    Added,
+    AlreadyMember,
+    Banned,
+    RoomFull,
+}
+
+#[async_trait]
+pub trait ChatStore: Send + Sync + 'static {
+    /// Creates a group room with `room.created_by` as its owner.
+    async fn create_room(&self, room: RoomRecord) -> Result<()>;
+    /// The direct-message room of two users, created (with both as members) if it does not
+    /// exist. Returns it and whether it was created.
+    async fn direct_room(
+        &self,
+        a: UserId,
+        b: UserId,
+        new_id: RoomId,
+        at: UnixMillis,
+    ) -> Result<(RoomRecord, bool)>;
+    /// The room and what `user` is in it, or `None` if the room does not exist.
+    async fn room_access(&self, room: RoomId, user: UserId) -> Result<Option<RoomAccess>>;
+    /// Rooms `user` belongs to, with the role held in each.
+    async fn rooms_of(&self, user: UserId) -> Result<Vec<(RoomRecord, RoomRole)>>;
+    async fn public_rooms(&self) -> Result<Vec<RoomRecord>>;
+    /// Adds a member unless banned, already present, or the room holds `members_max`.
+    async fn add_member(
+        &self,
+        room: RoomId,
+        user: UserId,
+        role: RoomRole,
+        members_max: usize,
+        at: UnixMillis,
+    ) -> Result<MemberChange>;
+    /// Returns whether the user was a member.
+    async fn remove_member(&self, room: RoomId, user: UserId) -> Result<bool>;
+    /// Removes the user and bars them from rejoining.
+    async fn ban(&self, room: RoomId, user: UserId, by: UserId, at: UnixMillis) -> Result<()>;
+    async fn members(&self, room: RoomId) -> Result<Vec<MemberRecord>>;
+    /// Appends durably, assigning the next sequence number, unless the id was used before.
+    async fn append_message(&self, msg: NewMessage) -> Result<Appended>;
+    /// Messages with `seq > after`, oldest first, at most `limit`.
+    async fn messages_after(
+        &self,
+        room: RoomId,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>>;
+    /// Messages with `seq < before`, the newest `limit` of them, oldest first.
+    async fn messages_before(
+        &self,
+        room: RoomId,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>>;
+}

@@ -1,0 +1,394 @@
+//! [`ChatStore`] on the SQLite backend (same file and writer as the rest).
+
+use crate::chat::*;
+use crate::sqlite::{is_unique_violation, parse_id};
+use crate::{Result, SqliteStore, StoreError};
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use sb_core::{RoomId, RoomRole, UnixMillis, UserId};
+
+const ROOM_COLS: &str =
+    "r.id, r.kind, r.name, r.topic, r.public, r.created_by, r.created_at, r.last_seq";
+const ROOM_NCOLS: usize = 8;
+
+fn room_at(row: &Row<'_>) -> rusqlite::Result<RoomRecord> {
+    let kind: String = row.get(1)?;
+    Ok(RoomRecord {
+        id: parse_id(row.get(0)?)?,
+        kind: if kind == "direct" {
+            RoomKind::Direct
+        } else {
+            RoomKind::Group
+        },
+        name: row.get(2)?,
+        topic: row.get(3)?,
+        public: row.get(4)?,
+        created_by: parse_id(row.get(5)?)?,
+        created_at: UnixMillis(row.get(6)?),
+        last_seq: row.get(7)?,
+    })
+}
+
+fn role_of(s: String) -> RoomRole {
+    RoomRole::parse(&s).unwrap_or(RoomRole::Member)
+}
+
+const MSG_COLS: &str = "room_id, seq, message_id, sender, body, reply_to, created_at";
+
+fn message_at(row: &Row<'_>) -> rusqlite::Result<MessageRecord> {
+    Ok(MessageRecord {
+        room_id: parse_id(row.get(0)?)?,
+        seq: row.get(1)?,
+        message_id: row.get(2)?,
+        sender: parse_id(row.get(3)?)?,
+        body: row.get(4)?,
+        reply_to: row.get(5)?,
+        created_at: UnixMillis(row.get(6)?),
+    })
+}
+
+fn insert_room(c: &Connection, room: &RoomRecord, dm_key: Option<&str>) -> Result<()> {
+    let r = c.execute(
+        "INSERT INTO rooms (id, kind, name, topic, public, created_by, created_at, last_seq, dm_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8)",
+        params![
+            room.id.to_string(),
+            room.kind.as_str(),
+            room.name,
+            room.topic,
+            room.public,
+            room.created_by.to_string(),
+            room.created_at.0,
+            dm_key
+        ],
+    );
+    match r {
+        Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict("room name")),
+        other => other.map(|_| ()).map_err(Into::into),
+    }
+}
+
+fn insert_member(
+    c: &Connection,
+    room: RoomId,
+    user: UserId,
+    role: RoomRole,
+    at: UnixMillis,
+) -> Result<()> {
+    c.execute(
+        "INSERT INTO room_members (room_id, user_id, role, joined_at) VALUES (?1, ?2, ?3, ?4)",
+        params![room.to_string(), user.to_string(), role.as_str(), at.0],
+    )?;
+    Ok(())
+}
+
+fn room_by_id(c: &Connection, room: &str) -> Result<Option<RoomRecord>> {
+    Ok(c.query_row(
+        &format!("SELECT {ROOM_COLS} FROM rooms r WHERE r.id = ?1"),
+        [room],
+        room_at,
+    )
+    .optional()?)
+}
+
+#[async_trait]
+impl ChatStore for SqliteStore {
+    async fn create_room(&self, room: RoomRecord) -> Result<()> {
+        self.write("create_room", move |c| {
+            let tx = c.transaction()?;
+            insert_room(&tx, &room, None)?;
+            insert_member(
+                &tx,
+                room.id,
+                room.created_by,
+                RoomRole::Owner,
+                room.created_at,
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn direct_room(
+        &self,
+        a: UserId,
+        b: UserId,
+        new_id: RoomId,
+        at: UnixMillis,
+    ) -> Result<(RoomRecord, bool)> {
+        self.write("direct_room", move |c| {
+            let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+            let key = format!("{lo}:{hi}");
+            let tx = c.transaction()?;
+            let existing = tx
+                .query_row(
+                    &format!("SELECT {ROOM_COLS} FROM rooms r WHERE r.dm_key = ?1"),
+                    [&key],
+                    room_at,
+                )
+                .optional()?;
+            if let Some(room) = existing {
+                return Ok((room, false));
+            }
+            let room = RoomRecord {
+                id: new_id,
+                kind: RoomKind::Direct,
+                name: key.clone(),
+                topic: String::new(),
+                public: false,
+                created_by: a,
+                created_at: at,
+                last_seq: 0,
+            };
+            insert_room(&tx, &room, Some(&key))?;
+            insert_member(&tx, room.id, a, RoomRole::Member, at)?;
+            if b != a {
+                insert_member(&tx, room.id, b, RoomRole::Member, at)?;
+            }
+            tx.commit()?;
+            Ok((room, true))
+        })
+        .await
+    }
+
+    async fn room_access(&self, room: RoomId, user: UserId) -> Result<Option<RoomAccess>> {
+        self.read("room_access", move |c| {
+            let (rid, uid) = (room.to_string(), user.to_string());
+            let Some(room) = room_by_id(c, &rid)? else {
+                return Ok(None);
+            };
+            let role: Option<String> = c
+                .query_row(
+                    "SELECT role FROM room_members WHERE room_id = ?1 AND user_id = ?2",
+                    [&rid, &uid],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let banned = c
+                .query_row(
+                    "SELECT 1 FROM room_bans WHERE room_id = ?1 AND user_id = ?2",
+                    [&rid, &uid],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            Ok(Some(RoomAccess {
+                room,
+                role: role.map(role_of),
+                banned,
+            }))
+        })
+        .await
+    }
+
+    async fn rooms_of(&self, user: UserId) -> Result<Vec<(RoomRecord, RoomRole)>> {
+        self.read("rooms_of", move |c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {ROOM_COLS}, m.role FROM rooms r JOIN room_members m ON m.room_id = r.id
+                 WHERE m.user_id = ?1 ORDER BY r.created_at, r.id"
+            ))?;
+            let rows = stmt.query_map([user.to_string()], |r| {
+                Ok((room_at(r)?, role_of(r.get(ROOM_NCOLS)?)))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn public_rooms(&self) -> Result<Vec<RoomRecord>> {
+        self.read("public_rooms", |c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {ROOM_COLS} FROM rooms r WHERE r.public = 1 AND r.kind = 'group'
+                 ORDER BY r.name COLLATE NOCASE"
+            ))?;
+            let rows = stmt.query_map([], room_at)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn add_member(
+        &self,
+        room: RoomId,
+        user: UserId,
+        role: RoomRole,
+        members_max: usize,
+        at: UnixMillis,
+    ) -> Result<MemberChange> {
+        self.write("add_member", move |c| {
+            let tx = c.transaction()?;
+            let (rid, uid) = (room.to_string(), user.to_string());
+            let banned = tx
+                .query_row(
+                    "SELECT 1 FROM room_bans WHERE room_id = ?1 AND user_id = ?2",
+                    [&rid, &uid],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            if banned {
+                return Ok(MemberChange::Banned);
+            }
+            let count: i64 = tx.query_row(
+                "SELECT count(*) FROM room_members WHERE room_id = ?1",
+                [&rid],
+                |r| r.get(0),
+            )?;
+            if usize::try_from(count).unwrap_or(usize::MAX) >= members_max {
+                return Ok(MemberChange::RoomFull);
+            }
+            let inserted = tx.execute(
+                "INSERT OR IGNORE INTO room_members (room_id, user_id, role, joined_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![rid, uid, role.as_str(), at.0],
+            )?;
+            tx.commit()?;
+            Ok(if inserted == 1 {
+                MemberChange::Added
+            } else {
+                MemberChange::AlreadyMember
+            })
+        })
+        .await
+    }
+
+    async fn remove_member(&self, room: RoomId, user: UserId) -> Result<bool> {
+        self.write("remove_member", move |c| {
+            let n = c.execute(
+                "DELETE FROM room_members WHERE room_id = ?1 AND user_id = ?2",
+                [room.to_string(), user.to_string()],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn ban(&self, room: RoomId, user: UserId, by: UserId, at: UnixMillis) -> Result<()> {
+        self.write("ban", move |c| {
+            let tx = c.transaction()?;
+            let (rid, uid) = (room.to_string(), user.to_string());
+            tx.execute(
+                "DELETE FROM room_members WHERE room_id = ?1 AND user_id = ?2",
+                [&rid, &uid],
+            )?;
+            tx.execute(
+                "INSERT OR REPLACE INTO room_bans (room_id, user_id, banned_by, banned_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![rid, uid, by.to_string(), at.0],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn members(&self, room: RoomId) -> Result<Vec<MemberRecord>> {
+        self.read("members", move |c| {
+            let mut stmt = c.prepare(
+                "SELECT m.user_id, u.username, m.role, m.joined_at
+                 FROM room_members m JOIN users u ON u.id = m.user_id
+                 WHERE m.room_id = ?1 ORDER BY m.joined_at, u.username",
+            )?;
+            let rows = stmt.query_map([room.to_string()], |r| {
+                Ok(MemberRecord {
+                    user_id: parse_id(r.get(0)?)?,
+                    username: r.get(1)?,
+                    role: role_of(r.get(2)?),
+                    joined_at: UnixMillis(r.get(3)?),
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn append_message(&self, msg: NewMessage) -> Result<Appended> {
+        self.write("append_message", move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let rid = msg.room_id.to_string();
+            let sender = msg.sender.to_string();
+            let existing = tx
+                .query_row(
+                    &format!(
+                        "SELECT {MSG_COLS} FROM messages
+                         WHERE room_id = ?1 AND sender = ?2 AND message_id = ?3"
+                    ),
+                    [&rid, &sender, &msg.message_id],
+                    message_at,
+                )
+                .optional()?;
+            if let Some(m) = existing {
+                return Ok(Appended::Duplicate(m));
+            }
+            let seq: i64 = tx
+                .query_row(
+                    "UPDATE rooms SET last_seq = last_seq + 1 WHERE id = ?1 RETURNING last_seq",
+                    [&rid],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .ok_or(StoreError::NotFound)?;
+            tx.execute(
+                &format!("INSERT INTO messages ({MSG_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+                params![
+                    rid,
+                    seq,
+                    msg.message_id,
+                    sender,
+                    msg.body,
+                    msg.reply_to,
+                    msg.at.0
+                ],
+            )?;
+            tx.commit()?;
+            Ok(Appended::New(MessageRecord {
+                room_id: msg.room_id,
+                seq,
+                message_id: msg.message_id,
+                sender: msg.sender,
+                body: msg.body,
+                reply_to: msg.reply_to,
+                created_at: msg.at,
+            }))
+        })
+        .await
+    }
+
+    async fn messages_after(
+        &self,
+        room: RoomId,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>> {
+        self.read("messages_after", move |c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {MSG_COLS} FROM messages WHERE room_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+            ))?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = stmt.query_map(params![room.to_string(), after, limit], message_at)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn messages_before(
+        &self,
+        room: RoomId,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>> {
+        self.read("messages_before", move |c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {MSG_COLS} FROM messages WHERE room_id = ?1 AND seq < ?2
+                 ORDER BY seq DESC LIMIT ?3"
+            ))?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = stmt.query_map(params![room.to_string(), before, limit], message_at)?;
+            let mut v = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+            v.reverse();
+            Ok(v)
+        })
+        .await
+    }
+}
