@@ -4,7 +4,7 @@
 //! membership or a file grant) into the [`Resource`], so the policy can be read and tested as a
 //! table. Services add resources as variants; each variant states its rule in one match arm.
 
-use sb_core::{Role, SessionId, TokenId, UserId};
+use sb_core::{Role, RoomId, RoomRole, SessionId, TokenId, UserId};
 use serde::{Deserialize, Serialize};
 
 /// What an API token may be used for. Sessions carry every scope their role allows.
@@ -111,6 +111,15 @@ pub enum Resource {
     Invites,
     /// The audit log.
     Audit,
+    /// A chat room, with the subject's standing in it. Read: history and members; Create:
+    /// post a message; Update: invite, kick, ban; Delete: remove the room.
+    Room { id: RoomId, role: Option<RoomRole> },
+    /// Joining a room on one's own.
+    RoomJoin {
+        id: RoomId,
+        public: bool,
+        banned: bool,
+    },
 }
 
 impl Resource {
@@ -123,6 +132,7 @@ impl Resource {
             Resource::Users => "users".into(),
             Resource::Invites => "invites".into(),
             Resource::Audit => "audit".into(),
+            Resource::Room { id, .. } | Resource::RoomJoin { id, .. } => format!("room:{id}"),
         }
     }
 }
@@ -157,6 +167,15 @@ pub fn authorize(subject: &Subject, action: Action, resource: &Resource) -> Resu
         }
         Resource::Realtime => action == Action::Read,
         Resource::Users | Resource::Invites | Resource::Audit => admin,
+        // Rooms are private to their members: the server admin role grants nothing here.
+        Resource::Room { role, .. } => match action {
+            Action::Read | Action::Create => role.is_some(),
+            Action::Update => role.is_some_and(|r| r >= RoomRole::Moderator),
+            Action::Delete => *role == Some(RoomRole::Owner),
+        },
+        Resource::RoomJoin { public, banned, .. } => {
+            action == Action::Create && *public && !*banned
+        }
     };
     if allowed {
         Ok(())
@@ -224,6 +243,45 @@ mod tests {
         );
         assert_eq!(
             authorize(&admin, Action::Update, &Resource::Account { owner: other }),
+            Err(Denial::NotPermitted)
+        );
+    }
+
+    #[test]
+    fn rooms_follow_membership_and_room_role_not_server_role() {
+        let id = RoomId::new_at(UnixMillis(1));
+        let admin = subject(Role::Admin, session());
+        let room = |role| Resource::Room { id, role };
+        assert_eq!(
+            authorize(&admin, Action::Read, &room(None)),
+            Err(Denial::NotPermitted),
+            "server admins do not read rooms they are not in"
+        );
+        let user = subject(Role::User, session());
+        assert_eq!(
+            authorize(&user, Action::Create, &room(Some(RoomRole::Member))),
+            Ok(())
+        );
+        assert_eq!(
+            authorize(&user, Action::Update, &room(Some(RoomRole::Member))),
+            Err(Denial::NotPermitted)
+        );
+        assert_eq!(
+            authorize(&user, Action::Update, &room(Some(RoomRole::Moderator))),
+            Ok(())
+        );
+        assert_eq!(
+            authorize(&user, Action::Delete, &room(Some(RoomRole::Moderator))),
+            Err(Denial::NotPermitted)
+        );
+        let join = |public, banned| Resource::RoomJoin { id, public, banned };
+        assert_eq!(authorize(&user, Action::Create, &join(true, false)), Ok(()));
+        assert_eq!(
+            authorize(&user, Action::Create, &join(false, false)),
+            Err(Denial::NotPermitted)
+        );
+        assert_eq!(
+            authorize(&user, Action::Create, &join(true, true)),
             Err(Denial::NotPermitted)
         );
     }

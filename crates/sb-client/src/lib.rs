@@ -360,6 +360,111 @@ impl Client {
             .await
     }
 
+    pub async fn create_room(&self, req: &RoomCreate) -> Result<RoomInfo> {
+        self.call(Method::POST, "/v1/rooms", Some(req)).await
+    }
+
+    pub async fn rooms(&self) -> Result<Vec<RoomInfo>> {
+        self.call(Method::GET, "/v1/rooms", Self::NO_BODY).await
+    }
+
+    pub async fn public_rooms(&self) -> Result<Vec<RoomInfo>> {
+        self.call(Method::GET, "/v1/rooms/public", Self::NO_BODY)
+            .await
+    }
+
+    pub async fn direct_room(&self, username: &str) -> Result<RoomInfo> {
+        let req = DirectRoomRequest {
+            username: username.to_string(),
+        };
+        self.call(Method::POST, "/v1/rooms/direct", Some(&req))
+            .await
+    }
+
+    pub async fn join_room(&self, room: &str) -> Result<()> {
+        self.call(
+            Method::POST,
+            &format!("/v1/rooms/{room}/join"),
+            Self::NO_BODY,
+        )
+        .await
+    }
+
+    pub async fn leave_room(&self, room: &str) -> Result<()> {
+        self.call(
+            Method::POST,
+            &format!("/v1/rooms/{room}/leave"),
+            Self::NO_BODY,
+        )
+        .await
+    }
+
+    pub async fn members(&self, room: &str) -> Result<Vec<MemberInfo>> {
+        self.call(
+            Method::GET,
+            &format!("/v1/rooms/{room}/members"),
+            Self::NO_BODY,
+        )
+        .await
+    }
+
+    pub async fn add_member(&self, room: &str, username: &str) -> Result<()> {
+        let req = MemberAdd {
+            username: username.to_string(),
+        };
+        self.call(
+            Method::POST,
+            &format!("/v1/rooms/{room}/members"),
+            Some(&req),
+        )
+        .await
+    }
+
+    pub async fn kick(&self, room: &str, username: &str) -> Result<()> {
+        self.call(
+            Method::DELETE,
+            &format!("/v1/rooms/{room}/members/{username}"),
+            Self::NO_BODY,
+        )
+        .await
+    }
+
+    pub async fn ban(&self, room: &str, username: &str) -> Result<()> {
+        let req = MemberAdd {
+            username: username.to_string(),
+        };
+        self.call(Method::POST, &format!("/v1/rooms/{room}/bans"), Some(&req))
+            .await
+    }
+
+    pub async fn send_message(&self, room: &str, req: &MessageSend) -> Result<MessageSent> {
+        self.call(
+            Method::POST,
+            &format!("/v1/rooms/{room}/messages"),
+            Some(req),
+        )
+        .await
+    }
+
+    pub async fn history(&self, room: &str, q: &HistoryQuery) -> Result<Vec<MessageInfo>> {
+        let mut path = format!("/v1/rooms/{room}/messages?");
+        if let Some(a) = q.after {
+            path.push_str(&format!("after={a}&"));
+        }
+        if let Some(b) = q.before {
+            path.push_str(&format!("before={b}&"));
+        }
+        if let Some(l) = q.limit {
+            path.push_str(&format!("limit={l}&"));
+        }
+        self.call(
+            Method::GET,
+            path.trim_end_matches(['&', '?']),
+            Self::NO_BODY,
+        )
+        .await
+    }
+
     /// Opens `/v1/ws` with this client's token. Returns the stream after the HTTP upgrade;
     /// the first frame the server sends is `hello`.
     pub async fn ws_connect(&self) -> Result<WsStream> {

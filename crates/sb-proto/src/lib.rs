@@ -200,6 +200,109 @@ pub struct Health {
     pub status: String,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RoomInfo {
+    pub id: String,
+    /// `group` or `direct`.
+    pub kind: String,
+    pub name: String,
+    pub topic: String,
+    pub public: bool,
+    /// The caller's role, when a member: `owner`, `moderator` or `member`.
+    pub role: Option<String>,
+    /// Sequence number of the newest message.
+    pub last_seq: i64,
+    pub created_at_ms: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoomCreate {
+    pub name: String,
+    #[serde(default)]
+    pub topic: String,
+    /// Public rooms can be joined by anyone; private ones by invitation.
+    #[serde(default)]
+    pub public: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DirectRoomRequest {
+    pub username: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MemberAdd {
+    pub username: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MemberInfo {
+    pub user_id: String,
+    pub username: String,
+    pub role: String,
+    pub joined_at_ms: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MessageSend {
+    /// Chosen by the client (a UUID, say); sending the same id again is answered with the
+    /// stored message instead of a second copy.
+    pub message_id: String,
+    pub body: String,
+    pub reply_to: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MessageInfo {
+    pub room: String,
+    pub seq: i64,
+    pub message_id: String,
+    pub sender: String,
+    pub body: String,
+    pub reply_to: Option<i64>,
+    pub created_at_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MessageSent {
+    pub message: MessageInfo,
+    /// True when this `message_id` had been sent before: nothing new was stored.
+    pub duplicate: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// Messages after this sequence number, oldest first.
+    pub after: Option<i64>,
+    /// Messages before this sequence number (the newest of them), oldest first.
+    pub before: Option<i64>,
+    /// At most this many (server maximum `chat.history_page_max`).
+    pub limit: Option<usize>,
+}
+
+/// Where a device stands in one room when it resumes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RoomCursor {
+    pub room: String,
+    /// The last sequence number this device has processed.
+    pub seq: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RoomSynced {
+    pub room: String,
+    /// The device is now current up to here.
+    pub last_seq: i64,
+    /// It missed more than the server replays: page history to fill the gap.
+    pub truncated: bool,
+}
+
 /// Frames a client sends on `/v1/ws`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -208,6 +311,22 @@ pub enum ClientFrame {
     Ping { id: String },
     /// Who is this connection authenticated as?
     Whoami { id: String },
+    /// Start chat delivery: replay what was missed after each cursor, then stream live.
+    /// Rooms without a cursor start from their newest message.
+    ChatSync {
+        id: String,
+        #[serde(default)]
+        cursors: Vec<RoomCursor>,
+    },
+    /// Send a message; answered with `chat_ack`.
+    ChatSend {
+        id: String,
+        room: String,
+        message_id: String,
+        body: String,
+        #[serde(default)]
+        reply_to: Option<i64>,
+    },
 }
 
 /// Frames the server sends on `/v1/ws`.
@@ -225,6 +344,29 @@ pub enum ServerFrame {
     Whoami {
         id: String,
         user: UserInfo,
+    },
+    /// A message was stored under `seq` (or had been, when `duplicate`).
+    ChatAck {
+        id: String,
+        room: String,
+        message_id: String,
+        seq: i64,
+        duplicate: bool,
+    },
+    /// A message in one of the user's rooms, in room order, once per connection.
+    ChatMessage {
+        message: MessageInfo,
+    },
+    /// The replay after `chat_sync` is complete; live messages follow.
+    ChatSynced {
+        id: String,
+        rooms: Vec<RoomSynced>,
+    },
+    /// The user joined a room (delivery for it starts after `last_seq`) or left one.
+    ChatMembership {
+        room: String,
+        joined: bool,
+        last_seq: i64,
     },
     /// A request frame failed; `id` is the request's id when it could be read.
     Error {

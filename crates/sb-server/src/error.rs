@@ -22,7 +22,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
             StatusCode::FORBIDDEN
         }
         ErrorCode::InvalidInvite => StatusCode::FORBIDDEN,
-        ErrorCode::UsernameTaken => StatusCode::CONFLICT,
+        ErrorCode::UsernameTaken | ErrorCode::Conflict => StatusCode::CONFLICT,
+        ErrorCode::Banned => StatusCode::FORBIDDEN,
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -85,6 +86,24 @@ impl From<AuthError> for ApiError {
             code,
             message,
             retry_after_secs: e.retry_after().map(|r| r.secs_ceil()),
+        }
+    }
+}
+
+impl From<sb_chat::ChatError> for ApiError {
+    fn from(e: sb_chat::ChatError) -> Self {
+        match e {
+            sb_chat::ChatError::Auth(a) => a.into(),
+            other => {
+                let code = other.code();
+                let message = if code == ErrorCode::Internal {
+                    tracing::error!(error = %other, "chat request failed");
+                    "internal error; the server log has details".to_string()
+                } else {
+                    other.to_string()
+                };
+                ApiError::new(code, message)
+            }
         }
     }
 }

@@ -10,6 +10,7 @@ mod extract;
 mod listener;
 mod metrics;
 mod routes;
+mod routes_chat;
 pub mod tls;
 mod ws;
 
@@ -48,6 +49,7 @@ pub fn now() -> UnixMillis {
 
 pub struct AppState {
     pub auth: Arc<Auth>,
+    pub chat: Arc<sb_chat::Chat>,
     pub config: Arc<Config>,
     metrics: Arc<metrics::Metrics>,
     pub shutdown: CancellationToken,
@@ -96,6 +98,16 @@ pub fn app(state: Arc<AppState>) -> Router {
         .routes(routes!(routes::admin_create_invite))
         .routes(routes!(routes::admin_audit))
         .routes(routes!(routes::admin_audit_verify))
+        .routes(routes!(routes_chat::my_rooms, routes_chat::create_room))
+        .routes(routes!(routes_chat::public_rooms))
+        .routes(routes!(routes_chat::direct_room))
+        .routes(routes!(routes_chat::room))
+        .routes(routes!(routes_chat::join))
+        .routes(routes!(routes_chat::leave))
+        .routes(routes!(routes_chat::members, routes_chat::add_member))
+        .routes(routes!(routes_chat::kick))
+        .routes(routes!(routes_chat::ban))
+        .routes(routes!(routes_chat::history, routes_chat::send))
         .routes(routes!(ws::ws_handler))
         .routes(routes!(routes::healthz))
         .routes(routes!(routes::readyz))
@@ -251,20 +263,27 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let store = SqliteStore::open(&data_dir.join("sb.db"), &config.store)
         .context("opening the store")?
         .with_observer(Arc::new(move |op, took| m2.observe_store(op, took)));
-    let store: Arc<dyn Store> = Arc::new(store);
-    let bus = Bus::new(BusConfig {
+    let sqlite = Arc::new(store);
+    let store: Arc<dyn Store> = sqlite.clone();
+    let bus_config = BusConfig {
         queue_max: config.bus.subscriber_queue_max,
         overflow: match config.bus.overflow {
             OverflowPolicy::Disconnect => sb_bus::OverflowPolicy::Disconnect,
             OverflowPolicy::DropNewest => sb_bus::OverflowPolicy::DropNewest,
         },
-    });
+    };
     let auth = Arc::new(Auth::new(
         store.clone(),
-        bus,
+        Bus::new(bus_config),
         config.auth.clone(),
         &config.rate_limits,
     )?);
+    let chat = Arc::new(sb_chat::Chat::new(
+        sqlite,
+        auth.clone(),
+        Bus::new(bus_config),
+        config.chat.clone(),
+    ));
     let listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("binding {}", config.server.listen))?;
@@ -280,6 +299,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let config = Arc::new(config);
     let state = Arc::new(AppState {
         auth,
+        chat,
         config: config.clone(),
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),

@@ -5,17 +5,23 @@
 //! Outbound events reach a socket through bus subscriptions, whose bounded queues and overflow
 //! policy are the socket's outbound limit.
 
-use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::Caller;
 use crate::routes::user_info;
+use crate::routes_chat::message_info;
+use crate::{AppState, now};
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
-use sb_auth::{Action, AuthEvent, Resource, Subject, credential_topic, user_topic};
-use sb_core::{ErrorCode, UserId};
-use sb_proto::{ClientFrame, ServerFrame, UserInfo, WS_PROTOCOL_VERSION, close_code};
+use sb_auth::{Action, AuthEvent, Ctx, Origin, Resource, Subject, credential_topic, user_topic};
+use sb_chat::{Chat, ChatEvent};
+use sb_core::{ErrorCode, RoomId, UserId};
+use sb_proto::{
+    ClientFrame, RoomCursor, RoomSynced, ServerFrame, UserInfo, WS_PROTOCOL_VERSION, close_code,
+};
+use sb_store::chat::Appended;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite;
@@ -91,7 +97,7 @@ pub async fn ws_handler(
         .max_message_size(limits.ws_message_size_bytes_max)
         .on_upgrade(move |socket| {
             let tracker = st2.ws_tasks.clone();
-            tracker.track_future(run(st2, socket, c.subject, user, slot))
+            tracker.track_future(run(st2, socket, c.subject, c.origin, user, slot))
         }))
 }
 
@@ -122,18 +128,180 @@ fn is_too_big(e: &axum::Error) -> bool {
     false
 }
 
+/// One connection's chat state: how far each room has been delivered. `None` until the client
+/// sends `chat_sync`; from then on every room's messages go out once each, in sequence order.
+struct ChatCursors(Option<HashMap<RoomId, i64>>);
+
+impl ChatCursors {
+    /// Frames for one chat event, filling from the store any gap the bus order left.
+    async fn on_event(&mut self, chat: &Chat, cx: Ctx<'_>, event: ChatEvent) -> Vec<ServerFrame> {
+        let Some(delivered) = self.0.as_mut() else {
+            return Vec::new();
+        };
+        match event {
+            ChatEvent::Message(m) => {
+                let Some(cur) = delivered.get_mut(&m.room_id) else {
+                    return Vec::new();
+                };
+                if m.seq <= *cur {
+                    return Vec::new();
+                }
+                let messages = if m.seq == *cur + 1 {
+                    vec![(*m).clone()]
+                } else {
+                    match chat.range(cx, m.room_id, *cur, m.seq).await {
+                        Ok(v) => v,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "filling a chat gap failed");
+                            return Vec::new();
+                        }
+                    }
+                };
+                *cur = messages.last().map(|x| x.seq).unwrap_or(*cur);
+                messages
+                    .iter()
+                    .map(|x| ServerFrame::ChatMessage {
+                        message: message_info(x),
+                    })
+                    .collect()
+            }
+            ChatEvent::Joined { room, last_seq } => {
+                let cur = delivered.entry(room).or_insert(last_seq);
+                *cur = (*cur).max(last_seq);
+                vec![ServerFrame::ChatMembership {
+                    room: room.to_string(),
+                    joined: true,
+                    last_seq: *cur,
+                }]
+            }
+            ChatEvent::Left { room } => {
+                let last = delivered.remove(&room).unwrap_or(0);
+                vec![ServerFrame::ChatMembership {
+                    room: room.to_string(),
+                    joined: false,
+                    last_seq: last,
+                }]
+            }
+        }
+    }
+
+    /// Replays what the device missed and starts live delivery.
+    async fn sync(
+        &mut self,
+        chat: &Chat,
+        cx: Ctx<'_>,
+        id: String,
+        cursors: Vec<RoomCursor>,
+    ) -> Vec<ServerFrame> {
+        let mut parsed = Vec::with_capacity(cursors.len());
+        for c in cursors {
+            match c.room.parse::<RoomId>() {
+                Ok(room) => parsed.push((room, c.seq)),
+                Err(_) => {
+                    return vec![frame_error(
+                        Some(id),
+                        ErrorCode::InvalidArgument,
+                        "bad room id in cursors",
+                    )];
+                }
+            }
+        }
+        let rooms = match chat.catch_up(cx, &parsed).await {
+            Ok(r) => r,
+            Err(e) => return vec![frame_error(Some(id), e.code(), &e.to_string())],
+        };
+        let delivered = self.0.get_or_insert_with(HashMap::new);
+        let mut out = Vec::new();
+        let mut synced = Vec::new();
+        for r in rooms {
+            let cur = delivered.entry(r.room).or_insert(0);
+            out.extend(r.messages.iter().filter(|m| m.seq > *cur).map(|m| {
+                ServerFrame::ChatMessage {
+                    message: message_info(m),
+                }
+            }));
+            *cur = (*cur).max(r.last_seq);
+            synced.push(RoomSynced {
+                room: r.room.to_string(),
+                last_seq: *cur,
+                truncated: r.truncated,
+            });
+        }
+        out.push(ServerFrame::ChatSynced { id, rooms: synced });
+        out
+    }
+}
+
+fn frame_error(id: Option<String>, code: ErrorCode, message: &str) -> ServerFrame {
+    ServerFrame::Error {
+        id,
+        code: code.as_str().into(),
+        message: message.into(),
+    }
+}
+
+async fn handle_frame(
+    st: &AppState,
+    cursors: &mut ChatCursors,
+    cx: Ctx<'_>,
+    user: &UserInfo,
+    text: &str,
+) -> Vec<ServerFrame> {
+    match sb_proto::decode_client_frame(text) {
+        Ok(ClientFrame::Ping { id }) => vec![ServerFrame::Pong { id }],
+        Ok(ClientFrame::Whoami { id }) => vec![ServerFrame::Whoami {
+            id,
+            user: user.clone(),
+        }],
+        Ok(ClientFrame::ChatSync { id, cursors: c }) => cursors.sync(&st.chat, cx, id, c).await,
+        Ok(ClientFrame::ChatSend {
+            id,
+            room,
+            message_id,
+            body,
+            reply_to,
+        }) => {
+            let Ok(room) = room.parse::<RoomId>() else {
+                return vec![frame_error(
+                    Some(id),
+                    ErrorCode::InvalidArgument,
+                    "room is not a valid room id",
+                )];
+            };
+            match st.chat.send(cx, room, &message_id, &body, reply_to).await {
+                Ok(a) => vec![ServerFrame::ChatAck {
+                    id,
+                    room: room.to_string(),
+                    message_id,
+                    seq: a.record().seq,
+                    duplicate: matches!(a, Appended::Duplicate(_)),
+                }],
+                Err(e) => {
+                    let e = ApiError::from(e);
+                    vec![frame_error(Some(id), e.code, &e.message)]
+                }
+            }
+        }
+        Err(e) => vec![frame_error(e.id, ErrorCode::InvalidBody, &e.message)],
+    }
+}
+
 async fn run(
     st: Arc<AppState>,
     socket: WebSocket,
     subject: Subject,
+    origin: Origin,
     user: UserInfo,
     _slot: SocketSlot,
 ) {
     let (mut tx, mut rx) = socket.split();
     let subscribe = |topic: String| st.auth.bus().subscribe(&topic);
-    let (Ok(mut revoked), Ok(mut disabled)) = (
+    let (Ok(mut revoked), Ok(mut disabled), Ok(mut chat_events)) = (
         subscribe(credential_topic(&subject.credential.id_string())),
         subscribe(user_topic(subject.user_id)),
+        st.chat
+            .bus()
+            .subscribe(&sb_chat::user_topic(subject.user_id)),
     ) else {
         let _ = tx.send(close(1011, "internal error")).await;
         return;
@@ -145,21 +313,29 @@ async fn run(
     if tx.send(frame(&hello)).await.is_err() {
         return;
     }
+    let mut cursors = ChatCursors(None);
     let interval = Duration::from_millis(st.config.limits.ws_ping_interval_ms.max(10));
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     let mut unanswered = 0u32;
-    let out: Option<Message> = loop {
-        tokio::select! {
+    let out: Option<Message> = 'conn: loop {
+        let frames = tokio::select! {
             _ = st.shutdown.cancelled() => break Some(close(1001, "server shutting down")),
             ev = revoked.recv() => match ev {
                 Ok(m) if m.payload == AuthEvent::CredentialRevoked =>
                     break Some(close(close_code::CREDENTIAL_REVOKED, "credential revoked")),
-                Ok(_) => {}
+                Ok(_) => Vec::new(),
                 Err(_) => break Some(close(close_code::SLOW_CONSUMER, "too far behind")),
             },
             ev = disabled.recv() => match ev {
                 Ok(_) => break Some(close(close_code::CREDENTIAL_REVOKED, "account disabled")),
                 Err(_) => break Some(close(close_code::SLOW_CONSUMER, "too far behind")),
+            },
+            ev = chat_events.recv() => match ev {
+                Ok(m) => {
+                    let cx = Ctx { subject: &subject, origin: &origin, now: now() };
+                    cursors.on_event(&st.chat, cx, m.payload).await
+                }
+                Err(_) => break Some(close(close_code::SLOW_CONSUMER, "too far behind; resume from your cursors")),
             },
             _ = ping.tick() => {
                 if unanswered >= 2 {
@@ -169,6 +345,7 @@ async fn run(
                 if tx.send(Message::Ping(Default::default())).await.is_err() {
                     break None;
                 }
+                Vec::new()
             }
             msg = rx.next() => match msg {
                 None | Some(Ok(Message::Close(_))) => break None,
@@ -178,24 +355,21 @@ async fn run(
                     tracing::debug!(error = %e, "websocket read failed");
                     break None;
                 }
-                Some(Ok(Message::Pong(_))) => unanswered = 0,
-                Some(Ok(Message::Ping(_))) => {}
-                Some(Ok(Message::Binary(_))) => {
-                    let f = ServerFrame::Error { id: None, code: ErrorCode::InvalidArgument.as_str().into(),
-                        message: "binary frames are not supported; send JSON text".into() };
-                    if tx.send(frame(&f)).await.is_err() { break None; }
-                }
+                Some(Ok(Message::Pong(_))) => { unanswered = 0; Vec::new() }
+                Some(Ok(Message::Ping(_))) => Vec::new(),
+                Some(Ok(Message::Binary(_))) => vec![frame_error(None, ErrorCode::InvalidArgument,
+                    "binary frames are not supported; send JSON text")],
                 Some(Ok(Message::Text(text))) => {
                     unanswered = 0;
-                    let reply = match sb_proto::decode_client_frame(&text) {
-                        Ok(ClientFrame::Ping { id }) => ServerFrame::Pong { id },
-                        Ok(ClientFrame::Whoami { id }) => ServerFrame::Whoami { id, user: user.clone() },
-                        Err(e) => ServerFrame::Error { id: e.id, code: ErrorCode::InvalidBody.as_str().into(),
-                            message: e.message },
-                    };
-                    if tx.send(frame(&reply)).await.is_err() { break None; }
+                    let cx = Ctx { subject: &subject, origin: &origin, now: now() };
+                    handle_frame(&st, &mut cursors, cx, &user, &text).await
                 }
             },
+        };
+        for f in &frames {
+            if tx.send(frame(f)).await.is_err() {
+                break 'conn None;
+            }
         }
     };
     if let Some(m) = out {

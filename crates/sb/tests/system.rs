@@ -317,6 +317,19 @@ async fn openapi_documents_every_route_and_every_documented_route_exists() {
         ("POST", "/v1/admin/invites"),
         ("GET", "/v1/admin/audit"),
         ("GET", "/v1/admin/audit/verify"),
+        ("GET", "/v1/rooms"),
+        ("POST", "/v1/rooms"),
+        ("GET", "/v1/rooms/public"),
+        ("POST", "/v1/rooms/direct"),
+        ("GET", "/v1/rooms/{room}"),
+        ("POST", "/v1/rooms/{room}/join"),
+        ("POST", "/v1/rooms/{room}/leave"),
+        ("GET", "/v1/rooms/{room}/members"),
+        ("POST", "/v1/rooms/{room}/members"),
+        ("DELETE", "/v1/rooms/{room}/members/{username}"),
+        ("POST", "/v1/rooms/{room}/bans"),
+        ("GET", "/v1/rooms/{room}/messages"),
+        ("POST", "/v1/rooms/{room}/messages"),
         ("GET", "/v1/ws"),
         ("GET", "/healthz"),
         ("GET", "/readyz"),
@@ -331,7 +344,9 @@ async fn openapi_documents_every_route_and_every_documented_route_exists() {
     for (method, path) in &documented {
         let concrete = path
             .replace("{id}", "01a21701-c832-7012-98da-efc981ce988d")
-            .replace("{user}", "someone");
+            .replace("{user}", "someone")
+            .replace("{room}", "01a21701-c832-7012-98da-efc981ce988d")
+            .replace("{username}", "someone");
         let m = Method::from_bytes(method.as_bytes()).unwrap();
         let resp = server.client().raw(m, &concrete, None).await.unwrap();
         assert!(

@@ -1,0 +1,451 @@
+//! Chat: rooms, membership, and messages with exact real-time delivery and resume.
+//!
+//! Offline delivery and resume are one mechanism: every message is appended to its room's
+//! sequence (durably, by `sb-store`) before anyone sees it; live delivery is a bus event per
+//! member (`chat/user/<id>`); a device that (re)connects asks for everything after its last
+//! sequence per room ([`Chat::catch_up`]) and the connection then fills any gap from the store,
+//! so each device sees each message once, in room order.
+//!
+//! Every operation takes an [`sb_auth::Ctx`] and is authorized through [`sb_auth::Auth`].
+//! This crate knows nothing of HTTP or WebSockets.
+
+use sb_auth::{Action, Auth, AuthError, Ctx, Resource};
+use sb_bus::Bus;
+use sb_core::config::ChatConfig;
+use sb_core::{ErrorCode, RoomId, RoomRole, UserId};
+use sb_store::chat::{
+    Appended, MemberChange, MemberRecord, MessageRecord, NewMessage, RoomAccess, RoomKind,
+    RoomRecord,
+};
+use sb_store::{ChatStore, StoreError};
+use std::sync::Arc;
+
+/// Longest client-chosen message id.
+pub const MESSAGE_ID_LENGTH_MAX: usize = 64;
+
+/// What a connection receives about chat, on `chat/user/<id>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChatEvent {
+    /// A new message in one of the user's rooms.
+    Message(Arc<MessageRecord>),
+    /// The user joined or was added to a room whose newest message is `last_seq`.
+    Joined { room: RoomId, last_seq: i64 },
+    /// The user left, was kicked or was banned.
+    Left { room: RoomId },
+}
+
+pub fn user_topic(user: UserId) -> String {
+    format!("chat/user/{user}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("no such room")]
+    RoomNotFound,
+    #[error("no such user")]
+    UserNotFound,
+    #[error("you are banned from this room")]
+    Banned,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("message body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl ChatError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ChatError::Auth(e) => e.code(),
+            ChatError::RoomNotFound | ChatError::UserNotFound => ErrorCode::NotFound,
+            ChatError::Banned => ErrorCode::Banned,
+            ChatError::Invalid(_) => ErrorCode::InvalidArgument,
+            ChatError::TooLarge(_) => ErrorCode::PayloadTooLarge,
+            ChatError::Conflict(_) => ErrorCode::Conflict,
+            ChatError::Store(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+pub type Result<T, E = ChatError> = std::result::Result<T, E>;
+
+/// A history page request: after a sequence (forwards) or before one (backwards).
+#[derive(Clone, Copy, Debug)]
+pub enum Page {
+    After(i64),
+    Before(i64),
+    Latest,
+}
+
+/// What a resuming device missed in one room.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomCatchUp {
+    pub room: RoomId,
+    pub messages: Vec<MessageRecord>,
+    /// More was missed than `catchup_messages_max`: nothing was replayed, page history instead.
+    pub truncated: bool,
+    /// The room's newest sequence number when the catch-up was read.
+    pub last_seq: i64,
+}
+
+pub struct Chat {
+    store: Arc<dyn ChatStore>,
+    auth: Arc<Auth>,
+    bus: Bus<ChatEvent>,
+    config: ChatConfig,
+}
+
+fn check_text(what: &str, value: &str, max: usize) -> Result<()> {
+    if value.chars().count() > max || value.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(ChatError::Invalid(format!(
+            "{what} must be at most {max} characters without control characters"
+        )));
+    }
+    Ok(())
+}
+
+impl Chat {
+    pub fn new(
+        store: Arc<dyn ChatStore>,
+        auth: Arc<Auth>,
+        bus: Bus<ChatEvent>,
+        config: ChatConfig,
+    ) -> Self {
+        Self {
+            store,
+            auth,
+            bus,
+            config,
+        }
+    }
+
+    pub fn bus(&self) -> &Bus<ChatEvent> {
+        &self.bus
+    }
+
+    async fn access(&self, room: RoomId, user: UserId) -> Result<RoomAccess> {
+        self.store
+            .room_access(room, user)
+            .await?
+            .ok_or(ChatError::RoomNotFound)
+    }
+
+    /// Loads the caller's standing in `room` and authorizes `action` on it.
+    async fn authorized(&self, cx: Ctx<'_>, room: RoomId, action: Action) -> Result<RoomAccess> {
+        let access = self.access(room, cx.subject.user_id).await?;
+        let resource = Resource::Room {
+            id: room,
+            role: access.role,
+        };
+        self.auth.authorize(cx, action, &resource).await?;
+        Ok(access)
+    }
+
+    async fn user_id(&self, username: &str) -> Result<UserId> {
+        let user = self
+            .auth
+            .store()
+            .user_by_username(username)
+            .await?
+            .ok_or(ChatError::UserNotFound)?;
+        Ok(user.id)
+    }
+
+    pub async fn create_room(
+        &self,
+        cx: Ctx<'_>,
+        name: &str,
+        topic: &str,
+        public: bool,
+    ) -> Result<RoomRecord> {
+        let name = name.trim().trim_start_matches('#');
+        let valid = !name.is_empty()
+            && name.chars().count() <= self.config.room_name_length_max
+            && name
+                .chars()
+                .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid {
+            return Err(ChatError::Invalid(format!(
+                "room names are 1-{} letters, digits, '-', '_' or '.'",
+                self.config.room_name_length_max
+            )));
+        }
+        check_text("topic", topic, self.config.room_topic_length_max)?;
+        let room = RoomRecord {
+            id: RoomId::new_at(cx.now),
+            kind: RoomKind::Group,
+            name: name.to_string(),
+            topic: topic.to_string(),
+            public,
+            created_by: cx.subject.user_id,
+            created_at: cx.now,
+            last_seq: 0,
+        };
+        match self.store.create_room(room.clone()).await {
+            Err(StoreError::Conflict(_)) => {
+                return Err(ChatError::Conflict(format!("a room named #{name} exists")));
+            }
+            other => other?,
+        }
+        self.notify_joined(cx.subject.user_id, room.id, 0);
+        Ok(room)
+    }
+
+    /// The direct-message room with `username`, created on first use.
+    pub async fn direct(&self, cx: Ctx<'_>, username: &str) -> Result<RoomRecord> {
+        let other = self.user_id(username).await?;
+        let me = cx.subject.user_id;
+        let (room, created) = self
+            .store
+            .direct_room(me, other, RoomId::new_at(cx.now), cx.now)
+            .await?;
+        if created {
+            self.notify_joined(me, room.id, 0);
+            self.notify_joined(other, room.id, 0);
+        }
+        Ok(room)
+    }
+
+    pub async fn rooms(&self, cx: Ctx<'_>) -> Result<Vec<(RoomRecord, RoomRole)>> {
+        Ok(self.store.rooms_of(cx.subject.user_id).await?)
+    }
+
+    pub async fn public_rooms(&self) -> Result<Vec<RoomRecord>> {
+        Ok(self.store.public_rooms().await?)
+    }
+
+    pub async fn room(&self, cx: Ctx<'_>, room: RoomId) -> Result<RoomRecord> {
+        Ok(self.authorized(cx, room, Action::Read).await?.room)
+    }
+
+    fn notify_joined(&self, user: UserId, room: RoomId, last_seq: i64) {
+        self.bus
+            .publish(&user_topic(user), ChatEvent::Joined { room, last_seq });
+    }
+
+    async fn add(&self, room: &RoomRecord, user: UserId, cx: Ctx<'_>) -> Result<()> {
+        match self
+            .store
+            .add_member(
+                room.id,
+                user,
+                RoomRole::Member,
+                self.config.room_members_max,
+                cx.now,
+            )
+            .await?
+        {
+            MemberChange::Added => {
+                self.notify_joined(user, room.id, room.last_seq);
+                Ok(())
+            }
+            MemberChange::AlreadyMember => Ok(()),
+            MemberChange::Banned => Err(ChatError::Banned),
+            MemberChange::RoomFull => Err(ChatError::Conflict(format!(
+                "the room is full ({} members)",
+                self.config.room_members_max
+            ))),
+        }
+    }
+
+    pub async fn join(&self, cx: Ctx<'_>, room: RoomId) -> Result<()> {
+        let access = self.access(room, cx.subject.user_id).await?;
+        if access.role.is_some() {
+            return Ok(());
+        }
+        if access.banned {
+            // Audited like any denial, but reported with its own code.
+            let resource = Resource::RoomJoin {
+                id: room,
+                public: access.room.public,
+                banned: true,
+            };
+            let _ = self.auth.authorize(cx, Action::Create, &resource).await;
+            return Err(ChatError::Banned);
+        }
+        let resource = Resource::RoomJoin {
+            id: room,
+            public: access.room.public && access.room.kind == RoomKind::Group,
+            banned: false,
+        };
+        self.auth.authorize(cx, Action::Create, &resource).await?;
+        self.add(&access.room, cx.subject.user_id, cx).await
+    }
+
+    pub async fn leave(&self, cx: Ctx<'_>, room: RoomId) -> Result<()> {
+        let access = self.access(room, cx.subject.user_id).await?;
+        if access.room.kind == RoomKind::Direct {
+            return Err(ChatError::Invalid("direct rooms cannot be left".into()));
+        }
+        if self.store.remove_member(room, cx.subject.user_id).await? {
+            self.bus
+                .publish(&user_topic(cx.subject.user_id), ChatEvent::Left { room });
+        }
+        Ok(())
+    }
+
+    /// Adds a user to a room (moderators and owners).
+    pub async fn invite(&self, cx: Ctx<'_>, room: RoomId, username: &str) -> Result<()> {
+        let access = self.authorized(cx, room, Action::Update).await?;
+        if access.room.kind == RoomKind::Direct {
+            return Err(ChatError::Invalid(
+                "direct rooms have exactly two members".into(),
+            ));
+        }
+        let user = self.user_id(username).await?;
+        self.add(&access.room, user, cx).await
+    }
+
+    async fn target(&self, cx: Ctx<'_>, room: RoomId, username: &str) -> Result<UserId> {
+        let access = self.authorized(cx, room, Action::Update).await?;
+        let user = self.user_id(username).await?;
+        let target = self.access(room, user).await?;
+        if target.role >= access.role {
+            return Err(ChatError::Auth(AuthError::Forbidden));
+        }
+        Ok(user)
+    }
+
+    /// Removes a member of lower rank (moderators and owners).
+    pub async fn kick(&self, cx: Ctx<'_>, room: RoomId, username: &str) -> Result<()> {
+        let user = self.target(cx, room, username).await?;
+        if self.store.remove_member(room, user).await? {
+            self.bus
+                .publish(&user_topic(user), ChatEvent::Left { room });
+        }
+        Ok(())
+    }
+
+    /// Removes a member of lower rank and bars them from rejoining.
+    pub async fn ban(&self, cx: Ctx<'_>, room: RoomId, username: &str) -> Result<()> {
+        let user = self.target(cx, room, username).await?;
+        self.store
+            .ban(room, user, cx.subject.user_id, cx.now)
+            .await?;
+        self.bus
+            .publish(&user_topic(user), ChatEvent::Left { room });
+        Ok(())
+    }
+
+    pub async fn members(&self, cx: Ctx<'_>, room: RoomId) -> Result<Vec<MemberRecord>> {
+        self.authorized(cx, room, Action::Read).await?;
+        Ok(self.store.members(room).await?)
+    }
+
+    /// Appends a message (durably) and delivers it to every member's connections. Sending the
+    /// same `message_id` again returns the stored message and delivers nothing new.
+    pub async fn send(
+        &self,
+        cx: Ctx<'_>,
+        room: RoomId,
+        message_id: &str,
+        body: &str,
+        reply_to: Option<i64>,
+    ) -> Result<Appended> {
+        if message_id.is_empty()
+            || message_id.len() > MESSAGE_ID_LENGTH_MAX
+            || message_id.chars().any(char::is_control)
+        {
+            return Err(ChatError::Invalid(format!(
+                "message_id must be 1-{MESSAGE_ID_LENGTH_MAX} bytes of printable text"
+            )));
+        }
+        if body.len() > self.config.message_size_bytes_max {
+            return Err(ChatError::TooLarge(self.config.message_size_bytes_max));
+        }
+        if body.trim().is_empty() {
+            return Err(ChatError::Invalid("message body is empty".into()));
+        }
+        let access = self.authorized(cx, room, Action::Create).await?;
+        if let Some(r) = reply_to.filter(|r| *r < 1 || *r > access.room.last_seq) {
+            return Err(ChatError::Invalid(format!(
+                "reply_to {r} is not a message here"
+            )));
+        }
+        let appended = self
+            .store
+            .append_message(NewMessage {
+                room_id: room,
+                message_id: message_id.to_string(),
+                sender: cx.subject.user_id,
+                body: body.to_string(),
+                reply_to,
+                at: cx.now,
+            })
+            .await?;
+        if let Appended::New(m) = &appended {
+            let event = ChatEvent::Message(Arc::new(m.clone()));
+            for member in self.store.members(room).await? {
+                self.bus.publish(&user_topic(member.user_id), event.clone());
+            }
+        }
+        Ok(appended)
+    }
+
+    pub async fn history(
+        &self,
+        cx: Ctx<'_>,
+        room: RoomId,
+        page: Page,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>> {
+        self.authorized(cx, room, Action::Read).await?;
+        let limit = limit.clamp(1, self.config.history_page_max);
+        Ok(match page {
+            Page::After(seq) => self.store.messages_after(room, seq, limit).await?,
+            Page::Before(seq) => self.store.messages_before(room, seq, limit).await?,
+            Page::Latest => self.store.messages_before(room, i64::MAX, limit).await?,
+        })
+    }
+
+    /// Messages in `room` after `after`, up to `until` inclusive (for filling a gap a live
+    /// connection noticed). Authorized like history.
+    pub async fn range(
+        &self,
+        cx: Ctx<'_>,
+        room: RoomId,
+        after: i64,
+        until: i64,
+    ) -> Result<Vec<MessageRecord>> {
+        self.authorized(cx, room, Action::Read).await?;
+        let n = usize::try_from(until.saturating_sub(after)).unwrap_or(0);
+        Ok(self.store.messages_after(room, after, n).await?)
+    }
+
+    /// For each room the caller belongs to: what came after the given cursor. Rooms without a
+    /// cursor start at their newest message (nothing replayed).
+    pub async fn catch_up(
+        &self,
+        cx: Ctx<'_>,
+        cursors: &[(RoomId, i64)],
+    ) -> Result<Vec<RoomCatchUp>> {
+        let mut out = Vec::new();
+        for (room, _) in self.store.rooms_of(cx.subject.user_id).await? {
+            let last_seq = room.last_seq;
+            let cursor = cursors
+                .iter()
+                .find(|(id, _)| *id == room.id)
+                .map(|(_, seq)| (*seq).clamp(0, last_seq))
+                .unwrap_or(last_seq);
+            let missed = usize::try_from(last_seq - cursor).unwrap_or(0);
+            let truncated = missed > self.config.catchup_messages_max;
+            let messages = if truncated || missed == 0 {
+                Vec::new()
+            } else {
+                self.store.messages_after(room.id, cursor, missed).await?
+            };
+            out.push(RoomCatchUp {
+                room: room.id,
+                last_seq: messages.last().map(|m| m.seq).unwrap_or(last_seq),
+                messages,
+                truncated,
+            });
+        }
+        Ok(out)
+    }
+}

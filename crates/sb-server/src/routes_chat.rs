@@ -1,0 +1,240 @@
+//! Chat REST routes under `/v1/rooms`. Real-time delivery is on `/v1/ws` (see `ws.rs`).
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiQuery, Caller};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use sb_chat::Page;
+use sb_core::{ErrorCode, RoomId, RoomRole};
+use sb_proto::*;
+use sb_store::chat::{MemberRecord, MessageRecord, RoomRecord};
+use std::sync::Arc;
+
+type St = State<Arc<AppState>>;
+
+pub fn room_info(r: &RoomRecord, role: Option<RoomRole>) -> RoomInfo {
+    RoomInfo {
+        id: r.id.to_string(),
+        kind: r.kind.as_str().to_string(),
+        name: r.name.clone(),
+        topic: r.topic.clone(),
+        public: r.public,
+        role: role.map(|r| r.as_str().to_string()),
+        last_seq: r.last_seq,
+        created_at_ms: r.created_at.0,
+    }
+}
+
+pub fn message_info(m: &MessageRecord) -> MessageInfo {
+    MessageInfo {
+        room: m.room_id.to_string(),
+        seq: m.seq,
+        message_id: m.message_id.clone(),
+        sender: m.sender.to_string(),
+        body: m.body.clone(),
+        reply_to: m.reply_to,
+        created_at_ms: m.created_at.0,
+    }
+}
+
+fn member_info(m: &MemberRecord) -> MemberInfo {
+    MemberInfo {
+        user_id: m.user_id.to_string(),
+        username: m.username.clone(),
+        role: m.role.as_str().to_string(),
+        joined_at_ms: m.joined_at.0,
+    }
+}
+
+pub fn room_id(s: &str) -> Result<RoomId, ApiError> {
+    s.parse()
+        .map_err(|_| ApiError::new(ErrorCode::InvalidArgument, "room is not a valid room id"))
+}
+
+#[utoipa::path(get, path = "/v1/rooms", tag = "chat",
+    responses((status = 200, body = Vec<RoomInfo>), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn my_rooms(State(st): St, c: Caller) -> Result<Json<Vec<RoomInfo>>, ApiError> {
+    let rooms = st.chat.rooms(c.cx()).await?;
+    Ok(Json(
+        rooms
+            .iter()
+            .map(|(r, role)| room_info(r, Some(*role)))
+            .collect(),
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/rooms", tag = "chat", request_body = RoomCreate,
+    responses((status = 201, body = RoomInfo), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn create_room(
+    State(st): St,
+    c: Caller,
+    ApiJson(req): ApiJson<RoomCreate>,
+) -> Result<(StatusCode, Json<RoomInfo>), ApiError> {
+    let room = st
+        .chat
+        .create_room(c.cx(), &req.name, &req.topic, req.public)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(room_info(&room, Some(RoomRole::Owner))),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/rooms/public", tag = "chat",
+    responses((status = 200, body = Vec<RoomInfo>), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn public_rooms(State(st): St, _c: Caller) -> Result<Json<Vec<RoomInfo>>, ApiError> {
+    let rooms = st.chat.public_rooms().await?;
+    Ok(Json(rooms.iter().map(|r| room_info(r, None)).collect()))
+}
+
+#[utoipa::path(post, path = "/v1/rooms/direct", tag = "chat", request_body = DirectRoomRequest,
+    responses((status = 200, body = RoomInfo), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn direct_room(
+    State(st): St,
+    c: Caller,
+    ApiJson(req): ApiJson<DirectRoomRequest>,
+) -> Result<Json<RoomInfo>, ApiError> {
+    let room = st.chat.direct(c.cx(), &req.username).await?;
+    Ok(Json(room_info(&room, Some(RoomRole::Member))))
+}
+
+#[utoipa::path(get, path = "/v1/rooms/{room}", tag = "chat",
+    params(("room" = String, Path, description = "room id")),
+    responses((status = 200, body = RoomInfo), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn room(
+    State(st): St,
+    c: Caller,
+    Path(room): Path<String>,
+) -> Result<Json<RoomInfo>, ApiError> {
+    let r = st.chat.room(c.cx(), room_id(&room)?).await?;
+    Ok(Json(room_info(&r, None)))
+}
+
+#[utoipa::path(post, path = "/v1/rooms/{room}/join", tag = "chat",
+    params(("room" = String, Path, description = "room id")),
+    responses((status = 204), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn join(
+    State(st): St,
+    c: Caller,
+    Path(room): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    st.chat.join(c.cx(), room_id(&room)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/v1/rooms/{room}/leave", tag = "chat",
+    params(("room" = String, Path, description = "room id")),
+    responses((status = 204), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn leave(
+    State(st): St,
+    c: Caller,
+    Path(room): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    st.chat.leave(c.cx(), room_id(&room)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/v1/rooms/{room}/members", tag = "chat",
+    params(("room" = String, Path, description = "room id")),
+    responses((status = 200, body = Vec<MemberInfo>), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn members(
+    State(st): St,
+    c: Caller,
+    Path(room): Path<String>,
+) -> Result<Json<Vec<MemberInfo>>, ApiError> {
+    let list = st.chat.members(c.cx(), room_id(&room)?).await?;
+    Ok(Json(list.iter().map(member_info).collect()))
+}
+
+#[utoipa::path(post, path = "/v1/rooms/{room}/members", tag = "chat", request_body = MemberAdd,
+    params(("room" = String, Path, description = "room id")),
+    responses((status = 204), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn add_member(
+    State(st): St,
+    c: Caller,
+    Path(room): Path<String>,
+    ApiJson(req): ApiJson<MemberAdd>,
+) -> Result<StatusCode, ApiError> {
+    st.chat
+        .invite(c.cx(), room_id(&room)?, &req.username)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(delete, path = "/v1/rooms/{room}/members/{username}", tag = "chat",
+    params(("room" = String, Path, description = "room id"), ("username" = String, Path)),
+    responses((status = 204), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn kick(
+    State(st): St,
+    c: Caller,
+    Path((room, username)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    st.chat.kick(c.cx(), room_id(&room)?, &username).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/v1/rooms/{room}/bans", tag = "chat", request_body = MemberAdd,
+    params(("room" = String, Path, description = "room id")),
+    responses((status = 204), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn ban(
+    State(st): St,
+    c: Caller,
+    Path(room): Path<String>,
+    ApiJson(req): ApiJson<MemberAdd>,
+) -> Result<StatusCode, ApiError> {
+    st.chat.ban(c.cx(), room_id(&room)?, &req.username).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/v1/rooms/{room}/messages", tag = "chat", params(("room" = String, Path, description = "room id"), HistoryQuery),
+    responses((status = 200, body = Vec<MessageInfo>), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn history(
+    State(st): St,
+    c: Caller,
+    Path(room): Path<String>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
+) -> Result<Json<Vec<MessageInfo>>, ApiError> {
+    let page = match (q.after, q.before) {
+        (Some(a), None) => Page::After(a),
+        (None, Some(b)) => Page::Before(b),
+        (None, None) => Page::Latest,
+        (Some(_), Some(_)) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                "use after or before, not both",
+            ));
+        }
+    };
+    let list = st
+        .chat
+        .history(c.cx(), room_id(&room)?, page, q.limit.unwrap_or(50))
+        .await?;
+    Ok(Json(list.iter().map(message_info).collect()))
+}
+
+#[utoipa::path(post, path = "/v1/rooms/{room}/messages", tag = "chat", request_body = MessageSend,
+    params(("room" = String, Path, description = "room id")),
+    responses((status = 200, body = MessageSent), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn send(
+    State(st): St,
+    c: Caller,
+    Path(room): Path<String>,
+    ApiJson(req): ApiJson<MessageSend>,
+) -> Result<Json<MessageSent>, ApiError> {
+    let appended = st
+        .chat
+        .send(
+            c.cx(),
+            room_id(&room)?,
+            &req.message_id,
+            &req.body,
+            req.reply_to,
+        )
+        .await?;
+    Ok(Json(MessageSent {
+        message: message_info(appended.record()),
+        duplicate: matches!(appended, sb_store::chat::Appended::Duplicate(_)),
+    }))
+}

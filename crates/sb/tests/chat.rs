@@ -1,0 +1,630 @@
+//! Chat end to end against the real server: exact delivery to every device, resume, durability
+//! across SIGKILL, access control and bad input.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use sb_client::{Client, WsStream};
+use sb_proto::{HistoryQuery, MessageSend, RoomCreate};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+/// One connected device: a WebSocket that has synced, and what it has received per room.
+struct Device {
+    ws: WsStream,
+    seen: BTreeMap<String, Vec<i64>>,
+    bodies: BTreeMap<String, Vec<String>>,
+    synced: Vec<Value>,
+}
+
+impl Device {
+    async fn connect(client: &Client, cursors: Value) -> Device {
+        let mut ws = client.ws_connect().await.unwrap();
+        let hello = next_json(&mut ws).await;
+        assert_eq!(hello["type"], "hello");
+        ws.send(Message::text(
+            json!({"type":"chat_sync","id":"s","cursors":cursors}).to_string(),
+        ))
+        .await
+        .unwrap();
+        let mut d = Device {
+            ws,
+            seen: BTreeMap::new(),
+            bodies: BTreeMap::new(),
+            synced: Vec::new(),
+        };
+        loop {
+            let f = next_json(&mut d.ws).await;
+            if f["type"] == "chat_synced" {
+                d.synced = f["rooms"].as_array().unwrap().clone();
+                break;
+            }
+            d.record(&f);
+        }
+        d
+    }
+
+    fn record(&mut self, f: &Value) {
+        if f["type"] == "chat_message" {
+            let m = &f["message"];
+            let room = m["room"].as_str().unwrap().to_string();
+            self.seen
+                .entry(room.clone())
+                .or_default()
+                .push(m["seq"].as_i64().unwrap());
+            self.bodies
+                .entry(room)
+                .or_default()
+                .push(m["body"].as_str().unwrap().to_string());
+        }
+    }
+
+    /// Reads frames until `room` has been delivered up to `seq`; returns other frames seen.
+    async fn until(&mut self, room: &str, seq: i64) -> Vec<Value> {
+        let mut other = Vec::new();
+        while self
+            .seen
+            .get(room)
+            .and_then(|v| v.last())
+            .copied()
+            .unwrap_or(0)
+            < seq
+        {
+            let f = next_json(&mut self.ws).await;
+            if f["type"] != "chat_message" {
+                other.push(f.clone());
+            }
+            self.record(&f);
+        }
+        other
+    }
+
+    async fn send(&mut self, room: &str, message_id: &str, body: &str) -> Value {
+        let req = json!({"type":"chat_send","id":message_id,"room":room,"message_id":message_id,"body":body});
+        self.ws.send(Message::text(req.to_string())).await.unwrap();
+        loop {
+            let f = next_json(&mut self.ws).await;
+            if f["type"] == "chat_ack" || f["type"] == "error" {
+                return f;
+            }
+            self.record(&f);
+        }
+    }
+}
+
+async fn next_json(ws: &mut WsStream) -> Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("a frame within 20 s")
+            .expect("stream open")
+            .expect("frame ok");
+        if let Message::Text(t) = msg {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
+fn msg(id: &str, body: &str) -> MessageSend {
+    MessageSend {
+        message_id: id.into(),
+        body: body.into(),
+        reply_to: None,
+    }
+}
+
+#[tokio::test]
+async fn three_users_two_devices_each_see_every_message_once_in_order() {
+    let server = TestServer::start();
+    let admin = server.admin().await;
+    let ann = server.user(&admin, "ann").await;
+    let ben = server.user(&admin, "ben").await;
+    server.user(&admin, "cat").await;
+    let room = ann
+        .create_room(&RoomCreate {
+            name: "team".into(),
+            topic: "".into(),
+            public: false,
+        })
+        .await
+        .unwrap();
+    ann.add_member(&room.id, "ben").await.unwrap();
+    ann.add_member(&room.id, "cat").await.unwrap();
+    let dm = ann.direct_room("ben").await.unwrap();
+    assert_eq!(
+        ben.direct_room("ann").await.unwrap().id,
+        dm.id,
+        "one DM room per pair"
+    );
+
+    // Two devices per user: separate sessions, separate sockets.
+    let mut devices = Vec::new();
+    for name in ["ann", "ben", "cat"] {
+        for _ in 0..2 {
+            let c = server.login(name).await;
+            devices.push((name, Device::connect(&c, json!([])).await));
+        }
+    }
+    // Everyone sends to the group at once, from both devices; ann and ben also DM.
+    let per_device = 5;
+    let mut sends = Vec::new();
+    for (i, (name, _)) in devices.iter().enumerate() {
+        let c = server.login(name).await;
+        let (room, dm) = (room.id.clone(), dm.id.clone());
+        let name = name.to_string();
+        sends.push(tokio::spawn(async move {
+            for k in 0..per_device {
+                let id = format!("{name}-{i}-{k}");
+                c.send_message(&room, &msg(&id, &format!("group {id}")))
+                    .await
+                    .unwrap();
+                if name != "cat" {
+                    c.send_message(&dm, &msg(&id, &format!("dm {id}")))
+                        .await
+                        .unwrap();
+                }
+            }
+        }));
+    }
+    for s in sends {
+        s.await.unwrap();
+    }
+    let group_total = (devices.len() * per_device) as i64;
+    let dm_total = (4 * per_device) as i64;
+    for (name, d) in &mut devices {
+        d.until(&room.id, group_total).await;
+        if *name != "cat" {
+            d.until(&dm.id, dm_total).await;
+        }
+    }
+    // A final marker: once it arrives, anything duplicated before it would have arrived too.
+    ann.send_message(&room.id, &msg("marker", "end"))
+        .await
+        .unwrap();
+    let expected: Vec<i64> = (1..=group_total + 1).collect();
+    for (name, d) in &mut devices {
+        d.until(&room.id, group_total + 1).await;
+        assert_eq!(
+            d.seen[&room.id], expected,
+            "{name}: group room exactly once, in order"
+        );
+        if *name == "cat" {
+            assert!(!d.seen.contains_key(&dm.id), "cat never sees the DM");
+        } else {
+            assert_eq!(
+                d.seen[&dm.id],
+                (1..=dm_total).collect::<Vec<_>>(),
+                "{name}: DM"
+            );
+        }
+    }
+    // Every device saw the same bodies in the same order as history holds them.
+    let history = ann
+        .history(
+            &room.id,
+            &HistoryQuery {
+                after: Some(0),
+                before: None,
+                limit: Some(200),
+            },
+        )
+        .await
+        .unwrap();
+    let bodies: Vec<String> = history.iter().map(|m| m.body.clone()).collect();
+    for (_, d) in &devices {
+        assert_eq!(d.bodies[&room.id], bodies);
+    }
+}
+
+#[tokio::test]
+async fn reconnecting_device_gets_exactly_the_500_it_missed() {
+    let server = TestServer::start();
+    let admin = server.admin().await;
+    let ann = server.user(&admin, "ann").await;
+    let ben = server.user(&admin, "ben").await;
+    let room = ann
+        .create_room(&RoomCreate {
+            name: "log".into(),
+            topic: "".into(),
+            public: true,
+        })
+        .await
+        .unwrap();
+    ben.join_room(&room.id).await.unwrap();
+    ann.send_message(&room.id, &msg("first", "before"))
+        .await
+        .unwrap();
+    let mut phone = Device::connect(&ben, json!([{"room": room.id, "seq": 0}])).await;
+    assert_eq!(phone.seen[&room.id], vec![1], "catch-up from cursor 0");
+    let cursor = 1;
+    phone.ws.close(None).await.unwrap();
+    drop(phone);
+
+    for i in 0..500 {
+        ann.send_message(&room.id, &msg(&format!("m{i}"), &format!("message {i}")))
+            .await
+            .unwrap();
+    }
+    let phone = Device::connect(&ben, json!([{"room": room.id, "seq": cursor}])).await;
+    assert_eq!(phone.seen[&room.id], (2..=501).collect::<Vec<_>>());
+    assert_eq!(phone.bodies[&room.id][0], "message 0");
+    assert_eq!(phone.synced[0]["last_seq"], 501);
+    assert_eq!(phone.synced[0]["truncated"], false);
+}
+
+#[tokio::test]
+async fn too_long_away_gets_a_truncated_signal_instead_of_a_flood() {
+    let server = TestServer::start_with(ServerOptions {
+        env: vec![("SB_CHAT__CATCHUP_MESSAGES_MAX", "5".into())],
+        ..Default::default()
+    });
+    let admin = server.admin().await;
+    let room = admin
+        .create_room(&RoomCreate {
+            name: "busy".into(),
+            topic: "".into(),
+            public: false,
+        })
+        .await
+        .unwrap();
+    for i in 0..10 {
+        admin
+            .send_message(&room.id, &msg(&format!("m{i}"), "x"))
+            .await
+            .unwrap();
+    }
+    let d = Device::connect(&admin, json!([{"room": room.id, "seq": 2}])).await;
+    assert!(d.seen.get(&room.id).is_none(), "nothing replayed");
+    assert_eq!(d.synced[0]["truncated"], true);
+    assert_eq!(d.synced[0]["last_seq"], 10);
+    let page = admin
+        .history(
+            &room.id,
+            &HistoryQuery {
+                after: Some(2),
+                before: None,
+                limit: Some(100),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (3..=10).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn acknowledged_messages_survive_sigkill() {
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().join("data");
+    let server = TestServer::start_with(ServerOptions {
+        data_dir: Some(data_dir.clone()),
+        ..Default::default()
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (room, acked) = rt.block_on(async {
+        let admin = server.admin().await;
+        let room = admin
+            .create_room(&RoomCreate {
+                name: "durable".into(),
+                topic: "".into(),
+                public: false,
+            })
+            .await
+            .unwrap();
+        let pid = server.pid();
+        let sender = {
+            let admin = server.login("admin").await;
+            let room = room.id.clone();
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for i in 0..100_000 {
+                    match admin
+                        .send_message(&room, &msg(&format!("k{i}"), &format!("k{i}")))
+                        .await
+                    {
+                        Ok(sent) => acked.push((sent.message.message_id, sent.message.seq)),
+                        Err(_) => break,
+                    }
+                }
+                acked
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+        (room, sender.await.unwrap())
+    });
+    drop(server);
+    assert!(
+        acked.len() > 10,
+        "the sender got going before the kill ({})",
+        acked.len()
+    );
+    let restarted = TestServer::start_with(ServerOptions {
+        data_dir: Some(data_dir),
+        ..Default::default()
+    });
+    rt.block_on(async {
+        let admin = restarted.login("admin").await;
+        let mut stored = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = admin
+                .history(
+                    &room.id,
+                    &HistoryQuery {
+                        after: Some(after),
+                        before: None,
+                        limit: Some(200),
+                    },
+                )
+                .await
+                .unwrap();
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            stored.extend(page.into_iter().map(|m| (m.message_id, m.seq)));
+        }
+        assert!(stored.len() >= acked.len());
+        assert_eq!(
+            &stored[..acked.len()],
+            &acked[..],
+            "every acknowledged message, same seq"
+        );
+        // Retrying the message that was in flight at the kill stores it at most once.
+        let next = format!("k{}", acked.len());
+        let first = admin
+            .send_message(&room.id, &msg(&next, &next))
+            .await
+            .unwrap();
+        let again = admin
+            .send_message(&room.id, &msg(&next, &next))
+            .await
+            .unwrap();
+        assert!(again.duplicate);
+        assert_eq!(first.message.seq, again.message.seq);
+    });
+}
+
+#[tokio::test]
+async fn non_members_and_banned_users_are_refused_with_stable_codes() {
+    let server = TestServer::start();
+    let admin = server.admin().await;
+    let ann = server.user(&admin, "ann").await;
+    let eve = server.user(&admin, "eve").await;
+    let private = ann
+        .create_room(&RoomCreate {
+            name: "secret".into(),
+            topic: "".into(),
+            public: false,
+        })
+        .await
+        .unwrap();
+    ann.send_message(&private.id, &msg("s1", "the plan"))
+        .await
+        .unwrap();
+    let code = |e: sb_client::ClientError| (e.status(), e.code().map(String::from));
+    let forbidden = (Some(403), Some("forbidden".to_string()));
+    assert_eq!(
+        code(
+            eve.history(&private.id, &HistoryQuery::default())
+                .await
+                .unwrap_err()
+        ),
+        forbidden
+    );
+    assert_eq!(
+        code(
+            eve.send_message(&private.id, &msg("e1", "hi"))
+                .await
+                .unwrap_err()
+        ),
+        forbidden
+    );
+    assert_eq!(code(eve.members(&private.id).await.unwrap_err()), forbidden);
+    assert_eq!(
+        code(eve.join_room(&private.id).await.unwrap_err()),
+        forbidden
+    );
+    assert_eq!(
+        code(eve.add_member(&private.id, "eve").await.unwrap_err()),
+        forbidden
+    );
+    assert_eq!(
+        code(
+            admin
+                .history(&private.id, &HistoryQuery::default())
+                .await
+                .unwrap_err()
+        ),
+        forbidden,
+        "the server admin role does not open private rooms"
+    );
+    // Nor over the WebSocket: no replay, no live delivery, no sending.
+    let mut d = Device::connect(&eve, json!([{"room": private.id, "seq": 0}])).await;
+    assert!(d.seen.is_empty());
+    let f = d.send(&private.id, "e2", "let me in").await;
+    assert_eq!(
+        (f["type"].as_str(), f["code"].as_str()),
+        (Some("error"), Some("forbidden"))
+    );
+    ann.send_message(&private.id, &msg("s2", "still secret"))
+        .await
+        .unwrap();
+
+    // Banned from a public room: removed, cannot rejoin or be re-added.
+    let public = ann
+        .create_room(&RoomCreate {
+            name: "lobby".into(),
+            topic: "".into(),
+            public: true,
+        })
+        .await
+        .unwrap();
+    eve.join_room(&public.id).await.unwrap();
+    assert_eq!(
+        code(eve.kick(&public.id, "ann").await.unwrap_err()),
+        forbidden,
+        "members cannot kick"
+    );
+    ann.ban(&public.id, "eve").await.unwrap();
+    let banned = (Some(403), Some("banned".to_string()));
+    assert_eq!(code(eve.join_room(&public.id).await.unwrap_err()), banned);
+    assert_eq!(
+        code(ann.add_member(&public.id, "eve").await.unwrap_err()),
+        banned
+    );
+    assert_eq!(
+        code(
+            eve.history(&public.id, &HistoryQuery::default())
+                .await
+                .unwrap_err()
+        ),
+        forbidden
+    );
+    assert_eq!(
+        d.seen.get(&private.id),
+        None,
+        "eve's socket received nothing from the private room"
+    );
+
+    // The denials are in the audit log.
+    let denied = admin
+        .admin_audit(&sb_proto::AuditQuery {
+            action: Some("permission.denied".into()),
+            limit: Some(100),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        denied
+            .iter()
+            .filter(|e| e.target == format!("room:{}", private.id))
+            .count()
+            >= 6
+    );
+}
+
+#[tokio::test]
+async fn bad_chat_input_is_refused_and_nothing_is_stored_twice() {
+    let server = TestServer::start_with(ServerOptions {
+        env: vec![("SB_CHAT__MESSAGE_SIZE_BYTES_MAX", "1000".into())],
+        ..Default::default()
+    });
+    let admin = server.admin().await;
+    let room = admin
+        .create_room(&RoomCreate {
+            name: "qa".into(),
+            topic: "".into(),
+            public: false,
+        })
+        .await
+        .unwrap();
+    let code = |e: sb_client::ClientError| (e.status().unwrap(), e.code().unwrap().to_string());
+    let big = "x".repeat(1001);
+    assert_eq!(
+        code(
+            admin
+                .send_message(&room.id, &msg("big", &big))
+                .await
+                .unwrap_err()
+        ),
+        (413, "payload_too_large".into())
+    );
+    let unknown = "01a21701-c832-7012-98da-efc981ce988d";
+    assert_eq!(
+        code(
+            admin
+                .send_message(unknown, &msg("u", "hi"))
+                .await
+                .unwrap_err()
+        ),
+        (404, "not_found".into())
+    );
+    assert_eq!(
+        code(
+            admin
+                .send_message("not-a-room", &msg("u", "hi"))
+                .await
+                .unwrap_err()
+        ),
+        (400, "invalid_argument".into())
+    );
+    assert_eq!(
+        code(
+            admin
+                .send_message(&room.id, &msg("", "hi"))
+                .await
+                .unwrap_err()
+        ),
+        (400, "invalid_argument".into())
+    );
+    let dup = admin
+        .create_room(&RoomCreate {
+            name: "QA".into(),
+            topic: "".into(),
+            public: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(dup), (409, "conflict".into()));
+
+    let first = admin
+        .send_message(&room.id, &msg("same", "once"))
+        .await
+        .unwrap();
+    let replay = admin
+        .send_message(&room.id, &msg("same", "once"))
+        .await
+        .unwrap();
+    assert!(!first.duplicate && replay.duplicate);
+    assert_eq!(first.message.seq, replay.message.seq);
+
+    let mut d = Device::connect(&admin, json!([])).await;
+    let ack = d.send(&room.id, "same", "once").await;
+    assert_eq!(
+        (
+            ack["type"].as_str(),
+            ack["duplicate"].as_bool(),
+            ack["seq"].as_i64()
+        ),
+        (Some("chat_ack"), Some(true), Some(1))
+    );
+    let f = d.send(&room.id, "huge", &big).await;
+    assert_eq!(f["code"], "payload_too_large");
+    for bad in [
+        r#"{"type":"chat_send","id":"x"}"#,
+        r#"{"type":"chat_sync","id":"y","cursors":[{"room":"nope","seq":1}]}"#,
+        "[]",
+    ] {
+        d.ws.send(Message::text(bad)).await.unwrap();
+        let f = next_json(&mut d.ws).await;
+        assert_eq!(f["type"], "error", "{bad}");
+    }
+    let all = admin
+        .history(
+            &room.id,
+            &HistoryQuery {
+                after: Some(0),
+                before: None,
+                limit: Some(100),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        all.len(),
+        1,
+        "one message stored, however often it was sent"
+    );
+    assert_eq!(admin.rooms().await.unwrap()[0].last_seq, 1);
+}
