@@ -48,6 +48,57 @@ pub enum Command {
     /// Pinned server certificates.
     #[command(subcommand)]
     Trust(TrustCmd),
+    /// Chat: rooms (`#name` or id) and direct messages (`@user`).
+    #[command(subcommand)]
+    Chat(ChatCmd),
+}
+
+#[derive(Subcommand)]
+pub enum ChatCmd {
+    /// List your rooms (or the public ones).
+    Rooms {
+        #[arg(long)]
+        public: bool,
+    },
+    /// Create a room (private unless --public).
+    Create {
+        name: String,
+        #[arg(long, conflicts_with = "private")]
+        public: bool,
+        /// The default; accepted for clarity.
+        #[arg(long)]
+        private: bool,
+        #[arg(long, default_value = "")]
+        topic: String,
+    },
+    /// Join a public room.
+    Join { room: String },
+    /// Leave a room.
+    Leave { room: String },
+    /// Add a user to a room (moderators and owners).
+    Invite { room: String, user: String },
+    /// Remove a user from a room.
+    Kick { room: String, user: String },
+    /// Remove a user and bar them from rejoining.
+    Ban { room: String, user: String },
+    /// Open (or create) the direct-message room with a user.
+    Dm { user: String },
+    /// Send a message to `#room`, a room id, or `@user`.
+    Send { room: String, text: String },
+    /// Show a room's history, oldest first.
+    History {
+        room: String,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Messages before this sequence number.
+        #[arg(long, conflicts_with = "after")]
+        before: Option<i64>,
+        /// Messages after this sequence number.
+        #[arg(long)]
+        after: Option<i64>,
+    },
+    /// Print messages as they arrive (all your rooms, or the ones named) until interrupted.
+    Tail { rooms: Vec<String> },
 }
 
 #[derive(Args)]

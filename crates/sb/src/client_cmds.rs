@@ -33,6 +33,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Token(c) => token(c, json).await,
         Command::Admin(c) => admin(c, json).await,
         Command::Trust(c) => trust(c, json),
+        Command::Chat(c) => crate::chat_cmds::chat(c, json).await,
     }
 }
 
@@ -55,7 +56,11 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     sb_server::run(config).await
 }
 
-fn output<T: Serialize>(json: bool, value: &T, text: impl FnOnce()) -> anyhow::Result<()> {
+pub(crate) fn output<T: Serialize>(
+    json: bool,
+    value: &T,
+    text: impl FnOnce(),
+) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(value)?);
     } else {
@@ -69,7 +74,7 @@ fn state() -> anyhow::Result<ClientState> {
 }
 
 /// The saved login and a client for it.
-fn logged_in() -> anyhow::Result<(Login, Client)> {
+pub(crate) fn logged_in() -> anyhow::Result<(Login, Client)> {
     let st = state()?;
     let login = st.login()?.ok_or_else(|| {
         anyhow!("not logged in; run `sb login https://HOST:PORT --username NAME`")
@@ -283,7 +288,7 @@ async fn passwd(a: PasswdArgs, json: bool) -> anyhow::Result<()> {
     })
 }
 
-fn fmt_time(ms: i64) -> String {
+pub(crate) fn fmt_time(ms: i64) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

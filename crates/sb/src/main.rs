@@ -1,5 +1,6 @@
 //! `sb`: the Switchboard server (`sb serve`) and its command-line client.
 
+mod chat_cmds;
 mod cli;
 mod client_cmds;
 

@@ -628,3 +628,108 @@ async fn bad_chat_input_is_refused_and_nothing_is_stored_twice() {
     );
     assert_eq!(admin.rooms().await.unwrap()[0].last_seq, 1);
 }
+
+#[test]
+fn chat_cli_create_invite_send_history_dm_and_tail() {
+    use std::io::BufRead;
+    let server = TestServer::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ann_home = tempfile::tempdir().unwrap();
+    let ben_home = tempfile::tempdir().unwrap();
+    rt.block_on(async {
+        let admin = server.admin().await;
+        for name in ["ann", "ben"] {
+            server.user(&admin, name).await;
+        }
+    });
+    let pw = format!("{PASSWORD}\n");
+    for (home, name) in [(&ann_home, "ann"), (&ben_home, "ben")] {
+        let out = sb(
+            home.path(),
+            &[
+                "login",
+                &server.url,
+                "--username",
+                name,
+                "--password-stdin",
+                "--yes",
+            ],
+            &pw,
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let ok = |o: std::process::Output| {
+        assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+        o
+    };
+    let room = json(&sb(
+        ann_home.path(),
+        &[
+            "chat",
+            "create",
+            "ops",
+            "--private",
+            "--topic",
+            "on-call",
+            "--json",
+        ],
+        "",
+    ));
+    assert_eq!(
+        (room["name"].as_str(), room["public"].as_bool()),
+        (Some("ops"), Some(false))
+    );
+    ok(sb(ann_home.path(), &["chat", "invite", "#ops", "ben"], ""));
+
+    // ben tails everything; ann sends to the room and to ben directly.
+    let mut tail = std::process::Command::new(BIN)
+        .args(["chat", "tail", "--json"])
+        .env("XDG_CONFIG_HOME", ben_home.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut tail_err = std::io::BufReader::new(tail.stderr.take().unwrap());
+    let mut line = String::new();
+    tail_err.read_line(&mut line).unwrap();
+    assert!(
+        line.contains("Waiting for messages"),
+        "printed once live: {line}"
+    );
+
+    let sent = json(&sb(
+        ann_home.path(),
+        &["chat", "send", "#ops", "deploy done", "--json"],
+        "",
+    ));
+    assert_eq!(sent["message"]["seq"], 1);
+    ok(sb(ann_home.path(), &["chat", "send", "@ben", "hi ben"], ""));
+    let mut lines = std::io::BufReader::new(tail.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let second: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let _ = tail.kill();
+    let _ = tail.wait();
+    assert_eq!(first["body"], "deploy done");
+    assert_eq!(second["body"], "hi ben");
+
+    let history = json(&sb(
+        ben_home.path(),
+        &["chat", "history", "#ops", "--json"],
+        "",
+    ));
+    assert_eq!(history.as_array().unwrap().len(), 1);
+    let text = stdout(&ok(sb(ben_home.path(), &["chat", "history", "@ann"], "")));
+    assert!(text.contains("ann: hi ben"), "{text}");
+    let rooms = json(&sb(ben_home.path(), &["chat", "rooms", "--json"], ""));
+    assert_eq!(rooms.as_array().unwrap().len(), 2);
+
+    let out = sb(ben_home.path(), &["chat", "kick", "#ops", "ann"], "");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("forbidden"), "{}", stderr(&out));
+    let out = sb(ben_home.path(), &["chat", "send", "#nowhere", "x"], "");
+    assert!(
+        stderr(&out).contains("sb chat rooms"),
+        "the error says what to do: {}",
+        stderr(&out)
+    );
+}

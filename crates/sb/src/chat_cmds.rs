@@ -1,0 +1,251 @@
+//! `sb chat …`: rooms are named `#name` (or by id) and direct messages `@user`.
+
+use crate::cli::ChatCmd;
+use crate::client_cmds::{fmt_time, logged_in, output};
+use anyhow::{Context, anyhow, bail};
+use futures_util::{SinkExt, StreamExt};
+use sb_client::Client;
+use sb_proto::{HistoryQuery, MessageInfo, MessageSend, RoomCreate, RoomInfo, ServerFrame};
+use std::collections::HashMap;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Finds a room the user can address: `@user` (the DM), `#name` or a room id.
+async fn resolve(client: &Client, room: &str) -> anyhow::Result<RoomInfo> {
+    if let Some(user) = room.strip_prefix('@') {
+        return Ok(client.direct_room(user).await?);
+    }
+    let name = room.strip_prefix('#').unwrap_or(room);
+    let mine = client.rooms().await?;
+    if let Some(r) = mine
+        .iter()
+        .find(|r| r.id == room || (r.kind == "group" && r.name.eq_ignore_ascii_case(name)))
+    {
+        return Ok(r.clone());
+    }
+    let public = client.public_rooms().await?;
+    public
+        .into_iter()
+        .find(|r| r.id == room || r.name.eq_ignore_ascii_case(name))
+        .ok_or_else(|| {
+            anyhow!("no room {room} among yours or the public ones; see `sb chat rooms`")
+        })
+}
+
+fn room_label(r: &RoomInfo) -> String {
+    if r.kind == "direct" {
+        "(direct)".into()
+    } else {
+        format!("#{}", r.name)
+    }
+}
+
+/// Maps user ids to usernames for the rooms' members, for printing.
+async fn names(client: &Client, room: &str) -> HashMap<String, String> {
+    client
+        .members(room)
+        .await
+        .map(|m| m.into_iter().map(|m| (m.user_id, m.username)).collect())
+        .unwrap_or_default()
+}
+
+fn print_message(label: &str, m: &MessageInfo, names: &HashMap<String, String>) {
+    let who = names
+        .get(&m.sender)
+        .map(String::as_str)
+        .unwrap_or(&m.sender);
+    println!(
+        "{label} [{}] {} {who}: {}",
+        m.seq,
+        fmt_time(m.created_at_ms),
+        m.body
+    );
+}
+
+pub async fn chat(cmd: ChatCmd, json: bool) -> anyhow::Result<()> {
+    let (_, client) = logged_in()?;
+    match cmd {
+        ChatCmd::Rooms { public } => {
+            let rooms = if public {
+                client.public_rooms().await?
+            } else {
+                client.rooms().await?
+            };
+            output(json, &rooms, || {
+                println!(
+                    "{:<24} {:<8} {:<10} {:>8}  ID",
+                    "ROOM", "KIND", "ROLE", "LAST"
+                );
+                for r in &rooms {
+                    println!(
+                        "{:<24} {:<8} {:<10} {:>8}  {}",
+                        room_label(r),
+                        r.kind,
+                        r.role.as_deref().unwrap_or("-"),
+                        r.last_seq,
+                        r.id
+                    );
+                }
+            })
+        }
+        ChatCmd::Create {
+            name,
+            public,
+            private: _,
+            topic,
+        } => {
+            let r = client
+                .create_room(&RoomCreate {
+                    name,
+                    topic,
+                    public,
+                })
+                .await?;
+            output(json, &r, || {
+                println!(
+                    "Created {} ({}), id {}",
+                    room_label(&r),
+                    if r.public { "public" } else { "private" },
+                    r.id
+                )
+            })
+        }
+        ChatCmd::Join { room } => {
+            let r = resolve(&client, &room).await?;
+            client.join_room(&r.id).await?;
+            eprintln!("Joined {}.", room_label(&r));
+            Ok(())
+        }
+        ChatCmd::Leave { room } => {
+            let r = resolve(&client, &room).await?;
+            client.leave_room(&r.id).await?;
+            eprintln!("Left {}.", room_label(&r));
+            Ok(())
+        }
+        ChatCmd::Invite { room, user } => {
+            let r = resolve(&client, &room).await?;
+            client
+                .add_member(&r.id, user.trim_start_matches('@'))
+                .await?;
+            eprintln!("Added {user} to {}.", room_label(&r));
+            Ok(())
+        }
+        ChatCmd::Kick { room, user } => {
+            let r = resolve(&client, &room).await?;
+            client.kick(&r.id, user.trim_start_matches('@')).await?;
+            eprintln!("Removed {user} from {}.", room_label(&r));
+            Ok(())
+        }
+        ChatCmd::Ban { room, user } => {
+            let r = resolve(&client, &room).await?;
+            client.ban(&r.id, user.trim_start_matches('@')).await?;
+            eprintln!("Banned {user} from {}.", room_label(&r));
+            Ok(())
+        }
+        ChatCmd::Dm { user } => {
+            let r = client.direct_room(user.trim_start_matches('@')).await?;
+            output(json, &r, || println!("Direct room with {user}: {}", r.id))
+        }
+        ChatCmd::Send { room, text } => {
+            let r = resolve(&client, &room).await?;
+            let req = MessageSend {
+                message_id: uuid::Uuid::new_v4().to_string(),
+                body: text,
+                reply_to: None,
+            };
+            // One retry with the same id on a transport failure: the server stores it once.
+            let sent = match client.send_message(&r.id, &req).await {
+                Err(sb_client::ClientError::Transport { .. }) => {
+                    client.send_message(&r.id, &req).await?
+                }
+                other => other?,
+            };
+            output(json, &sent, || {
+                eprintln!("Sent to {} as #{}.", room_label(&r), sent.message.seq)
+            })
+        }
+        ChatCmd::History {
+            room,
+            limit,
+            before,
+            after,
+        } => {
+            let r = resolve(&client, &room).await?;
+            let q = HistoryQuery {
+                after,
+                before,
+                limit: Some(limit),
+            };
+            let messages = client.history(&r.id, &q).await?;
+            let names = names(&client, &r.id).await;
+            output(json, &messages, || {
+                for m in &messages {
+                    print_message(&room_label(&r), m, &names);
+                }
+            })
+        }
+        ChatCmd::Tail { rooms } => tail(&client, &rooms, json).await,
+    }
+}
+
+async fn tail(client: &Client, rooms: &[String], json: bool) -> anyhow::Result<()> {
+    let mut only = Vec::new();
+    for r in rooms {
+        only.push(resolve(client, r).await?);
+    }
+    let mut labels: HashMap<String, String> = client
+        .rooms()
+        .await?
+        .iter()
+        .map(|r| (r.id.clone(), room_label(r)))
+        .collect();
+    let mut names: HashMap<String, String> = HashMap::new();
+    for id in labels.keys() {
+        names.extend(self::names(client, id).await);
+    }
+    let mut ws = client.ws_connect().await?;
+    let sync = serde_json::json!({"type": "chat_sync", "id": "tail", "cursors": []});
+    ws.send(Message::text(sync.to_string())).await?;
+    while let Some(msg) = ws.next().await {
+        let text = match msg.context("connection lost; run `sb chat tail` again")? {
+            Message::Text(t) => t,
+            Message::Close(f) => bail!(
+                "the server closed the connection{}",
+                f.map(|f| format!(": {}", f.reason)).unwrap_or_default()
+            ),
+            _ => continue,
+        };
+        let Ok(frame) = serde_json::from_str::<ServerFrame>(&text) else {
+            continue;
+        };
+        match frame {
+            ServerFrame::ChatMessage { message } => {
+                if !only.is_empty() && !only.iter().any(|r| r.id == message.room) {
+                    continue;
+                }
+                if json {
+                    println!("{}", serde_json::to_string(&message)?);
+                } else {
+                    if !names.contains_key(&message.sender) {
+                        names.extend(self::names(client, &message.room).await);
+                    }
+                    let label = labels
+                        .get(&message.room)
+                        .cloned()
+                        .unwrap_or_else(|| message.room.clone());
+                    print_message(&label, &message, &names);
+                }
+            }
+            // Printed once delivery is live, so scripts can wait for it.
+            ServerFrame::ChatSynced { .. } => eprintln!("Waiting for messages (Ctrl-C to stop)…"),
+            ServerFrame::ChatMembership {
+                room, joined: true, ..
+            } => {
+                if let Ok(r) = resolve(client, &room).await {
+                    labels.insert(room, room_label(&r));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
