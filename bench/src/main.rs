@@ -15,12 +15,28 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod chat;
+
 #[derive(Parser)]
-#[command(about = "Benchmark a Switchboard server: logins and token-authenticated requests")]
-struct Args {
+#[command(about = "Benchmarks against a real Switchboard server on this machine")]
+struct Cli {
     /// The `sb` binary to run (build it with `cargo build --release`).
-    #[arg(long, default_value = "target/release/sb")]
+    #[arg(long, default_value = "target/release/sb", global = true)]
     sb: String,
+    #[command(subcommand)]
+    scenario: Scenarios,
+}
+
+#[derive(clap::Subcommand)]
+enum Scenarios {
+    /// Logins and token-authenticated requests.
+    Auth(Args),
+    /// Chat fan-out: N connected clients in rooms, messages delivered end to end.
+    Chat(chat::ChatArgs),
+}
+
+#[derive(clap::Args)]
+struct Args {
     /// Concurrent clients per scenario.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
@@ -31,11 +47,11 @@ struct Args {
 
 const PASSWORD: &str = "load-test passphrase, long enough";
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    url: String,
-    fingerprint: String,
-    setup_token: String,
+    pub(crate) url: String,
+    pub(crate) fingerprint: String,
+    pub(crate) setup_token: String,
     _dir: tempfile::TempDir,
 }
 
@@ -46,19 +62,26 @@ impl Drop for Server {
     }
 }
 
-fn start(sb: &str) -> anyhow::Result<Server> {
+/// Starts `sb serve` with rate limits raised (they would cap any load test) plus `env`.
+pub(crate) fn start(sb: &str, env: &[(&str, String)]) -> anyhow::Result<Server> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
-    let mut child = Command::new(sb)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+    let mut cmd = Command::new(sb);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data)
-        .env("SB_LOG", "warn")
-        .env("SB_RATE_LIMITS__LOGIN_PER_IP_PER_MINUTE", "100000000")
-        .env("SB_RATE_LIMITS__LOGIN_PER_ACCOUNT_PER_MINUTE", "100000000")
-        .env(
-            "SB_RATE_LIMITS__REQUESTS_PER_CREDENTIAL_PER_SECOND",
-            "100000000",
-        )
+        .env("SB_LOG", "warn");
+    for limit in [
+        "LOGIN_PER_IP_PER_MINUTE",
+        "LOGIN_PER_ACCOUNT_PER_MINUTE",
+        "REGISTER_PER_IP_PER_MINUTE",
+        "REQUESTS_PER_CREDENTIAL_PER_SECOND",
+    ] {
+        cmd.env(format!("SB_RATE_LIMITS__{limit}"), "100000000");
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {sb}; build it first with `cargo build --release`"))?;
@@ -182,8 +205,15 @@ async fn run(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let server = start(&args.sb)?;
+    let cli = Cli::parse();
+    match cli.scenario {
+        Scenarios::Auth(args) => auth(&cli.sb, args).await,
+        Scenarios::Chat(args) => chat::run(&cli.sb, args).await,
+    }
+}
+
+async fn auth(sb: &str, args: Args) -> anyhow::Result<()> {
+    let server = start(sb, &[])?;
     let c = Client::new(&server.url, &Trust::Fingerprint(server.fingerprint.clone()))?;
     c.register(&sb_proto::RegisterRequest {
         username: "bench".into(),

@@ -186,6 +186,8 @@ pub struct LimitsConfig {
     pub ws_message_size_bytes_max: usize,
     pub ws_connections_per_user_max: usize,
     pub ws_ping_interval_ms: u64,
+    /// Read and write buffer of each WebSocket (the main memory cost of an idle connection).
+    pub ws_buffer_size_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -202,6 +204,7 @@ impl Default for LimitsConfig {
             ws_message_size_bytes_max: 256 * 1024,
             ws_connections_per_user_max: 32,
             ws_ping_interval_ms: 30_000,
+            ws_buffer_size_bytes: 8 * 1024,
         }
     }
 }
@@ -345,6 +348,8 @@ ws_message_size_bytes_max = 262144
 ws_connections_per_user_max = 32
 # The server pings each WebSocket this often and closes it after two unanswered pings.
 ws_ping_interval_ms = 30000
+# Read and write buffer of each WebSocket; the main memory cost of an idle connection.
+ws_buffer_size_bytes = 8192
 
 [bus]
 # Messages queued per subscriber (a WebSocket's outbound events included).

@@ -95,6 +95,8 @@ pub async fn ws_handler(
     Ok(upgrade
         .max_frame_size(limits.ws_frame_size_bytes_max)
         .max_message_size(limits.ws_message_size_bytes_max)
+        .read_buffer_size(limits.ws_buffer_size_bytes)
+        .write_buffer_size(limits.ws_buffer_size_bytes)
         .on_upgrade(move |socket| {
             let tracker = st2.ws_tasks.clone();
             tracker.track_future(run(st2, socket, c.subject, c.origin, user, slot))
