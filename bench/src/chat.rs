@@ -51,8 +51,10 @@ fn progress(what: &str, done: usize, total: usize) {
 }
 
 async fn sync(ws: &mut WsStream) -> anyhow::Result<()> {
-    ws.send(Message::text(r#"{"type":"chat_sync","id":"s","cursors":[]}"#))
-        .await?;
+    ws.send(Message::text(
+        r#"{"type":"chat_sync","id":"s","cursors":[]}"#,
+    ))
+    .await?;
     while let Some(m) = ws.next().await {
         if let Message::Text(t) = m? {
             if t.contains(r#""type":"chat_synced""#) {
@@ -101,8 +103,15 @@ pub async fn run(sb: &str, args: ChatArgs) -> anyhow::Result<()> {
                     invite: None,
                 })
                 .await?;
-                let t = c.login(&username, Secret::new(PASSWORD.into())).await?.token;
-                progress("users", done.fetch_add(1, Ordering::Relaxed) as usize + 1, n);
+                let t = c
+                    .login(&username, Secret::new(PASSWORD.into()))
+                    .await?
+                    .token;
+                progress(
+                    "users",
+                    done.fetch_add(1, Ordering::Relaxed) as usize + 1,
+                    n,
+                );
                 anyhow::Ok(t)
             }
         })
@@ -135,7 +144,11 @@ pub async fn run(sb: &str, args: ChatArgs) -> anyhow::Result<()> {
                         .add_member(&room.id, &format!("u{}", r * room_size + m))
                         .await?;
                 }
-                progress("rooms", done.fetch_add(1, Ordering::Relaxed) as usize + 1, rooms_n);
+                progress(
+                    "rooms",
+                    done.fetch_add(1, Ordering::Relaxed) as usize + 1,
+                    rooms_n,
+                );
                 anyhow::Ok(room.id)
             }
         })
@@ -155,7 +168,11 @@ pub async fn run(sb: &str, args: ChatArgs) -> anyhow::Result<()> {
             async move {
                 let mut ws = client_of(i)?.ws_connect().await?;
                 sync(&mut ws).await?;
-                progress("connections", done.fetch_add(1, Ordering::Relaxed) as usize + 1, n);
+                progress(
+                    "connections",
+                    done.fetch_add(1, Ordering::Relaxed) as usize + 1,
+                    n,
+                );
                 anyhow::Ok(ws)
             }
         })
@@ -182,8 +199,13 @@ pub async fn run(sb: &str, args: ChatArgs) -> anyhow::Result<()> {
                     bail!("a client was disconnected")
                 };
                 let Message::Text(t) = m? else { continue };
-                let Some(at) = t.find("\"body\":\"t=") else { continue };
-                let digits: String = t[at + 10..].chars().take_while(char::is_ascii_digit).collect();
+                let Some(at) = t.find("\"body\":\"t=") else {
+                    continue;
+                };
+                let digits: String = t[at + 10..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
                 let sent_us: u64 = digits.parse()?;
                 let now_us = start_clock.elapsed().as_micros() as u64;
                 hist.record(now_us.saturating_sub(sent_us).max(1))?;
@@ -243,7 +265,9 @@ pub async fn run(sb: &str, args: ChatArgs) -> anyhow::Result<()> {
     let _ = ticker.await;
     let total = hist.len();
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
-    println!("| clients | room size | messages sent | deliveries | sends/s | deliveries/s | p50 ms | p99 ms | server RSS per connection |");
+    println!(
+        "| clients | room size | messages sent | deliveries | sends/s | deliveries/s | p50 ms | p99 ms | server RSS per connection |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     println!(
         "| {n} | {} | {} | {total} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} KiB |",

@@ -20,6 +20,9 @@ use sb_store::chat::{
 use sb_store::{ChatStore, StoreError};
 use std::sync::Arc;
 
+/// Longest search query, in bytes.
+pub const SEARCH_QUERY_LENGTH_MAX: usize = 256;
+
 /// Longest client-chosen message id.
 pub const MESSAGE_ID_LENGTH_MAX: usize = 64;
 
@@ -401,6 +404,41 @@ impl Chat {
             Page::Before(seq) => self.store.messages_before(room, seq, limit).await?,
             Page::Latest => self.store.messages_before(room, i64::MAX, limit).await?,
         })
+    }
+
+    /// Full-text search over the rooms the caller can read (or one of them).
+    pub async fn search(
+        &self,
+        cx: Ctx<'_>,
+        query: &str,
+        room: Option<RoomId>,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>> {
+        if query.trim().is_empty() || query.len() > SEARCH_QUERY_LENGTH_MAX {
+            return Err(ChatError::Invalid(format!(
+                "a search needs 1-{SEARCH_QUERY_LENGTH_MAX} bytes of text"
+            )));
+        }
+        if let Some(room) = room {
+            self.authorized(cx, room, Action::Read).await?;
+        }
+        let limit = limit.clamp(1, self.config.history_page_max);
+        let hits = self
+            .store
+            .search(cx.subject.user_id, query, room, limit)
+            .await?;
+        // The query already keeps to the caller's rooms; the policy has the last word.
+        Ok(hits
+            .into_iter()
+            .filter(|(m, role)| {
+                let resource = Resource::Room {
+                    id: m.room_id,
+                    role: Some(*role),
+                };
+                sb_auth::authorize(cx.subject, Action::Read, &resource).is_ok()
+            })
+            .map(|(m, _)| m)
+            .collect())
     }
 
     /// Messages in `room` after `after`, up to `until` inclusive (for filling a gap a live

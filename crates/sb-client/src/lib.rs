@@ -465,6 +465,18 @@ impl Client {
         .await
     }
 
+    pub async fn search(&self, q: &SearchQuery) -> Result<Vec<MessageInfo>> {
+        let enc = |v: &str| url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
+        let mut path = format!("/v1/search/messages?q={}", enc(&q.q));
+        if let Some(r) = &q.room {
+            path.push_str(&format!("&room={}", enc(r)));
+        }
+        if let Some(l) = q.limit {
+            path.push_str(&format!("&limit={l}"));
+        }
+        self.call(Method::GET, &path, Self::NO_BODY).await
+    }
+
     /// Opens `/v1/ws` with this client's token. Returns the stream after the HTTP upgrade;
     /// the first frame the server sends is `hello`.
     pub async fn ws_connect(&self) -> Result<WsStream> {

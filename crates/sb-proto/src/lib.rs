@@ -286,6 +286,17 @@ pub struct HistoryQuery {
     pub limit: Option<usize>,
 }
 
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SearchQuery {
+    /// Words to find (all of them, in any order).
+    pub q: String,
+    /// Only this room.
+    pub room: Option<String>,
+    pub limit: Option<usize>,
+}
+
 /// Where a device stands in one room when it resumes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RoomCursor {

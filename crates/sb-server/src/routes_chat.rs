@@ -238,3 +238,18 @@ pub async fn send(
         duplicate: matches!(appended, sb_store::chat::Appended::Duplicate(_)),
     }))
 }
+
+#[utoipa::path(get, path = "/v1/search/messages", tag = "chat", params(SearchQuery),
+    responses((status = 200, body = Vec<MessageInfo>), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn search(
+    State(st): St,
+    c: Caller,
+    ApiQuery(q): ApiQuery<SearchQuery>,
+) -> Result<Json<Vec<MessageInfo>>, ApiError> {
+    let room = q.room.as_deref().map(room_id).transpose()?;
+    let hits = st
+        .chat
+        .search(c.cx(), &q.q, room, q.limit.unwrap_or(50))
+        .await?;
+    Ok(Json(hits.iter().map(message_info).collect()))
+}

@@ -139,6 +139,15 @@ pub trait ChatStore: Send + Sync + 'static {
         after: i64,
         limit: usize,
     ) -> Result<Vec<MessageRecord>>;
+    /// Messages matching the words of `query` (all of them, any order), in rooms `user`
+    /// belongs to (or only `room`), best matches first, with the user's role in that room.
+    async fn search(
+        &self,
+        user: UserId,
+        query: &str,
+        room: Option<RoomId>,
+        limit: usize,
+    ) -> Result<Vec<(MessageRecord, RoomRole)>>;
     /// Messages with `seq < before`, the newest `limit` of them, oldest first.
     async fn messages_before(
         &self,

@@ -516,6 +516,28 @@ pub async fn run_chat<S: Store + ChatStore>(s: &S) {
         .await;
     assert!(matches!(missing, Err(StoreError::NotFound)));
 
+    // Search: words in any order, only in rooms the user belongs to, punctuation is literal.
+    let found = s.search(ann, "of BODY m3", None, 10).await.unwrap();
+    assert_eq!(
+        found.iter().map(|(m, _)| m.seq).collect::<Vec<_>>(),
+        vec![3]
+    );
+    assert_eq!(found[0].1, sb_core::RoomRole::Owner);
+    assert!(
+        s.search(cat, "body", None, 10).await.unwrap().is_empty(),
+        "not a member"
+    );
+    assert!(
+        s.search(ann, "\"unbalanced AND (", None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.search(ben, "body", Some(room.id), 2).await.unwrap().len(),
+        2
+    );
+
     s.ban(room.id, ben, ann, UnixMillis(4_000)).await.unwrap();
     let access = s.room_access(room.id, ben).await.unwrap().unwrap();
     assert_eq!((access.role, access.banned), (None, true));

@@ -132,6 +132,15 @@ CREATE TABLE messages (
     UNIQUE (room_id, sender, message_id)
 ) STRICT, WITHOUT ROWID;
 "#,
+    r#"
+-- Full-text index of message bodies, written in the same transaction as the message.
+CREATE VIRTUAL TABLE messages_fts USING fts5(
+    body,
+    room_id UNINDEXED,
+    seq UNINDEXED,
+    tokenize = 'unicode61 remove_diacritics 2'
+);
+"#,
 ];
 
 const SETUP_TOKEN_KEY: &str = "setup_token_hash";

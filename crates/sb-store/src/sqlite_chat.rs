@@ -91,6 +91,16 @@ fn room_by_id(c: &Connection, room: &str) -> Result<Option<RoomRecord>> {
     .optional()?)
 }
 
+/// Turns user text into an FTS5 query that matches all its words: each word is quoted, so
+/// FTS5 operators and punctuation in the input are taken literally and never a syntax error.
+fn fts_query(text: &str) -> String {
+    text.split_whitespace()
+        .take(16)
+        .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[async_trait]
 impl ChatStore for SqliteStore {
     async fn create_room(&self, room: RoomRecord) -> Result<()> {
@@ -341,6 +351,10 @@ impl ChatStore for SqliteStore {
                     msg.at.0
                 ],
             )?;
+            tx.execute(
+                "INSERT INTO messages_fts (body, room_id, seq) VALUES (?1, ?2, ?3)",
+                params![msg.body, rid, seq],
+            )?;
             tx.commit()?;
             Ok(Appended::New(MessageRecord {
                 room_id: msg.room_id,
@@ -367,6 +381,36 @@ impl ChatStore for SqliteStore {
             ))?;
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             let rows = stmt.query_map(params![room.to_string(), after, limit], message_at)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn search(
+        &self,
+        user: UserId,
+        query: &str,
+        room: Option<RoomId>,
+        limit: usize,
+    ) -> Result<Vec<(MessageRecord, RoomRole)>> {
+        let query = fts_query(query);
+        self.read("search", move |c| {
+            if query.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut stmt = c.prepare(
+                "SELECT m.room_id, m.seq, m.message_id, m.sender, m.body, m.reply_to, m.created_at, rm.role
+                 FROM messages_fts f
+                 JOIN room_members rm ON rm.room_id = f.room_id AND rm.user_id = ?2
+                 JOIN messages m ON m.room_id = f.room_id AND m.seq = f.seq
+                 WHERE messages_fts MATCH ?1 AND (?3 IS NULL OR f.room_id = ?3)
+                 ORDER BY f.rank LIMIT ?4",
+            )?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = stmt.query_map(
+                params![query, user.to_string(), room.map(|r| r.to_string()), limit],
+                |r| Ok((message_at(r)?, role_of(r.get(7)?))),
+            )?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await

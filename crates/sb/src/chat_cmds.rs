@@ -183,6 +183,39 @@ pub async fn chat(cmd: ChatCmd, json: bool) -> anyhow::Result<()> {
                 }
             })
         }
+        ChatCmd::Search { query, room, limit } => {
+            let room = match room {
+                Some(r) => Some(resolve(&client, &r).await?),
+                None => None,
+            };
+            let hits = client
+                .search(&sb_proto::SearchQuery {
+                    q: query,
+                    room: room.as_ref().map(|r| r.id.clone()),
+                    limit: Some(limit),
+                })
+                .await?;
+            let labels: HashMap<String, String> = client
+                .rooms()
+                .await?
+                .iter()
+                .map(|r| (r.id.clone(), room_label(r)))
+                .collect();
+            let mut names = HashMap::new();
+            for id in hits
+                .iter()
+                .map(|m| &m.room)
+                .collect::<std::collections::BTreeSet<_>>()
+            {
+                names.extend(self::names(&client, id).await);
+            }
+            output(json, &hits, || {
+                for m in &hits {
+                    let label = labels.get(&m.room).map(String::as_str).unwrap_or(&m.room);
+                    print_message(label, m, &names);
+                }
+            })
+        }
         ChatCmd::Tail { rooms } => tail(&client, &rooms, json).await,
     }
 }

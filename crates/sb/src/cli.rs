@@ -97,6 +97,15 @@ pub enum ChatCmd {
         #[arg(long)]
         after: Option<i64>,
     },
+    /// Search messages in your rooms (all words must appear).
+    Search {
+        query: String,
+        /// Only this room.
+        #[arg(long)]
+        room: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
     /// Print messages as they arrive (all your rooms, or the ones named) until interrupted.
     Tail { rooms: Vec<String> },
 }

@@ -733,3 +733,63 @@ fn chat_cli_create_invite_send_history_dm_and_tail() {
         stderr(&out)
     );
 }
+
+#[tokio::test]
+async fn search_finds_only_what_the_caller_may_read() {
+    let server = TestServer::start();
+    let admin = server.admin().await;
+    let ann = server.user(&admin, "ann").await;
+    let eve = server.user(&admin, "eve").await;
+    let ops = ann
+        .create_room(&RoomCreate {
+            name: "ops".into(),
+            topic: "".into(),
+            public: false,
+        })
+        .await
+        .unwrap();
+    let lobby = ann
+        .create_room(&RoomCreate {
+            name: "lobby".into(),
+            topic: "".into(),
+            public: true,
+        })
+        .await
+        .unwrap();
+    eve.join_room(&lobby.id).await.unwrap();
+    ann.send_message(&ops.id, &msg("a", "deploy finished on prod"))
+        .await
+        .unwrap();
+    ann.send_message(&lobby.id, &msg("b", "who broke the deploy?"))
+        .await
+        .unwrap();
+    ann.send_message(&lobby.id, &msg("c", "lunch at noon"))
+        .await
+        .unwrap();
+    let q = |text: &str, room: Option<&str>| sb_proto::SearchQuery {
+        q: text.into(),
+        room: room.map(String::from),
+        limit: None,
+    };
+    let mine = ann.search(&q("deploy", None)).await.unwrap();
+    assert_eq!(mine.len(), 2);
+    let theirs = eve.search(&q("deploy", None)).await.unwrap();
+    assert_eq!(
+        theirs.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(),
+        vec!["who broke the deploy?"]
+    );
+    let only_ops = ann.search(&q("DEPLOY prod", Some(&ops.id))).await.unwrap();
+    assert_eq!(only_ops.len(), 1, "all words, any case");
+    let denied = eve.search(&q("deploy", Some(&ops.id))).await.unwrap_err();
+    assert_eq!(
+        (denied.status(), denied.code()),
+        (Some(403), Some("forbidden"))
+    );
+    let odd = ann.search(&q("\"deploy OR (", None)).await.unwrap();
+    assert!(
+        odd.is_empty(),
+        "query syntax in user text is literal, never an error"
+    );
+    let empty = ann.search(&q("   ", None)).await.unwrap_err();
+    assert_eq!(empty.code(), Some("invalid_argument"));
+}

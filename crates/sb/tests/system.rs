@@ -330,6 +330,7 @@ async fn openapi_documents_every_route_and_every_documented_route_exists() {
         ("POST", "/v1/rooms/{room}/bans"),
         ("GET", "/v1/rooms/{room}/messages"),
         ("POST", "/v1/rooms/{room}/messages"),
+        ("GET", "/v1/search/messages"),
         ("GET", "/v1/ws"),
         ("GET", "/healthz"),
         ("GET", "/readyz"),
