@@ -41,7 +41,7 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 }
 
 fn progress(what: &str, done: usize, total: usize) {
-    if done == total || done % 250 == 0 {
+    if done == total || done.is_multiple_of(250) {
         eprint!("\r  {what}: {done}/{total}");
         if done == total {
             eprintln!();
@@ -56,10 +56,10 @@ async fn sync(ws: &mut WsStream) -> anyhow::Result<()> {
     ))
     .await?;
     while let Some(m) = ws.next().await {
-        if let Message::Text(t) = m? {
-            if t.contains(r#""type":"chat_synced""#) {
-                return Ok(());
-            }
+        if let Message::Text(t) = m?
+            && t.contains(r#""type":"chat_synced""#)
+        {
+            return Ok(());
         }
     }
     bail!("connection closed before chat_synced")
