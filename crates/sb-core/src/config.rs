@@ -65,6 +65,10 @@ pub struct StoreConfig {
     pub durability: Durability,
     pub busy_timeout_ms: u64,
     pub read_connections: usize,
+    /// Writes committed together (one fsync) at most.
+    pub group_commit_max: usize,
+    /// Writes waiting for the writer at most; further writers wait their turn.
+    pub write_queue_max: usize,
 }
 
 impl Default for StoreConfig {
@@ -73,6 +77,8 @@ impl Default for StoreConfig {
             durability: Durability::Full,
             busy_timeout_ms: 5_000,
             read_connections: 4,
+            group_commit_max: 256,
+            write_queue_max: 4_096,
         }
     }
 }
@@ -295,6 +301,10 @@ durability = "full"
 busy_timeout_ms = 5000
 # SQLite connections used for reads, beside the one writer.
 read_connections = 4
+# Concurrent writes are committed together, sharing one fsync: at most this many per commit.
+group_commit_max = 256
+# Writes queued for the writer at most; beyond this, writers wait.
+write_queue_max = 4096
 
 [auth]
 # "open": anyone may register. "invite": an admin's invite is needed. "closed": nobody.

@@ -154,9 +154,98 @@ pub struct SqliteStore {
 }
 
 struct Inner {
-    writer: Mutex<Connection>,
+    writes: tokio::sync::mpsc::Sender<Job>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
+}
+
+/// A write run inside the group transaction; it reports whether it succeeded and how to
+/// answer its caller.
+type GroupJob = Box<dyn FnOnce(&mut Connection) -> (bool, Finisher) + Send>;
+
+/// Tells a waiting caller how its write ended, once the group's commit is known.
+type Finisher = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+
+/// A write, run on the writer thread. `InGroup` jobs share one transaction (each in its own
+/// savepoint) and one commit; `Alone` jobs (checkpoints) run outside any transaction.
+enum Job {
+    InGroup(GroupJob),
+    Alone(Box<dyn FnOnce(&mut Connection) + Send>),
+}
+
+/// The writer thread: takes every queued write (up to `group_max`), runs them in one
+/// transaction and commits once, so concurrent writers share one fsync. A job that fails is
+/// rolled back to its savepoint without touching the others. Callers hear back only after the
+/// commit, so nothing is acknowledged before it is durable.
+fn writer_loop(mut conn: Connection, mut jobs: tokio::sync::mpsc::Receiver<Job>, group_max: usize) {
+    let mut pending: Option<Job> = None;
+    loop {
+        let Some(first) = pending.take().or_else(|| jobs.blocking_recv()) else {
+            return;
+        };
+        let first = match first {
+            Job::Alone(f) => {
+                f(&mut conn);
+                continue;
+            }
+            Job::InGroup(f) => f,
+        };
+        let mut group = vec![first];
+        while group.len() < group_max {
+            match jobs.try_recv() {
+                Ok(Job::InGroup(f)) => group.push(f),
+                Ok(alone) => {
+                    pending = Some(alone);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        run_group(&mut conn, group);
+    }
+}
+
+fn run_group(conn: &mut Connection, group: Vec<GroupJob>) {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        // Nothing ran; dropping the jobs tells each caller its write was abandoned.
+        tracing::error!(error = %e, writes = group.len(), "could not begin a write transaction");
+        return;
+    }
+    let mut finishers = Vec::with_capacity(group.len());
+    for job in group {
+        let outcome = conn
+            .execute_batch("SAVEPOINT job")
+            .map_err(backend)
+            .and_then(|()| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn)))
+                    .map_err(|_| StoreError::Backend("a store write panicked".into()))
+            });
+        match outcome {
+            Ok((ok, finish)) => {
+                let end = if ok {
+                    "RELEASE job"
+                } else {
+                    "ROLLBACK TO job; RELEASE job"
+                };
+                if let Err(e) = conn.execute_batch(end) {
+                    tracing::error!(error = %e, "closing a savepoint failed");
+                }
+                finishers.push(finish);
+            }
+            // The job is gone (its caller sees a closed channel); undo whatever it did.
+            Err(e) => {
+                tracing::error!(error = %e, "store write failed");
+                let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+            }
+        }
+    }
+    let commit = conn.execute_batch("COMMIT").map_err(backend);
+    if commit.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    for finish in finishers {
+        finish(commit.as_ref().err());
+    }
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -209,9 +298,15 @@ impl SqliteStore {
         let readers = (0..config.read_connections.max(1))
             .map(|_| open_connection(path, config).map(Mutex::new))
             .collect::<Result<Vec<_>>>()?;
+        let (writes, jobs) = tokio::sync::mpsc::channel(config.write_queue_max.max(1));
+        let group_max = config.group_commit_max.max(1);
+        std::thread::Builder::new()
+            .name("sb-store-writer".into())
+            .spawn(move || writer_loop(writer, jobs, group_max))
+            .map_err(backend)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                writer: Mutex::new(writer),
+                writes,
                 readers,
                 next_reader: AtomicUsize::new(0),
             }),
@@ -236,16 +331,49 @@ impl SqliteStore {
         R: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<R> + Send + 'static,
     {
-        let inner = self.inner.clone();
         let started = Instant::now();
-        let r = tokio::task::spawn_blocking(move || {
-            let mut conn = inner.writer.lock().unwrap_or_else(|e| e.into_inner());
-            f(&mut conn)
-        })
-        .await
-        .map_err(backend)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = Job::InGroup(Box::new(move |conn: &mut Connection| {
+            let result = f(conn);
+            let ok = result.is_ok();
+            let finish: Finisher = Box::new(move |commit_error| {
+                let out = match (result, commit_error) {
+                    (Ok(_), Some(e)) => Err(StoreError::Backend(format!("commit failed: {e}"))),
+                    (r, _) => r,
+                };
+                let _ = tx.send(out);
+            });
+            (ok, finish)
+        }));
+        self.inner
+            .writes
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Backend("the store writer has stopped".into()))?;
+        let r = rx
+            .await
+            .map_err(|_| StoreError::Backend("the store write was abandoned".into()))?;
         self.observe(op, started);
         r
+    }
+
+    /// Runs `f` alone on the writer, outside any transaction (for checkpoints).
+    async fn write_alone<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = Job::Alone(Box::new(move |conn: &mut Connection| {
+            let _ = tx.send(f(conn));
+        }));
+        self.inner
+            .writes
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Backend("the store writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Backend("the store write was abandoned".into()))?
     }
 
     pub(crate) async fn read<R, F>(&self, op: &'static str, f: F) -> Result<R>
@@ -395,7 +523,7 @@ fn live_session_ids(tx: &Connection, user: &str, keep: Option<&str>) -> Result<V
 impl Store for SqliteStore {
     async fn set_setup_token(&self, token_hash: [u8; 32]) -> Result<bool> {
         self.write("set_setup_token", move |c| {
-            let tx = c.transaction()?;
+            let tx = c.savepoint()?;
             let users: i64 = tx.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?;
             if users > 0 {
                 return Ok(false);
@@ -425,7 +553,7 @@ impl Store for SqliteStore {
         now: UnixMillis,
     ) -> Result<()> {
         self.write("create_user", move |c| {
-            let tx = c.transaction()?;
+            let tx = c.savepoint()?;
             let uid = user.id.to_string();
             let insert = tx.execute(
                 "INSERT INTO users (id, username, display_name, status_text, password_hash, role, disabled, created_at)
@@ -546,7 +674,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<SessionId>> {
         let hash = password_hash.to_string();
         self.write("change_password", move |c| {
-            let tx = c.transaction()?;
+            let tx = c.savepoint()?;
             let uid = id.to_string();
             changed(tx.execute(
                 "UPDATE users SET password_hash = ?2 WHERE id = ?1",
@@ -632,7 +760,7 @@ impl Store for SqliteStore {
 
     async fn revoke_user_sessions(&self, user: UserId, now: UnixMillis) -> Result<Vec<SessionId>> {
         self.write("revoke_user_sessions", move |c| {
-            let tx = c.transaction()?;
+            let tx = c.savepoint()?;
             let uid = user.to_string();
             let ids = live_session_ids(&tx, &uid, None)?;
             tx.execute(
@@ -766,7 +894,7 @@ impl Store for SqliteStore {
 
     async fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord> {
         self.write("append_audit", move |c| {
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let tx = c.savepoint()?;
             let last: Option<(i64, String)> = tx
                 .query_row(
                     "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
@@ -841,7 +969,7 @@ impl Store for SqliteStore {
     }
 
     async fn flush(&self) -> Result<()> {
-        self.write("flush", |c| {
+        self.write_alone(|c| {
             c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
             Ok(())
         })

@@ -105,7 +105,7 @@ fn fts_query(text: &str) -> String {
 impl ChatStore for SqliteStore {
     async fn create_room(&self, room: RoomRecord) -> Result<()> {
         self.write("create_room", move |c| {
-            let tx = c.transaction()?;
+            let tx = c.savepoint()?;
             insert_room(&tx, &room, None)?;
             insert_member(
                 &tx,
@@ -130,7 +130,7 @@ impl ChatStore for SqliteStore {
         self.write("direct_room", move |c| {
             let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
             let key = format!("{lo}:{hi}");
-            let tx = c.transaction()?;
+            let tx = c.savepoint()?;
             let existing = tx
                 .query_row(
                     &format!("SELECT {ROOM_COLS} FROM rooms r WHERE r.dm_key = ?1"),
@@ -227,7 +227,7 @@ impl ChatStore for SqliteStore {
         at: UnixMillis,
     ) -> Result<MemberChange> {
         self.write("add_member", move |c| {
-            let tx = c.transaction()?;
+            let tx = c.savepoint()?;
             let (rid, uid) = (room.to_string(), user.to_string());
             let banned = tx
                 .query_row(
@@ -276,7 +276,7 @@ impl ChatStore for SqliteStore {
 
     async fn ban(&self, room: RoomId, user: UserId, by: UserId, at: UnixMillis) -> Result<()> {
         self.write("ban", move |c| {
-            let tx = c.transaction()?;
+            let tx = c.savepoint()?;
             let (rid, uid) = (room.to_string(), user.to_string());
             tx.execute(
                 "DELETE FROM room_members WHERE room_id = ?1 AND user_id = ?2",
@@ -315,7 +315,7 @@ impl ChatStore for SqliteStore {
 
     async fn append_message(&self, msg: NewMessage) -> Result<Appended> {
         self.write("append_message", move |c| {
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let tx = c.savepoint()?;
             let rid = msg.room_id.to_string();
             let sender = msg.sender.to_string();
             let existing = tx

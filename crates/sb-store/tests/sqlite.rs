@@ -82,3 +82,55 @@ async fn audit_rows_cannot_be_updated_through_sql_and_edits_break_the_chain() {
     let first_break = all.iter().find_map(|r| v.check(r).err());
     assert_eq!(first_break, Some(ChainBreak::Content { seq: 2 }));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_commit_together_and_a_failure_undoes_only_itself() {
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(&dir));
+    let mut tasks = Vec::new();
+    // 300 writes at once; every third reuses a username, so it must fail alone.
+    for i in 0..300 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let name = if i % 3 == 2 {
+                format!("user{}", i - 1)
+            } else {
+                format!("user{i}")
+            };
+            store
+                .create_user(
+                    UserRecord {
+                        id: UserId::new_at(UnixMillis(i)),
+                        username: name,
+                        display_name: String::new(),
+                        status_text: String::new(),
+                        password_hash: "h".into(),
+                        role: Role::User,
+                        disabled: false,
+                        created_at: UnixMillis(i),
+                    },
+                    Admission::Open,
+                    UnixMillis(i),
+                )
+                .await
+        }));
+    }
+    let mut ok = 0;
+    let mut conflicts = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(sb_store::StoreError::Conflict(_)) => conflicts += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!((ok, conflicts), (200, 100));
+    drop(store);
+    let reopened = open(&dir);
+    assert_eq!(
+        reopened.user_count().await.unwrap(),
+        200,
+        "every acknowledged write is durable"
+    );
+}
