@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod chat;
+mod store;
 
 #[derive(Parser)]
 #[command(about = "Benchmarks against a real Switchboard server on this machine")]
@@ -33,6 +34,8 @@ enum Scenarios {
     Auth(Args),
     /// Chat fan-out: N connected clients in rooms, messages delivered end to end.
     Chat(chat::ChatArgs),
+    /// The store's durable write path, with and without group commit.
+    Store(store::StoreArgs),
 }
 
 #[derive(clap::Args)]
@@ -209,6 +212,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.scenario {
         Scenarios::Auth(args) => auth(&cli.sb, args).await,
         Scenarios::Chat(args) => chat::run(&cli.sb, args).await,
+        Scenarios::Store(args) => store::run(args).await,
     }
 }
 
