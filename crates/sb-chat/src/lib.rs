@@ -14,8 +14,8 @@ use sb_bus::Bus;
 use sb_core::config::ChatConfig;
 use sb_core::{ErrorCode, RoomId, RoomRole, UserId};
 use sb_store::chat::{
-    Appended, MemberChange, MemberRecord, MessageRecord, NewMessage, RoomAccess, RoomKind,
-    RoomRecord,
+    Appended, MemberChange, MemberRecord, MessageRecord, MyRoom, NewMessage, ReadMarker,
+    RoomAccess, RoomKind, RoomRecord,
 };
 use sb_store::{ChatStore, StoreError};
 use std::sync::Arc;
@@ -35,6 +35,19 @@ pub enum ChatEvent {
     Joined { room: RoomId, last_seq: i64 },
     /// The user left, was kicked or was banned.
     Left { room: RoomId },
+    /// A member's read marker moved (their other devices and the room's members see it).
+    Read {
+        room: RoomId,
+        user: UserId,
+        username: Arc<str>,
+        seq: i64,
+    },
+    /// A member is typing; never stored.
+    Typing {
+        room: RoomId,
+        user: UserId,
+        username: Arc<str>,
+    },
 }
 
 pub fn user_topic(user: UserId) -> String {
@@ -214,7 +227,7 @@ impl Chat {
         Ok(room)
     }
 
-    pub async fn rooms(&self, cx: Ctx<'_>) -> Result<Vec<(RoomRecord, RoomRole)>> {
+    pub async fn rooms(&self, cx: Ctx<'_>) -> Result<Vec<MyRoom>> {
         Ok(self.store.rooms_of(cx.subject.user_id).await?)
     }
 
@@ -382,10 +395,8 @@ impl Chat {
             })
             .await?;
         if let Appended::New(m) = &appended {
-            let event = ChatEvent::Message(Arc::new(m.clone()));
-            for member in self.store.members(room).await? {
-                self.bus.publish(&user_topic(member.user_id), event.clone());
-            }
+            self.publish_to_members(room, None, ChatEvent::Message(Arc::new(m.clone())))
+                .await?;
         }
         Ok(appended)
     }
@@ -404,6 +415,63 @@ impl Chat {
             Page::Before(seq) => self.store.messages_before(room, seq, limit).await?,
             Page::Latest => self.store.messages_before(room, i64::MAX, limit).await?,
         })
+    }
+
+    /// Moves the caller's read marker forward to `seq` (clamped to the newest message) and tells
+    /// the room. Returns the marker.
+    pub async fn mark_read(&self, cx: Ctx<'_>, room: RoomId, seq: i64) -> Result<i64> {
+        let access = self.authorized(cx, room, Action::Read).await?;
+        let seq = seq.clamp(0, access.room.last_seq);
+        let marker = self
+            .store
+            .mark_read(room, cx.subject.user_id, seq, cx.now)
+            .await?;
+        self.publish_to_members(
+            room,
+            None,
+            ChatEvent::Read {
+                room,
+                user: cx.subject.user_id,
+                username: Arc::from(cx.subject.username.as_str()),
+                seq: marker,
+            },
+        )
+        .await?;
+        Ok(marker)
+    }
+
+    pub async fn read_markers(&self, cx: Ctx<'_>, room: RoomId) -> Result<Vec<ReadMarker>> {
+        self.authorized(cx, room, Action::Read).await?;
+        Ok(self.store.read_markers(room).await?)
+    }
+
+    /// Tells the room's other members that the caller is typing. Nothing is stored.
+    pub async fn typing(&self, cx: Ctx<'_>, room: RoomId) -> Result<()> {
+        self.authorized(cx, room, Action::Create).await?;
+        self.publish_to_members(
+            room,
+            Some(cx.subject.user_id),
+            ChatEvent::Typing {
+                room,
+                user: cx.subject.user_id,
+                username: Arc::from(cx.subject.username.as_str()),
+            },
+        )
+        .await
+    }
+
+    async fn publish_to_members(
+        &self,
+        room: RoomId,
+        except: Option<UserId>,
+        event: ChatEvent,
+    ) -> Result<()> {
+        for member in self.store.members(room).await? {
+            if Some(member.user_id) != except {
+                self.bus.publish(&user_topic(member.user_id), event.clone());
+            }
+        }
+        Ok(())
     }
 
     /// Full-text search over the rooms the caller can read (or one of them).
@@ -463,7 +531,7 @@ impl Chat {
         cursors: &[(RoomId, i64)],
     ) -> Result<Vec<RoomCatchUp>> {
         let mut out = Vec::new();
-        for (room, _) in self.store.rooms_of(cx.subject.user_id).await? {
+        for MyRoom { room, .. } in self.store.rooms_of(cx.subject.user_id).await? {
             let last_seq = room.last_seq;
             let cursor = cursors
                 .iter()

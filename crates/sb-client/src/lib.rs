@@ -465,6 +465,24 @@ impl Client {
         .await
     }
 
+    pub async fn mark_read(&self, room: &str, seq: i64) -> Result<ReadMark> {
+        self.call(
+            Method::POST,
+            &format!("/v1/rooms/{room}/read"),
+            Some(&ReadMark { seq }),
+        )
+        .await
+    }
+
+    pub async fn read_markers(&self, room: &str) -> Result<Vec<ReadMarkerInfo>> {
+        self.call(
+            Method::GET,
+            &format!("/v1/rooms/{room}/read"),
+            Self::NO_BODY,
+        )
+        .await
+    }
+
     pub async fn search(&self, q: &SearchQuery) -> Result<Vec<MessageInfo>> {
         let enc = |v: &str| url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
         let mut path = format!("/v1/search/messages?q={}", enc(&q.q));

@@ -212,7 +212,26 @@ pub struct RoomInfo {
     pub role: Option<String>,
     /// Sequence number of the newest message.
     pub last_seq: i64,
+    /// The caller's read marker (members only).
+    pub read_seq: Option<i64>,
+    /// Messages after the caller's read marker (members only).
+    pub unread: Option<i64>,
     pub created_at_ms: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadMark {
+    /// The last sequence number read; the marker never moves back.
+    pub seq: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReadMarkerInfo {
+    pub user_id: String,
+    pub username: String,
+    pub seq: i64,
+    pub updated_at_ms: i64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -329,6 +348,10 @@ pub enum ClientFrame {
         #[serde(default)]
         cursors: Vec<RoomCursor>,
     },
+    /// Move the read marker of a room; the room's members receive `chat_read`.
+    ChatRead { id: String, room: String, seq: i64 },
+    /// The user is typing in a room (send every few seconds while typing); not answered.
+    ChatTyping { room: String },
     /// Send a message; answered with `chat_ack`.
     ChatSend {
         id: String,
@@ -372,6 +395,19 @@ pub enum ServerFrame {
     ChatSynced {
         id: String,
         rooms: Vec<RoomSynced>,
+    },
+    /// A member's read marker moved (including this user's, from another device).
+    ChatRead {
+        room: String,
+        user_id: String,
+        username: String,
+        seq: i64,
+    },
+    /// Another member is typing.
+    ChatTyping {
+        room: String,
+        user_id: String,
+        username: String,
     },
     /// The user joined a room (delivery for it starts after `last_seq`) or left one.
     ChatMembership {

@@ -109,6 +109,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .routes(routes!(routes_chat::ban))
         .routes(routes!(routes_chat::history, routes_chat::send))
         .routes(routes!(routes_chat::search))
+        .routes(routes!(routes_chat::mark_read, routes_chat::read_markers))
         .routes(routes!(ws::ws_handler))
         .routes(routes!(routes::healthz))
         .routes(routes!(routes::readyz))

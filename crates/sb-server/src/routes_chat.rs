@@ -16,6 +16,8 @@ type St = State<Arc<AppState>>;
 
 pub fn room_info(r: &RoomRecord, role: Option<RoomRole>) -> RoomInfo {
     RoomInfo {
+        read_seq: None,
+        unread: None,
         id: r.id.to_string(),
         kind: r.kind.as_str().to_string(),
         name: r.name.clone(),
@@ -60,7 +62,11 @@ pub async fn my_rooms(State(st): St, c: Caller) -> Result<Json<Vec<RoomInfo>>, A
     Ok(Json(
         rooms
             .iter()
-            .map(|(r, role)| room_info(r, Some(*role)))
+            .map(|m| RoomInfo {
+                read_seq: Some(m.read_seq),
+                unread: Some((m.room.last_seq - m.read_seq).max(0)),
+                ..room_info(&m.room, Some(m.role))
+            })
             .collect(),
     ))
 }
@@ -252,4 +258,38 @@ pub async fn search(
         .search(c.cx(), &q.q, room, q.limit.unwrap_or(50))
         .await?;
     Ok(Json(hits.iter().map(message_info).collect()))
+}
+
+#[utoipa::path(post, path = "/v1/rooms/{room}/read", tag = "chat", request_body = ReadMark,
+    params(("room" = String, Path, description = "room id")),
+    responses((status = 200, body = ReadMark), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn mark_read(
+    State(st): St,
+    c: Caller,
+    Path(room): Path<String>,
+    ApiJson(req): ApiJson<ReadMark>,
+) -> Result<Json<ReadMark>, ApiError> {
+    let seq = st.chat.mark_read(c.cx(), room_id(&room)?, req.seq).await?;
+    Ok(Json(ReadMark { seq }))
+}
+
+#[utoipa::path(get, path = "/v1/rooms/{room}/read", tag = "chat",
+    params(("room" = String, Path, description = "room id")),
+    responses((status = 200, body = Vec<ReadMarkerInfo>), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn read_markers(
+    State(st): St,
+    c: Caller,
+    Path(room): Path<String>,
+) -> Result<Json<Vec<ReadMarkerInfo>>, ApiError> {
+    let list = st.chat.read_markers(c.cx(), room_id(&room)?).await?;
+    Ok(Json(
+        list.into_iter()
+            .map(|m| ReadMarkerInfo {
+                user_id: m.user_id.to_string(),
+                username: m.username,
+                seq: m.seq,
+                updated_at_ms: m.updated_at.0,
+            })
+            .collect(),
+    ))
 }

@@ -130,9 +130,16 @@ fn is_too_big(e: &axum::Error) -> bool {
     false
 }
 
-/// One connection's chat state: how far each room has been delivered. `None` until the client
-/// sends `chat_sync`; from then on every room's messages go out once each, in sequence order.
-struct ChatCursors(Option<HashMap<RoomId, i64>>);
+/// One connection's chat state: how far each room has been delivered (`None` until the client
+/// sends `chat_sync`; from then on every room's messages go out once each, in sequence order),
+/// and when it last announced typing in each room.
+struct ChatCursors(
+    Option<HashMap<RoomId, i64>>,
+    HashMap<RoomId, std::time::Instant>,
+);
+
+/// A connection's typing announcements per room are passed on at most this often.
+const TYPING_INTERVAL: Duration = Duration::from_secs(2);
 
 impl ChatCursors {
     /// Frames for one chat event, filling from the store any gap the bus order left.
@@ -176,6 +183,27 @@ impl ChatCursors {
                     last_seq: *cur,
                 }]
             }
+            ChatEvent::Read {
+                room,
+                user,
+                username,
+                seq,
+            } if delivered.contains_key(&room) => vec![ServerFrame::ChatRead {
+                room: room.to_string(),
+                user_id: user.to_string(),
+                username: username.to_string(),
+                seq,
+            }],
+            ChatEvent::Typing {
+                room,
+                user,
+                username,
+            } if delivered.contains_key(&room) => vec![ServerFrame::ChatTyping {
+                room: room.to_string(),
+                user_id: user.to_string(),
+                username: username.to_string(),
+            }],
+            ChatEvent::Read { .. } | ChatEvent::Typing { .. } => Vec::new(),
             ChatEvent::Left { room } => {
                 let last = delivered.remove(&room).unwrap_or(0);
                 vec![ServerFrame::ChatMembership {
@@ -256,6 +284,53 @@ async fn handle_frame(
             user: user.clone(),
         }],
         Ok(ClientFrame::ChatSync { id, cursors: c }) => cursors.sync(&st.chat, cx, id, c).await,
+        Ok(ClientFrame::ChatRead { id, room, seq }) => {
+            let Ok(room) = room.parse::<RoomId>() else {
+                return vec![frame_error(
+                    Some(id),
+                    ErrorCode::InvalidArgument,
+                    "room is not a valid room id",
+                )];
+            };
+            match st.chat.mark_read(cx, room, seq).await {
+                // Every device, this one included, hears the new marker as `chat_read`.
+                Ok(_) => Vec::new(),
+                Err(e) => {
+                    let e = ApiError::from(e);
+                    vec![frame_error(Some(id), e.code, &e.message)]
+                }
+            }
+        }
+        Ok(ClientFrame::ChatTyping { room }) => {
+            let Ok(room) = room.parse::<RoomId>() else {
+                return vec![frame_error(
+                    None,
+                    ErrorCode::InvalidArgument,
+                    "room is not a valid room id",
+                )];
+            };
+            let now_i = std::time::Instant::now();
+            if cursors
+                .1
+                .get(&room)
+                .is_some_and(|t| now_i.duration_since(*t) < TYPING_INTERVAL)
+            {
+                return Vec::new();
+            }
+            if cursors.1.len() >= 1024 {
+                cursors
+                    .1
+                    .retain(|_, t| now_i.duration_since(*t) < TYPING_INTERVAL);
+            }
+            cursors.1.insert(room, now_i);
+            match st.chat.typing(cx, room).await {
+                Ok(()) => Vec::new(),
+                Err(e) => {
+                    let e = ApiError::from(e);
+                    vec![frame_error(None, e.code, &e.message)]
+                }
+            }
+        }
         Ok(ClientFrame::ChatSend {
             id,
             room,
@@ -315,7 +390,7 @@ async fn run(
     if tx.send(frame(&hello)).await.is_err() {
         return;
     }
-    let mut cursors = ChatCursors(None);
+    let mut cursors = ChatCursors(None, HashMap::new());
     let interval = Duration::from_millis(st.config.limits.ws_ping_interval_ms.max(10));
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     let mut unanswered = 0u32;

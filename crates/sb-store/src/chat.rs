@@ -38,6 +38,23 @@ pub struct RoomRecord {
     pub last_seq: i64,
 }
 
+/// A room as one member sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MyRoom {
+    pub room: RoomRecord,
+    pub role: RoomRole,
+    /// The member's read marker: the last sequence number they have read.
+    pub read_seq: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadMarker {
+    pub user_id: UserId,
+    pub username: String,
+    pub seq: i64,
+    pub updated_at: UnixMillis,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemberRecord {
     pub user_id: UserId,
@@ -113,8 +130,12 @@ pub trait ChatStore: Send + Sync + 'static {
     ) -> Result<(RoomRecord, bool)>;
     /// The room and what `user` is in it, or `None` if the room does not exist.
     async fn room_access(&self, room: RoomId, user: UserId) -> Result<Option<RoomAccess>>;
-    /// Rooms `user` belongs to, with the role held in each.
-    async fn rooms_of(&self, user: UserId) -> Result<Vec<(RoomRecord, RoomRole)>>;
+    /// Rooms `user` belongs to, with the role held and the read marker in each.
+    async fn rooms_of(&self, user: UserId) -> Result<Vec<MyRoom>>;
+    /// Moves `user`'s read marker in `room` forward to `seq` (never back); returns the marker.
+    async fn mark_read(&self, room: RoomId, user: UserId, seq: i64, at: UnixMillis) -> Result<i64>;
+    /// Every member's read marker in `room` (members who never read are absent).
+    async fn read_markers(&self, room: RoomId) -> Result<Vec<ReadMarker>>;
     async fn public_rooms(&self) -> Result<Vec<RoomRecord>>;
     /// Adds a member unless banned, already present, or the room holds `members_max`.
     async fn add_member(

@@ -538,6 +538,32 @@ pub async fn run_chat<S: Store + ChatStore>(s: &S) {
         2
     );
 
+    // Read markers only move forward and show in the member's room list.
+    assert_eq!(
+        s.mark_read(room.id, ann, 3, UnixMillis(3_500))
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        s.mark_read(room.id, ann, 2, UnixMillis(3_501))
+            .await
+            .unwrap(),
+        3,
+        "never back"
+    );
+    let mine = s.rooms_of(ann).await.unwrap();
+    assert_eq!((mine[0].read_seq, mine[0].room.last_seq), (3, 4));
+    assert_eq!(s.rooms_of(ben).await.unwrap()[0].read_seq, 0, "never read");
+    let markers = s.read_markers(room.id).await.unwrap();
+    assert_eq!(
+        markers
+            .iter()
+            .map(|m| (m.username.as_str(), m.seq))
+            .collect::<Vec<_>>(),
+        vec![("ann", 3)]
+    );
+
     s.ban(room.id, ben, ann, UnixMillis(4_000)).await.unwrap();
     let access = s.room_access(room.id, ben).await.unwrap().unwrap();
     assert_eq!((access.role, access.banned), (None, true));
@@ -574,7 +600,7 @@ pub async fn run_chat<S: Store + ChatStore>(s: &S) {
         .await
         .unwrap()
         .into_iter()
-        .map(|(r, _)| r.id)
+        .map(|r| r.room.id)
         .collect();
     assert_eq!(ann_rooms, vec![room.id, dm.id]);
     let public: Vec<_> = s

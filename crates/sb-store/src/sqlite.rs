@@ -141,6 +141,16 @@ CREATE VIRTUAL TABLE messages_fts USING fts5(
     tokenize = 'unicode61 remove_diacritics 2'
 );
 "#,
+    r#"
+-- How far each member has read in each room (only ever moves forward).
+CREATE TABLE read_markers (
+    room_id    TEXT NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+    user_id    TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    seq        INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (room_id, user_id)
+) STRICT, WITHOUT ROWID;
+"#,
 ];
 
 const SETUP_TOKEN_KEY: &str = "setup_token_hash";

@@ -192,14 +192,57 @@ impl ChatStore for SqliteStore {
         .await
     }
 
-    async fn rooms_of(&self, user: UserId) -> Result<Vec<(RoomRecord, RoomRole)>> {
+    async fn rooms_of(&self, user: UserId) -> Result<Vec<MyRoom>> {
         self.read("rooms_of", move |c| {
             let mut stmt = c.prepare(&format!(
-                "SELECT {ROOM_COLS}, m.role FROM rooms r JOIN room_members m ON m.room_id = r.id
+                "SELECT {ROOM_COLS}, m.role, coalesce(rm.seq, 0)
+                 FROM rooms r JOIN room_members m ON m.room_id = r.id
+                 LEFT JOIN read_markers rm ON rm.room_id = r.id AND rm.user_id = m.user_id
                  WHERE m.user_id = ?1 ORDER BY r.created_at, r.id"
             ))?;
             let rows = stmt.query_map([user.to_string()], |r| {
-                Ok((room_at(r)?, role_of(r.get(ROOM_NCOLS)?)))
+                Ok(MyRoom {
+                    room: room_at(r)?,
+                    role: role_of(r.get(ROOM_NCOLS)?),
+                    read_seq: r.get(ROOM_NCOLS + 1)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn mark_read(&self, room: RoomId, user: UserId, seq: i64, at: UnixMillis) -> Result<i64> {
+        self.write("mark_read", move |c| {
+            let marker: i64 = c.query_row(
+                "INSERT INTO read_markers (room_id, user_id, seq, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (room_id, user_id) DO UPDATE
+                   SET seq = max(seq, excluded.seq), updated_at = excluded.updated_at
+                 RETURNING seq",
+                params![room.to_string(), user.to_string(), seq, at.0],
+                |r| r.get(0),
+            )?;
+            Ok(marker)
+        })
+        .await
+    }
+
+    async fn read_markers(&self, room: RoomId) -> Result<Vec<ReadMarker>> {
+        self.read("read_markers", move |c| {
+            let mut stmt = c.prepare(
+                "SELECT rm.user_id, u.username, rm.seq, rm.updated_at
+                 FROM read_markers rm
+                 JOIN room_members m ON m.room_id = rm.room_id AND m.user_id = rm.user_id
+                 JOIN users u ON u.id = rm.user_id
+                 WHERE rm.room_id = ?1 ORDER BY u.username",
+            )?;
+            let rows = stmt.query_map([room.to_string()], |r| {
+                Ok(ReadMarker {
+                    user_id: parse_id(r.get(0)?)?,
+                    username: r.get(1)?,
+                    seq: r.get(2)?,
+                    updated_at: UnixMillis(r.get(3)?),
+                })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })

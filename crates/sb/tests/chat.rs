@@ -793,3 +793,123 @@ async fn search_finds_only_what_the_caller_may_read() {
     let empty = ann.search(&q("   ", None)).await.unwrap_err();
     assert_eq!(empty.code(), Some("invalid_argument"));
 }
+
+#[tokio::test]
+async fn read_markers_give_unread_counts_and_typing_reaches_other_members() {
+    let server = TestServer::start();
+    let admin = server.admin().await;
+    let ann = server.user(&admin, "ann").await;
+    let ben = server.user(&admin, "ben").await;
+    let room = ann
+        .create_room(&RoomCreate {
+            name: "team".into(),
+            topic: "".into(),
+            public: false,
+        })
+        .await
+        .unwrap();
+    ann.add_member(&room.id, "ben").await.unwrap();
+    for i in 0..5 {
+        ann.send_message(&room.id, &msg(&format!("m{i}"), "hello"))
+            .await
+            .unwrap();
+    }
+    let ben_room =
+        |rooms: Vec<sb_proto::RoomInfo>| rooms.into_iter().find(|r| r.id == room.id).unwrap();
+    let r = ben_room(ben.rooms().await.unwrap());
+    assert_eq!((r.read_seq, r.unread), (Some(0), Some(5)));
+
+    // ben has two devices; reading on one moves the marker everywhere and tells ann.
+    let ben2 = server.login("ben").await;
+    let mut phone = Device::connect(&ben, json!([])).await;
+    let mut laptop = Device::connect(&ben2, json!([])).await;
+    let mut ann_dev = Device::connect(&ann, json!([])).await;
+    phone
+        .ws
+        .send(Message::text(
+            json!({"type":"chat_read","id":"r","room":room.id,"seq":3}).to_string(),
+        ))
+        .await
+        .unwrap();
+    for d in [&mut laptop, &mut ann_dev, &mut phone] {
+        let f = next_json(&mut d.ws).await;
+        assert_eq!(
+            (
+                f["type"].as_str(),
+                f["username"].as_str(),
+                f["seq"].as_i64()
+            ),
+            (Some("chat_read"), Some("ben"), Some(3))
+        );
+    }
+    assert_eq!(ben_room(ben.rooms().await.unwrap()).unread, Some(2));
+    assert_eq!(
+        ben.mark_read(&room.id, 1).await.unwrap().seq,
+        3,
+        "markers never move back"
+    );
+    assert_eq!(
+        ben.mark_read(&room.id, 99).await.unwrap().seq,
+        5,
+        "clamped to the newest message"
+    );
+    let markers = ann.read_markers(&room.id).await.unwrap();
+    assert_eq!(
+        markers
+            .iter()
+            .map(|m| (m.username.as_str(), m.seq))
+            .collect::<Vec<_>>(),
+        vec![("ben", 5)]
+    );
+
+    // Typing: other members hear it, the typist's own devices do not, repeats are throttled.
+    for _ in 0..3 {
+        phone
+            .ws
+            .send(Message::text(
+                json!({"type":"chat_typing","room":room.id}).to_string(),
+            ))
+            .await
+            .unwrap();
+    }
+    ann.send_message(&room.id, &msg("after-typing", "marker"))
+        .await
+        .unwrap();
+    let mut typing = 0;
+    loop {
+        let f = next_json(&mut ann_dev.ws).await;
+        match f["type"].as_str() {
+            Some("chat_typing") => {
+                assert_eq!(f["username"], "ben");
+                typing += 1;
+            }
+            Some("chat_message") if f["message"]["message_id"] == "after-typing" => break,
+            _ => {}
+        }
+    }
+    assert_eq!(
+        typing, 1,
+        "three announcements within the interval count once"
+    );
+    let mut own = 0;
+    loop {
+        let f = next_json(&mut laptop.ws).await;
+        if f["type"] == "chat_typing" {
+            own += 1;
+        }
+        if f["type"] == "chat_message" && f["message"]["message_id"] == "after-typing" {
+            break;
+        }
+    }
+    assert_eq!(own, 0, "no echo of one's own typing");
+    // Outsiders cannot read or set markers.
+    let eve = server.user(&admin, "eve").await;
+    assert_eq!(
+        eve.read_markers(&room.id).await.unwrap_err().code(),
+        Some("forbidden")
+    );
+    assert_eq!(
+        eve.mark_read(&room.id, 1).await.unwrap_err().code(),
+        Some("forbidden")
+    );
+}

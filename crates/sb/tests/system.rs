@@ -331,6 +331,8 @@ async fn openapi_documents_every_route_and_every_documented_route_exists() {
         ("GET", "/v1/rooms/{room}/messages"),
         ("POST", "/v1/rooms/{room}/messages"),
         ("GET", "/v1/search/messages"),
+        ("POST", "/v1/rooms/{room}/read"),
+        ("GET", "/v1/rooms/{room}/read"),
         ("GET", "/v1/ws"),
         ("GET", "/healthz"),
         ("GET", "/readyz"),
