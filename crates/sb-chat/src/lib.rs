@@ -11,6 +11,7 @@
 
 use sb_auth::{Action, Auth, AuthError, Ctx, Resource};
 use sb_bus::Bus;
+use sb_core::UnixMillis;
 use sb_core::config::ChatConfig;
 use sb_core::{ErrorCode, RoomId, RoomRole, UserId};
 use sb_store::chat::{
@@ -18,7 +19,8 @@ use sb_store::chat::{
     RoomAccess, RoomKind, RoomRecord,
 };
 use sb_store::{ChatStore, StoreError};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// Longest search query, in bytes.
 pub const SEARCH_QUERY_LENGTH_MAX: usize = 256;
@@ -42,12 +44,48 @@ pub enum ChatEvent {
         username: Arc<str>,
         seq: i64,
     },
+    /// Someone who shares a room with the user went online, away or offline.
+    Presence {
+        user: UserId,
+        username: Arc<str>,
+        status: PresenceStatus,
+        last_seen: Option<UnixMillis>,
+    },
     /// A member is typing; never stored.
     Typing {
         room: RoomId,
         user: UserId,
         username: Arc<str>,
     },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PresenceStatus {
+    Online,
+    Away,
+    Offline,
+}
+
+impl PresenceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PresenceStatus::Online => "online",
+            PresenceStatus::Away => "away",
+            PresenceStatus::Offline => "offline",
+        }
+    }
+}
+
+/// Who is connected right now. Only users with at least one open connection have an entry, so
+/// its size is bounded by `limits.connections_max`.
+#[derive(Default)]
+struct Presence {
+    users: Mutex<HashMap<UserId, Online>>,
+}
+
+struct Online {
+    connections: u32,
+    away: bool,
 }
 
 pub fn user_topic(user: UserId) -> String {
@@ -114,6 +152,7 @@ pub struct Chat {
     auth: Arc<Auth>,
     bus: Bus<ChatEvent>,
     config: ChatConfig,
+    presence: Presence,
 }
 
 fn check_text(what: &str, value: &str, max: usize) -> Result<()> {
@@ -137,7 +176,130 @@ impl Chat {
             auth,
             bus,
             config,
+            presence: Presence::default(),
         }
+    }
+
+    /// The presence of `user` as others see it.
+    pub fn presence_of(&self, user: UserId) -> PresenceStatus {
+        let users = self
+            .presence
+            .users
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match users.get(&user) {
+            Some(o) if o.away => PresenceStatus::Away,
+            Some(_) => PresenceStatus::Online,
+            None => PresenceStatus::Offline,
+        }
+    }
+
+    async fn announce(
+        &self,
+        user: UserId,
+        username: &str,
+        status: PresenceStatus,
+        last_seen: Option<UnixMillis>,
+    ) -> Result<()> {
+        let event = ChatEvent::Presence {
+            user,
+            username: Arc::from(username),
+            status,
+            last_seen,
+        };
+        for other in self.store.co_members(user).await? {
+            self.bus.publish(&user_topic(other), event.clone());
+        }
+        Ok(())
+    }
+
+    /// A connection of the caller opened. The first one makes the user online.
+    pub async fn connected(&self, cx: Ctx<'_>) -> Result<()> {
+        let first = {
+            let mut users = self
+                .presence
+                .users
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let e = users.entry(cx.subject.user_id).or_insert(Online {
+                connections: 0,
+                away: false,
+            });
+            e.connections += 1;
+            e.connections == 1
+        };
+        if first {
+            self.announce(
+                cx.subject.user_id,
+                &cx.subject.username,
+                PresenceStatus::Online,
+                None,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// A connection of the caller closed. The last one makes the user offline, last seen now.
+    pub async fn disconnected(&self, cx: Ctx<'_>) -> Result<()> {
+        let last = {
+            let mut users = self
+                .presence
+                .users
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            match users.get_mut(&cx.subject.user_id) {
+                Some(e) if e.connections > 1 => {
+                    e.connections -= 1;
+                    false
+                }
+                Some(_) => {
+                    users.remove(&cx.subject.user_id);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last {
+            self.store.set_last_seen(cx.subject.user_id, cx.now).await?;
+            self.announce(
+                cx.subject.user_id,
+                &cx.subject.username,
+                PresenceStatus::Offline,
+                Some(cx.now),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Sets the caller away (or back online). Only meaningful while connected.
+    pub async fn set_away(&self, cx: Ctx<'_>, away: bool) -> Result<PresenceStatus> {
+        let changed = {
+            let mut users = self
+                .presence
+                .users
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            match users.get_mut(&cx.subject.user_id) {
+                Some(e) if e.away != away => {
+                    e.away = away;
+                    true
+                }
+                Some(_) => false,
+                None => {
+                    return Err(ChatError::Invalid(
+                        "presence is set from a connected device (open /v1/ws first)".into(),
+                    ));
+                }
+            }
+        };
+        let status = self.presence_of(cx.subject.user_id);
+        if changed {
+            self.announce(cx.subject.user_id, &cx.subject.username, status, None)
+                .await?;
+        }
+        Ok(status)
     }
 
     pub fn bus(&self) -> &Bus<ChatEvent> {

@@ -263,6 +263,10 @@ pub struct MemberInfo {
     pub username: String,
     pub role: String,
     pub joined_at_ms: i64,
+    /// `online`, `away` or `offline`.
+    pub presence: String,
+    /// When the user was last connected, if ever (absent while online).
+    pub last_seen_at_ms: Option<i64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -350,6 +354,8 @@ pub enum ClientFrame {
     },
     /// Move the read marker of a room; the room's members receive `chat_read`.
     ChatRead { id: String, room: String, seq: i64 },
+    /// Set this user `away` or back `online`; answered with `presence` to the user's contacts.
+    SetPresence { id: String, status: String },
     /// The user is typing in a room (send every few seconds while typing); not answered.
     ChatTyping { room: String },
     /// Send a message; answered with `chat_ack`.
@@ -402,6 +408,13 @@ pub enum ServerFrame {
         user_id: String,
         username: String,
         seq: i64,
+    },
+    /// Someone who shares a room with this user went `online`, `away` or `offline`.
+    Presence {
+        user_id: String,
+        username: String,
+        status: String,
+        last_seen_at_ms: Option<i64>,
     },
     /// Another member is typing.
     ChatTyping {

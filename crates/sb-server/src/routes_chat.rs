@@ -41,12 +41,17 @@ pub fn message_info(m: &MessageRecord) -> MessageInfo {
     }
 }
 
-fn member_info(m: &MemberRecord) -> MemberInfo {
+fn member_info(m: &MemberRecord, presence: sb_chat::PresenceStatus) -> MemberInfo {
     MemberInfo {
         user_id: m.user_id.to_string(),
         username: m.username.clone(),
         role: m.role.as_str().to_string(),
         joined_at_ms: m.joined_at.0,
+        presence: presence.as_str().to_string(),
+        last_seen_at_ms: match presence {
+            sb_chat::PresenceStatus::Offline => m.last_seen_at.map(|t| t.0),
+            _ => None,
+        },
     }
 }
 
@@ -151,7 +156,11 @@ pub async fn members(
     Path(room): Path<String>,
 ) -> Result<Json<Vec<MemberInfo>>, ApiError> {
     let list = st.chat.members(c.cx(), room_id(&room)?).await?;
-    Ok(Json(list.iter().map(member_info).collect()))
+    Ok(Json(
+        list.iter()
+            .map(|m| member_info(m, st.chat.presence_of(m.user_id)))
+            .collect(),
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/rooms/{room}/members", tag = "chat", request_body = MemberAdd,

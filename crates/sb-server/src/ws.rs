@@ -204,6 +204,17 @@ impl ChatCursors {
                 username: username.to_string(),
             }],
             ChatEvent::Read { .. } | ChatEvent::Typing { .. } => Vec::new(),
+            ChatEvent::Presence {
+                user,
+                username,
+                status,
+                last_seen,
+            } => vec![ServerFrame::Presence {
+                user_id: user.to_string(),
+                username: username.to_string(),
+                status: status.as_str().to_string(),
+                last_seen_at_ms: last_seen.map(|t| t.0),
+            }],
             ChatEvent::Left { room } => {
                 let last = delivered.remove(&room).unwrap_or(0);
                 vec![ServerFrame::ChatMembership {
@@ -301,6 +312,26 @@ async fn handle_frame(
                 }
             }
         }
+        Ok(ClientFrame::SetPresence { id, status }) => {
+            let away = match status.as_str() {
+                "away" => true,
+                "online" => false,
+                _ => {
+                    return vec![frame_error(
+                        Some(id),
+                        ErrorCode::InvalidArgument,
+                        "status is online or away",
+                    )];
+                }
+            };
+            match st.chat.set_away(cx, away).await {
+                Ok(_) => Vec::new(),
+                Err(e) => {
+                    let e = ApiError::from(e);
+                    vec![frame_error(Some(id), e.code, &e.message)]
+                }
+            }
+        }
         Ok(ClientFrame::ChatTyping { room }) => {
             let Ok(room) = room.parse::<RoomId>() else {
                 return vec![frame_error(
@@ -391,6 +422,14 @@ async fn run(
         return;
     }
     let mut cursors = ChatCursors(None, HashMap::new());
+    let presence_cx = |at| Ctx {
+        subject: &subject,
+        origin: &origin,
+        now: at,
+    };
+    if let Err(e) = st.chat.connected(presence_cx(now())).await {
+        tracing::warn!(error = %e, "presence update failed");
+    }
     let interval = Duration::from_millis(st.config.limits.ws_ping_interval_ms.max(10));
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     let mut unanswered = 0u32;
@@ -452,5 +491,8 @@ async fn run(
     if let Some(m) = out {
         let _ = tx.send(m).await;
         let _ = tx.close().await;
+    }
+    if let Err(e) = st.chat.disconnected(presence_cx(now())).await {
+        tracing::warn!(error = %e, "presence update failed");
     }
 }

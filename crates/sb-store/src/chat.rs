@@ -61,6 +61,8 @@ pub struct MemberRecord {
     pub username: String,
     pub role: RoomRole,
     pub joined_at: UnixMillis,
+    /// When the user's last connection closed, if ever.
+    pub last_seen_at: Option<UnixMillis>,
 }
 
 /// What an access decision about a room needs to know about one user.
@@ -151,6 +153,9 @@ pub trait ChatStore: Send + Sync + 'static {
     /// Removes the user and bars them from rejoining.
     async fn ban(&self, room: RoomId, user: UserId, by: UserId, at: UnixMillis) -> Result<()>;
     async fn members(&self, room: RoomId) -> Result<Vec<MemberRecord>>;
+    /// Everyone who shares at least one room with `user` (not `user`).
+    async fn co_members(&self, user: UserId) -> Result<Vec<UserId>>;
+    async fn set_last_seen(&self, user: UserId, at: UnixMillis) -> Result<()>;
     /// Appends durably, assigning the next sequence number, unless the id was used before.
     async fn append_message(&self, msg: NewMessage) -> Result<Appended>;
     /// Messages with `seq > after`, oldest first, at most `limit`.

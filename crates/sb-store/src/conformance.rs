@@ -564,6 +564,19 @@ pub async fn run_chat<S: Store + ChatStore>(s: &S) {
         vec![("ann", 3)]
     );
 
+    // Co-members and last seen.
+    assert_eq!(s.co_members(ben).await.unwrap(), vec![ann]);
+    assert!(s.co_members(cat).await.unwrap().is_empty());
+    s.set_last_seen(ben, UnixMillis(3_900)).await.unwrap();
+    let seen: Vec<_> = s
+        .members(room.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.last_seen_at)
+        .collect();
+    assert_eq!(seen, vec![None, Some(UnixMillis(3_900))]);
+
     s.ban(room.id, ben, ann, UnixMillis(4_000)).await.unwrap();
     let access = s.room_access(room.id, ben).await.unwrap().unwrap();
     assert_eq!((access.role, access.banned), (None, true));

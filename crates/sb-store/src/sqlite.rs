@@ -151,6 +151,10 @@ CREATE TABLE read_markers (
     PRIMARY KEY (room_id, user_id)
 ) STRICT, WITHOUT ROWID;
 "#,
+    r#"
+-- When a user's last connection closed (presence "last seen").
+ALTER TABLE users ADD COLUMN last_seen_at INTEGER;
+"#,
 ];
 
 const SETUP_TOKEN_KEY: &str = "setup_token_hash";

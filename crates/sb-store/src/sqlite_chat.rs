@@ -339,7 +339,7 @@ impl ChatStore for SqliteStore {
     async fn members(&self, room: RoomId) -> Result<Vec<MemberRecord>> {
         self.read("members", move |c| {
             let mut stmt = c.prepare(
-                "SELECT m.user_id, u.username, m.role, m.joined_at
+                "SELECT m.user_id, u.username, m.role, m.joined_at, u.last_seen_at
                  FROM room_members m JOIN users u ON u.id = m.user_id
                  WHERE m.room_id = ?1 ORDER BY m.joined_at, u.username",
             )?;
@@ -349,9 +349,34 @@ impl ChatStore for SqliteStore {
                     username: r.get(1)?,
                     role: role_of(r.get(2)?),
                     joined_at: UnixMillis(r.get(3)?),
+                    last_seen_at: r.get::<_, Option<i64>>(4)?.map(UnixMillis),
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn co_members(&self, user: UserId) -> Result<Vec<UserId>> {
+        self.read("co_members", move |c| {
+            let mut stmt = c.prepare(
+                "SELECT DISTINCT b.user_id FROM room_members a
+                 JOIN room_members b ON b.room_id = a.room_id
+                 WHERE a.user_id = ?1 AND b.user_id != ?1",
+            )?;
+            let rows = stmt.query_map([user.to_string()], |r| parse_id(r.get(0)?))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn set_last_seen(&self, user: UserId, at: UnixMillis) -> Result<()> {
+        self.write("set_last_seen", move |c| {
+            c.execute(
+                "UPDATE users SET last_seen_at = ?2 WHERE id = ?1",
+                params![user.to_string(), at.0],
+            )?;
+            Ok(())
         })
         .await
     }

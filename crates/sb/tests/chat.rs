@@ -913,3 +913,86 @@ async fn read_markers_give_unread_counts_and_typing_reaches_other_members() {
         Some("forbidden")
     );
 }
+
+async fn next_presence(d: &mut Device) -> Value {
+    loop {
+        let f = next_json(&mut d.ws).await;
+        if f["type"] == "presence" {
+            return f;
+        }
+    }
+}
+
+#[tokio::test]
+async fn presence_follows_connections_and_reaches_people_who_share_a_room() {
+    let server = TestServer::start();
+    let admin = server.admin().await;
+    let ann = server.user(&admin, "ann").await;
+    let ben = server.user(&admin, "ben").await;
+    let room = ann
+        .create_room(&RoomCreate {
+            name: "team".into(),
+            topic: "".into(),
+            public: false,
+        })
+        .await
+        .unwrap();
+    ann.add_member(&room.id, "ben").await.unwrap();
+    let status_of_ben = |members: Vec<sb_proto::MemberInfo>| {
+        let b = members.into_iter().find(|m| m.username == "ben").unwrap();
+        (b.presence, b.last_seen_at_ms.is_some())
+    };
+    assert_eq!(
+        status_of_ben(ann.members(&room.id).await.unwrap()),
+        ("offline".into(), false)
+    );
+
+    let mut watcher = Device::connect(&ann, json!([])).await;
+    let mut phone = Device::connect(&ben, json!([])).await;
+    let f = next_presence(&mut watcher).await;
+    assert_eq!(
+        (f["username"].as_str(), f["status"].as_str()),
+        (Some("ben"), Some("online"))
+    );
+    let ben2 = server.login("ben").await;
+    let laptop = Device::connect(&ben2, json!([])).await;
+
+    phone
+        .ws
+        .send(Message::text(
+            json!({"type":"set_presence","id":"p","status":"away"}).to_string(),
+        ))
+        .await
+        .unwrap();
+    let f = next_presence(&mut watcher).await;
+    assert_eq!(f["status"], "away");
+    assert_eq!(
+        status_of_ben(ann.members(&room.id).await.unwrap()),
+        ("away".into(), false)
+    );
+
+    // Closing one of two devices changes nothing; closing the last makes ben offline.
+    drop(laptop);
+    phone.ws.close(None).await.unwrap();
+    drop(phone);
+    let f = next_presence(&mut watcher).await;
+    assert_eq!(f["status"], "offline", "only after the last device: {f}");
+    assert!(f["last_seen_at_ms"].as_i64().is_some());
+    assert_eq!(
+        status_of_ben(ann.members(&room.id).await.unwrap()),
+        ("offline".into(), true)
+    );
+
+    // Someone who shares no room with ben hears nothing of him.
+    let eve = server.user(&admin, "eve").await;
+    let mut stranger = Device::connect(&eve, json!([])).await;
+    let _back = Device::connect(&ben, json!([])).await;
+    assert_eq!(next_presence(&mut watcher).await["status"], "online");
+    stranger
+        .ws
+        .send(Message::text(r#"{"type":"ping","id":"z"}"#))
+        .await
+        .unwrap();
+    let f = next_json(&mut stranger.ws).await;
+    assert_eq!(f["type"], "pong", "no presence frame reached eve first");
+}
