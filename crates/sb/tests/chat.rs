@@ -110,6 +110,16 @@ async fn next_json(ws: &mut WsStream) -> Value {
     }
 }
 
+/// The next frame of one type, skipping others (presence and the like arrive interleaved).
+async fn next_of(ws: &mut WsStream, kind: &str) -> Value {
+    loop {
+        let f = next_json(ws).await;
+        if f["type"] == kind {
+            return f;
+        }
+    }
+}
+
 fn msg(id: &str, body: &str) -> MessageSend {
     MessageSend {
         message_id: id.into(),
@@ -607,7 +617,7 @@ async fn bad_chat_input_is_refused_and_nothing_is_stored_twice() {
         "[]",
     ] {
         d.ws.send(Message::text(bad)).await.unwrap();
-        let f = next_json(&mut d.ws).await;
+        let f = next_of(&mut d.ws, "error").await;
         assert_eq!(f["type"], "error", "{bad}");
     }
     let all = admin
@@ -832,7 +842,7 @@ async fn read_markers_give_unread_counts_and_typing_reaches_other_members() {
         .await
         .unwrap();
     for d in [&mut laptop, &mut ann_dev, &mut phone] {
-        let f = next_json(&mut d.ws).await;
+        let f = next_of(&mut d.ws, "chat_read").await;
         assert_eq!(
             (
                 f["type"].as_str(),
@@ -915,12 +925,7 @@ async fn read_markers_give_unread_counts_and_typing_reaches_other_members() {
 }
 
 async fn next_presence(d: &mut Device) -> Value {
-    loop {
-        let f = next_json(&mut d.ws).await;
-        if f["type"] == "presence" {
-            return f;
-        }
-    }
+    next_of(&mut d.ws, "presence").await
 }
 
 #[tokio::test]
