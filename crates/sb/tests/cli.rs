@@ -118,10 +118,7 @@ fn register_login_whoami_revoke_logout_and_refuse_changed_certificate() {
     // A different server (new certificate) on the same address is refused by the pinning client.
     let addr = server.addr.clone();
     assert!(server.stop(), "server exits cleanly on SIGTERM");
-    let impostor = TestServer::start_with(ServerOptions {
-        listen: &addr,
-        ..Default::default()
-    });
+    let impostor = TestServer::start_on_released_port(&addr);
     assert_ne!(impostor.fingerprint, server.fingerprint);
     let out = sb(
         phone.path(),

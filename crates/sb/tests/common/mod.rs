@@ -48,7 +48,29 @@ impl TestServer {
         Self::start_with(ServerOptions::default())
     }
 
+    /// Starts on a fixed address that was just released, retrying while something else (a
+    /// client socket of a parallel test, say) briefly holds the port.
+    pub fn start_on_released_port(addr: &str) -> Self {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let opts = ServerOptions {
+                listen: addr,
+                ..Default::default()
+            };
+            if let Some(server) = Self::try_start_with(opts) {
+                return server;
+            }
+            assert!(Instant::now() < deadline, "{addr} stayed taken");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn start_with(opts: ServerOptions<'_>) -> Self {
+        Self::try_start_with(opts).expect("server exited before printing its banner")
+    }
+
+    /// `None` when the server exits before printing its banner (e.g. its address is taken).
+    pub fn try_start_with(opts: ServerOptions<'_>) -> Option<Self> {
         let (tmp, data_dir) = match opts.data_dir {
             Some(d) => (None, d),
             None => {
@@ -78,7 +100,8 @@ impl TestServer {
         while fingerprint.is_none() {
             assert!(Instant::now() < deadline, "server did not start in time");
             let Some(Ok(line)) = lines.next() else {
-                panic!("server exited before printing its banner");
+                let _ = child.wait();
+                return None;
             };
             if let Some(rest) = line.strip_prefix("Switchboard listening on ") {
                 url = Some(rest.trim().to_string());
@@ -93,7 +116,7 @@ impl TestServer {
         let setup_token = std::fs::read_to_string(data_dir.join("setup-token"))
             .ok()
             .map(|t| t.trim().to_string());
-        TestServer {
+        Some(TestServer {
             child: Some(child),
             addr: url.trim_start_matches("https://").to_string(),
             url,
@@ -101,7 +124,7 @@ impl TestServer {
             setup_token,
             data_dir,
             _tmp: tmp,
-        }
+        })
     }
 
     pub fn client(&self) -> Client {
