@@ -9,6 +9,8 @@
 //! Every operation takes an [`sb_auth::Ctx`] and is authorized through [`sb_auth::Auth`].
 //! This crate knows nothing of HTTP or WebSockets.
 
+pub mod delivery;
+
 use sb_auth::{Action, Auth, AuthError, Ctx, Resource};
 use sb_bus::Bus;
 use sb_core::UnixMillis;

@@ -15,12 +15,13 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use sb_auth::{Action, AuthEvent, Ctx, Origin, Resource, Subject, credential_topic, user_topic};
+use sb_chat::delivery::{Delivery, Step};
 use sb_chat::{Chat, ChatEvent};
 use sb_core::{ErrorCode, RoomId, UserId};
 use sb_proto::{
     ClientFrame, RoomCursor, RoomSynced, ServerFrame, UserInfo, WS_PROTOCOL_VERSION, close_code,
 };
-use sb_store::chat::Appended;
+use sb_store::chat::{Appended, MessageRecord};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,65 +131,69 @@ fn is_too_big(e: &axum::Error) -> bool {
     false
 }
 
-/// One connection's chat state: how far each room has been delivered (`None` until the client
-/// sends `chat_sync`; from then on every room's messages go out once each, in sequence order),
-/// and when it last announced typing in each room.
-struct ChatCursors(
-    Option<HashMap<RoomId, i64>>,
-    HashMap<RoomId, std::time::Instant>,
-);
+/// One connection's chat state: the delivery cursors, and when it last announced typing in
+/// each room.
+struct ChatCursors(Delivery, HashMap<RoomId, std::time::Instant>);
 
 /// A connection's typing announcements per room are passed on at most this often.
 const TYPING_INTERVAL: Duration = Duration::from_secs(2);
 
 impl ChatCursors {
-    /// Frames for one chat event, filling from the store any gap the bus order left.
+    /// Frames for one chat event; messages go out once each, in room order.
     async fn on_event(&mut self, chat: &Chat, cx: Ctx<'_>, event: ChatEvent) -> Vec<ServerFrame> {
-        let Some(delivered) = self.0.as_mut() else {
+        let delivery = &mut self.0;
+        if !delivery.is_synced() {
             return Vec::new();
+        }
+        let message_frames = |v: &[MessageRecord]| {
+            v.iter()
+                .map(|m| ServerFrame::ChatMessage {
+                    message: message_info(m),
+                })
+                .collect::<Vec<_>>()
         };
         match event {
-            ChatEvent::Message(m) => {
-                let Some(cur) = delivered.get_mut(&m.room_id) else {
-                    return Vec::new();
-                };
-                if m.seq <= *cur {
-                    return Vec::new();
-                }
-                let messages = if m.seq == *cur + 1 {
-                    vec![(*m).clone()]
-                } else {
-                    match chat.range(cx, m.room_id, *cur, m.seq).await {
-                        Ok(v) => v,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "filling a chat gap failed");
-                            return Vec::new();
+            ChatEvent::Message(m) => match delivery.on_message(&m) {
+                Step::Send(m) => message_frames(std::slice::from_ref(&*m)),
+                Step::Skip => Vec::new(),
+                Step::Fill { room, after, until } => match chat.range(cx, room, after, until).await
+                {
+                    Ok(v) => {
+                        if let Some(last) = v.last() {
+                            delivery.sent(room, last.seq);
                         }
+                        message_frames(&v)
                     }
-                };
-                *cur = messages.last().map(|x| x.seq).unwrap_or(*cur);
-                messages
-                    .iter()
-                    .map(|x| ServerFrame::ChatMessage {
-                        message: message_info(x),
-                    })
-                    .collect()
-            }
-            ChatEvent::Joined { room, last_seq } => {
-                let cur = delivered.entry(room).or_insert(last_seq);
-                *cur = (*cur).max(last_seq);
-                vec![ServerFrame::ChatMembership {
+                    Err(e) => {
+                        tracing::warn!(error = %e, "filling a chat gap failed");
+                        Vec::new()
+                    }
+                },
+            },
+            ChatEvent::Joined { room, last_seq } => delivery
+                .joined(room, last_seq)
+                .map(|cur| ServerFrame::ChatMembership {
                     room: room.to_string(),
                     joined: true,
-                    last_seq: *cur,
-                }]
-            }
+                    last_seq: cur,
+                })
+                .into_iter()
+                .collect(),
+            ChatEvent::Left { room } => delivery
+                .left(room)
+                .map(|last| ServerFrame::ChatMembership {
+                    room: room.to_string(),
+                    joined: false,
+                    last_seq: last,
+                })
+                .into_iter()
+                .collect(),
             ChatEvent::Read {
                 room,
                 user,
                 username,
                 seq,
-            } if delivered.contains_key(&room) => vec![ServerFrame::ChatRead {
+            } if delivery.follows(room) => vec![ServerFrame::ChatRead {
                 room: room.to_string(),
                 user_id: user.to_string(),
                 username: username.to_string(),
@@ -198,7 +203,7 @@ impl ChatCursors {
                 room,
                 user,
                 username,
-            } if delivered.contains_key(&room) => vec![ServerFrame::ChatTyping {
+            } if delivery.follows(room) => vec![ServerFrame::ChatTyping {
                 room: room.to_string(),
                 user_id: user.to_string(),
                 username: username.to_string(),
@@ -215,14 +220,6 @@ impl ChatCursors {
                 status: status.as_str().to_string(),
                 last_seen_at_ms: last_seen.map(|t| t.0),
             }],
-            ChatEvent::Left { room } => {
-                let last = delivered.remove(&room).unwrap_or(0);
-                vec![ServerFrame::ChatMembership {
-                    room: room.to_string(),
-                    joined: false,
-                    last_seq: last,
-                }]
-            }
         }
     }
 
@@ -251,20 +248,18 @@ impl ChatCursors {
             Ok(r) => r,
             Err(e) => return vec![frame_error(Some(id), e.code(), &e.to_string())],
         };
-        let delivered = self.0.get_or_insert_with(HashMap::new);
         let mut out = Vec::new();
         let mut synced = Vec::new();
         for r in rooms {
-            let cur = delivered.entry(r.room).or_insert(0);
-            out.extend(r.messages.iter().filter(|m| m.seq > *cur).map(|m| {
+            let before = self.0.synced(r.room, r.last_seq);
+            out.extend(r.messages.iter().filter(|m| m.seq > before).map(|m| {
                 ServerFrame::ChatMessage {
                     message: message_info(m),
                 }
             }));
-            *cur = (*cur).max(r.last_seq);
             synced.push(RoomSynced {
                 room: r.room.to_string(),
-                last_seq: *cur,
+                last_seq: r.last_seq.max(before),
                 truncated: r.truncated,
             });
         }
@@ -421,7 +416,7 @@ async fn run(
     if tx.send(frame(&hello)).await.is_err() {
         return;
     }
-    let mut cursors = ChatCursors(None, HashMap::new());
+    let mut cursors = ChatCursors(Delivery::default(), HashMap::new());
     let presence_cx = |at| Ctx {
         subject: &subject,
         origin: &origin,
