@@ -230,6 +230,8 @@ pub async fn run(sb: &str, args: ChatArgs) -> anyhow::Result<()> {
                         message_id: format!("{r}-{k}"),
                         body: format!("t={ts}"),
                         reply_to: None,
+                        kind: None,
+                        target: None,
                     },
                 )
                 .await?;

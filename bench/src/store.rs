@@ -5,7 +5,7 @@
 use hdrhistogram::Histogram;
 use sb_core::config::StoreConfig;
 use sb_core::{Role, RoomId, UnixMillis, UserId};
-use sb_store::chat::{NewMessage, RoomKind, RoomRecord};
+use sb_store::chat::{MessageKind, NewMessage, RoomKind, RoomRecord};
 use sb_store::{Admission, ChatStore, SqliteStore, Store, UserRecord};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,6 +76,8 @@ async fn measure(
                         body: "a message of ordinary length for a chat room".into(),
                         reply_to: None,
                         at: UnixMillis(2),
+                        kind: MessageKind::Message,
+                        target: None,
                     })
                     .await?;
                 hist.record((t0.elapsed().as_micros() as u64).max(1))?;

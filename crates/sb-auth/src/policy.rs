@@ -112,8 +112,15 @@ pub enum Resource {
     /// The audit log.
     Audit,
     /// A chat room, with the subject's standing in it. Read: history and members; Create:
-    /// post a message; Update: invite, kick, ban; Delete: remove the room.
+    /// post a message; Update: invite, kick, ban; Delete: owner matters (roles, removing it).
     Room { id: RoomId, role: Option<RoomRole> },
+    /// A message in a room. Create: react to it; Update: edit it (its author); Delete: remove
+    /// its content (its author, or a moderator).
+    RoomMessage {
+        room: RoomId,
+        role: Option<RoomRole>,
+        own: bool,
+    },
     /// Joining a room on one's own.
     RoomJoin {
         id: RoomId,
@@ -133,6 +140,7 @@ impl Resource {
             Resource::Invites => "invites".into(),
             Resource::Audit => "audit".into(),
             Resource::Room { id, .. } | Resource::RoomJoin { id, .. } => format!("room:{id}"),
+            Resource::RoomMessage { room, .. } => format!("room:{room}"),
         }
     }
 }
@@ -172,6 +180,13 @@ pub fn authorize(subject: &Subject, action: Action, resource: &Resource) -> Resu
             Action::Read | Action::Create => role.is_some(),
             Action::Update => role.is_some_and(|r| r >= RoomRole::Moderator),
             Action::Delete => *role == Some(RoomRole::Owner),
+        },
+        Resource::RoomMessage { role, own, .. } => match action {
+            Action::Read | Action::Create => role.is_some(),
+            Action::Update => role.is_some() && *own,
+            Action::Delete => {
+                *own && role.is_some() || role.is_some_and(|r| r >= RoomRole::Moderator)
+            }
         },
         Resource::RoomJoin { public, banned, .. } => {
             action == Action::Create && *public && !*banned
@@ -283,6 +298,46 @@ mod tests {
         assert_eq!(
             authorize(&user, Action::Create, &join(true, true)),
             Err(Denial::NotPermitted)
+        );
+    }
+
+    #[test]
+    fn authors_edit_and_moderators_delete_messages() {
+        let room = RoomId::new_at(UnixMillis(1));
+        let user = subject(Role::User, session());
+        let msg = |role, own| Resource::RoomMessage { room, role, own };
+        let member = Some(RoomRole::Member);
+        assert_eq!(authorize(&user, Action::Update, &msg(member, true)), Ok(()));
+        assert_eq!(
+            authorize(&user, Action::Update, &msg(member, false)),
+            Err(Denial::NotPermitted)
+        );
+        assert_eq!(
+            authorize(&user, Action::Update, &msg(Some(RoomRole::Owner), false)),
+            Err(Denial::NotPermitted),
+            "nobody edits another's words"
+        );
+        assert_eq!(authorize(&user, Action::Delete, &msg(member, true)), Ok(()));
+        assert_eq!(
+            authorize(&user, Action::Delete, &msg(member, false)),
+            Err(Denial::NotPermitted)
+        );
+        assert_eq!(
+            authorize(
+                &user,
+                Action::Delete,
+                &msg(Some(RoomRole::Moderator), false)
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            authorize(&user, Action::Delete, &msg(None, true)),
+            Err(Denial::NotPermitted),
+            "former members"
+        );
+        assert_eq!(
+            authorize(&user, Action::Create, &msg(member, false)),
+            Ok(())
         );
     }
 

@@ -107,6 +107,10 @@ mod tests {
             body: String::new(),
             reply_to: None,
             created_at: UnixMillis(1),
+            kind: Default::default(),
+            target: None,
+            deleted: false,
+            edited_at: None,
         })
     }
 

@@ -17,8 +17,8 @@ use sb_core::UnixMillis;
 use sb_core::config::ChatConfig;
 use sb_core::{ErrorCode, RoomId, RoomRole, UserId};
 use sb_store::chat::{
-    Appended, MemberChange, MemberRecord, MessageRecord, MyRoom, NewMessage, ReadMarker,
-    RoomAccess, RoomKind, RoomRecord,
+    Appended, MemberChange, MemberRecord, MessageKind, MessageRecord, MyRoom, NewMessage,
+    ReadMarker, RoomAccess, RoomKind, RoomRecord,
 };
 use sb_store::{ChatStore, StoreError};
 use std::collections::HashMap;
@@ -102,6 +102,8 @@ pub enum ChatError {
     RoomNotFound,
     #[error("no such user")]
     UserNotFound,
+    #[error("message {0} is not a message in this room, or it was deleted")]
+    TargetNotFound(i64),
     #[error("you are banned from this room")]
     Banned,
     #[error("{0}")]
@@ -118,7 +120,9 @@ impl ChatError {
     pub fn code(&self) -> ErrorCode {
         match self {
             ChatError::Auth(e) => e.code(),
-            ChatError::RoomNotFound | ChatError::UserNotFound => ErrorCode::NotFound,
+            ChatError::RoomNotFound | ChatError::UserNotFound | ChatError::TargetNotFound(_) => {
+                ErrorCode::NotFound
+            }
             ChatError::Banned => ErrorCode::Banned,
             ChatError::Invalid(_) => ErrorCode::InvalidArgument,
             ChatError::TooLarge(_) => ErrorCode::PayloadTooLarge,
@@ -129,6 +133,21 @@ impl ChatError {
 }
 
 pub type Result<T, E = ChatError> = std::result::Result<T, E>;
+
+/// One entry to append to a room: a message, or an edit, delete or reaction of one.
+#[derive(Clone, Copy, Debug)]
+pub struct Outgoing<'a> {
+    /// Chosen by the client; sending the same id again stores nothing new.
+    pub message_id: &'a str,
+    pub body: &'a str,
+    pub reply_to: Option<i64>,
+    pub kind: MessageKind,
+    /// The message an edit, delete or reaction is about.
+    pub target: Option<i64>,
+}
+
+/// Longest reaction (an emoji, possibly with modifiers), in bytes.
+pub const REACTION_LENGTH_MAX: usize = 32;
 
 /// A history page request: after a sequence (forwards) or before one (backwards).
 #[derive(Clone, Copy, Debug)]
@@ -491,6 +510,28 @@ impl Chat {
         Ok(user)
     }
 
+    /// Gives a member another role (owners only; the owner role is not handed out this way).
+    pub async fn set_role(
+        &self,
+        cx: Ctx<'_>,
+        room: RoomId,
+        username: &str,
+        role: RoomRole,
+    ) -> Result<()> {
+        self.authorized(cx, room, Action::Delete).await?;
+        if role == RoomRole::Owner {
+            return Err(ChatError::Invalid("a room has one owner".into()));
+        }
+        let user = self.user_id(username).await?;
+        if user == cx.subject.user_id {
+            return Err(ChatError::Invalid("owners keep their own role".into()));
+        }
+        if !self.store.set_member_role(room, user, role).await? {
+            return Err(ChatError::Invalid(format!("{username} is not a member")));
+        }
+        Ok(())
+    }
+
     /// Removes a member of lower rank (moderators and owners).
     pub async fn kick(&self, cx: Ctx<'_>, room: RoomId, username: &str) -> Result<()> {
         let user = self.target(cx, room, username).await?;
@@ -517,16 +558,16 @@ impl Chat {
         Ok(self.store.members(room).await?)
     }
 
-    /// Appends a message (durably) and delivers it to every member's connections. Sending the
-    /// same `message_id` again returns the stored message and delivers nothing new.
-    pub async fn send(
-        &self,
-        cx: Ctx<'_>,
-        room: RoomId,
-        message_id: &str,
-        body: &str,
-        reply_to: Option<i64>,
-    ) -> Result<Appended> {
+    /// Appends an entry (durably) and delivers it to every member's connections. Sending the
+    /// same `message_id` again returns the stored entry and delivers nothing new.
+    pub async fn send(&self, cx: Ctx<'_>, room: RoomId, out: Outgoing<'_>) -> Result<Appended> {
+        let Outgoing {
+            message_id,
+            body,
+            reply_to,
+            kind,
+            target,
+        } = out;
         if message_id.is_empty()
             || message_id.len() > MESSAGE_ID_LENGTH_MAX
             || message_id.chars().any(char::is_control)
@@ -538,8 +579,30 @@ impl Chat {
         if body.len() > self.config.message_size_bytes_max {
             return Err(ChatError::TooLarge(self.config.message_size_bytes_max));
         }
-        if body.trim().is_empty() {
-            return Err(ChatError::Invalid("message body is empty".into()));
+        let body_ok = match kind {
+            MessageKind::Message | MessageKind::Edit => !body.trim().is_empty(),
+            MessageKind::Delete => body.is_empty(),
+            MessageKind::Reaction | MessageKind::Unreaction => {
+                !body.is_empty()
+                    && body.len() <= REACTION_LENGTH_MAX
+                    && !body.chars().any(|c| c.is_whitespace() || c.is_control())
+            }
+        };
+        if !body_ok {
+            return Err(ChatError::Invalid(format!(
+                "a {} needs {}",
+                kind.as_str(),
+                match kind {
+                    MessageKind::Message | MessageKind::Edit => "a non-empty body",
+                    MessageKind::Delete => "an empty body",
+                    _ => "one emoji as its body",
+                }
+            )));
+        }
+        if (kind == MessageKind::Message) != target.is_none() {
+            return Err(ChatError::Invalid(
+                "target is required for edit, delete and reactions, and only for them".into(),
+            ));
         }
         let access = self.authorized(cx, room, Action::Create).await?;
         if let Some(r) = reply_to.filter(|r| *r < 1 || *r > access.room.last_seq) {
@@ -547,7 +610,26 @@ impl Chat {
                 "reply_to {r} is not a message here"
             )));
         }
-        let appended = self
+        if let Some(t) = target {
+            let msg = self
+                .store
+                .message(room, t)
+                .await?
+                .filter(|m| m.kind == MessageKind::Message && !m.deleted)
+                .ok_or(ChatError::TargetNotFound(t))?;
+            let action = match kind {
+                MessageKind::Edit => Action::Update,
+                MessageKind::Delete => Action::Delete,
+                _ => Action::Create,
+            };
+            let resource = Resource::RoomMessage {
+                room,
+                role: access.role,
+                own: msg.sender == cx.subject.user_id,
+            };
+            self.auth.authorize(cx, action, &resource).await?;
+        }
+        let appended = match self
             .store
             .append_message(NewMessage {
                 room_id: room,
@@ -556,8 +638,19 @@ impl Chat {
                 body: body.to_string(),
                 reply_to,
                 at: cx.now,
+                kind,
+                target,
             })
-            .await?;
+            .await
+        {
+            Err(StoreError::NotFound) => {
+                return Err(match target {
+                    Some(t) => ChatError::TargetNotFound(t),
+                    None => ChatError::RoomNotFound,
+                });
+            }
+            other => other?,
+        };
         if let Appended::New(m) = &appended {
             self.publish_to_members(room, None, ChatEvent::Message(Arc::new(m.clone())))
                 .await?;

@@ -429,6 +429,18 @@ impl Client {
         .await
     }
 
+    pub async fn set_member_role(&self, room: &str, username: &str, role: &str) -> Result<()> {
+        let req = MemberRoleUpdate {
+            role: role.to_string(),
+        };
+        self.call(
+            Method::PATCH,
+            &format!("/v1/rooms/{room}/members/{username}"),
+            Some(&req),
+        )
+        .await
+    }
+
     pub async fn ban(&self, room: &str, username: &str) -> Result<()> {
         let req = MemberAdd {
             username: username.to_string(),

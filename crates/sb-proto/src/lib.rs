@@ -257,6 +257,13 @@ pub struct MemberAdd {
     pub username: String,
 }
 
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MemberRoleUpdate {
+    /// `moderator` or `member`.
+    pub role: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct MemberInfo {
     pub user_id: String,
@@ -276,7 +283,15 @@ pub struct MessageSend {
     /// stored message instead of a second copy.
     pub message_id: String,
     pub body: String,
+    #[serde(default)]
     pub reply_to: Option<i64>,
+    /// `message` (default), `edit` (new text for `target`, own messages), `delete` (empty
+    /// body; own messages, or any as moderator), `reaction` / `unreaction` (one emoji).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// The message an edit, delete or reaction is about.
+    #[serde(default)]
+    pub target: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -288,6 +303,13 @@ pub struct MessageInfo {
     pub body: String,
     pub reply_to: Option<i64>,
     pub created_at_ms: i64,
+    /// `message`, `edit`, `delete`, `reaction` or `unreaction`.
+    pub kind: String,
+    /// For everything but `message`: the message it is about.
+    pub target: Option<i64>,
+    /// The message was deleted: its body is gone, this entry is its tombstone.
+    pub deleted: bool,
+    pub edited_at_ms: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -366,6 +388,11 @@ pub enum ClientFrame {
         body: String,
         #[serde(default)]
         reply_to: Option<i64>,
+        /// As in `MessageSend`: `message` (default), `edit`, `delete`, `reaction`, `unreaction`.
+        #[serde(default)]
+        kind: Option<String>,
+        #[serde(default)]
+        target: Option<i64>,
     },
 }
 

@@ -105,7 +105,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .routes(routes!(routes_chat::join))
         .routes(routes!(routes_chat::leave))
         .routes(routes!(routes_chat::members, routes_chat::add_member))
-        .routes(routes!(routes_chat::kick))
+        .routes(routes!(routes_chat::kick, routes_chat::set_member_role))
         .routes(routes!(routes_chat::ban))
         .routes(routes!(routes_chat::history, routes_chat::send))
         .routes(routes!(routes_chat::search))

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use sb_chat::Page;
 use sb_core::{ErrorCode, RoomId, RoomRole};
 use sb_proto::*;
-use sb_store::chat::{MemberRecord, MessageRecord, RoomRecord};
+use sb_store::chat::{MemberRecord, MessageKind, MessageRecord, RoomRecord};
 use std::sync::Arc;
 
 type St = State<Arc<AppState>>;
@@ -38,6 +38,23 @@ pub fn message_info(m: &MessageRecord) -> MessageInfo {
         body: m.body.clone(),
         reply_to: m.reply_to,
         created_at_ms: m.created_at.0,
+        kind: m.kind.as_str().to_string(),
+        target: m.target,
+        deleted: m.deleted,
+        edited_at_ms: m.edited_at.map(|t| t.0),
+    }
+}
+
+/// The kind named on the wire (`message` when absent).
+pub fn message_kind(kind: Option<&str>) -> Result<MessageKind, ApiError> {
+    match kind {
+        None => Ok(MessageKind::Message),
+        Some(k) => MessageKind::parse(k).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidArgument,
+                "kind is message, edit, delete, reaction or unreaction",
+            )
+        }),
     }
 }
 
@@ -238,16 +255,14 @@ pub async fn send(
     Path(room): Path<String>,
     ApiJson(req): ApiJson<MessageSend>,
 ) -> Result<Json<MessageSent>, ApiError> {
-    let appended = st
-        .chat
-        .send(
-            c.cx(),
-            room_id(&room)?,
-            &req.message_id,
-            &req.body,
-            req.reply_to,
-        )
-        .await?;
+    let out = sb_chat::Outgoing {
+        message_id: &req.message_id,
+        body: &req.body,
+        reply_to: req.reply_to,
+        kind: message_kind(req.kind.as_deref())?,
+        target: req.target,
+    };
+    let appended = st.chat.send(c.cx(), room_id(&room)?, out).await?;
     Ok(Json(MessageSent {
         message: message_info(appended.record()),
         duplicate: matches!(appended, sb_store::chat::Appended::Duplicate(_)),
@@ -301,4 +316,21 @@ pub async fn read_markers(
             })
             .collect(),
     ))
+}
+
+#[utoipa::path(patch, path = "/v1/rooms/{room}/members/{username}", tag = "chat", request_body = MemberRoleUpdate,
+    params(("room" = String, Path, description = "room id"), ("username" = String, Path)),
+    responses((status = 204), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn set_member_role(
+    State(st): St,
+    c: Caller,
+    Path((room, username)): Path<(String, String)>,
+    ApiJson(req): ApiJson<MemberRoleUpdate>,
+) -> Result<StatusCode, ApiError> {
+    let role = RoomRole::parse(&req.role)
+        .ok_or_else(|| ApiError::new(ErrorCode::InvalidArgument, "role is moderator or member"))?;
+    st.chat
+        .set_role(c.cx(), room_id(&room)?, &username, role)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }

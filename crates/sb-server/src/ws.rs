@@ -363,6 +363,8 @@ async fn handle_frame(
             message_id,
             body,
             reply_to,
+            kind,
+            target,
         }) => {
             let Ok(room) = room.parse::<RoomId>() else {
                 return vec![frame_error(
@@ -371,7 +373,18 @@ async fn handle_frame(
                     "room is not a valid room id",
                 )];
             };
-            match st.chat.send(cx, room, &message_id, &body, reply_to).await {
+            let kind = match crate::routes_chat::message_kind(kind.as_deref()) {
+                Ok(k) => k,
+                Err(e) => return vec![frame_error(Some(id), e.code, &e.message)],
+            };
+            let out = sb_chat::Outgoing {
+                message_id: &message_id,
+                body: &body,
+                reply_to,
+                kind,
+                target,
+            };
+            match st.chat.send(cx, room, out).await {
                 Ok(a) => vec![ServerFrame::ChatAck {
                     id,
                     room: room.to_string(),

@@ -73,6 +73,45 @@ pub struct RoomAccess {
     pub banned: bool,
 }
 
+/// What a sequence entry is. Everything but `Message` points at a message (`target`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MessageKind {
+    #[default]
+    Message,
+    /// The target's new text (the target row is updated too).
+    Edit,
+    /// The target's content was removed; it stays as a tombstone.
+    Delete,
+    /// The sender reacted to the target with the emoji in `body`.
+    Reaction,
+    /// The sender took back the reaction in `body`.
+    Unreaction,
+}
+
+impl MessageKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageKind::Message => "message",
+            MessageKind::Edit => "edit",
+            MessageKind::Delete => "delete",
+            MessageKind::Reaction => "reaction",
+            MessageKind::Unreaction => "unreaction",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<MessageKind> {
+        [
+            MessageKind::Message,
+            MessageKind::Edit,
+            MessageKind::Delete,
+            MessageKind::Reaction,
+            MessageKind::Unreaction,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MessageRecord {
     pub room_id: RoomId,
@@ -82,6 +121,11 @@ pub struct MessageRecord {
     pub body: String,
     pub reply_to: Option<i64>,
     pub created_at: UnixMillis,
+    pub kind: MessageKind,
+    pub target: Option<i64>,
+    /// A deleted message: its body (and its edits' bodies) are empty.
+    pub deleted: bool,
+    pub edited_at: Option<UnixMillis>,
 }
 
 #[derive(Clone, Debug)]
@@ -92,6 +136,8 @@ pub struct NewMessage {
     pub body: String,
     pub reply_to: Option<i64>,
     pub at: UnixMillis,
+    pub kind: MessageKind,
+    pub target: Option<i64>,
 }
 
 /// The result of an append: a new message, or the one already stored under that id.
@@ -150,14 +196,19 @@ pub trait ChatStore: Send + Sync + 'static {
     ) -> Result<MemberChange>;
     /// Returns whether the user was a member.
     async fn remove_member(&self, room: RoomId, user: UserId) -> Result<bool>;
+    /// Returns whether the user was a member (and now holds `role`).
+    async fn set_member_role(&self, room: RoomId, user: UserId, role: RoomRole) -> Result<bool>;
     /// Removes the user and bars them from rejoining.
     async fn ban(&self, room: RoomId, user: UserId, by: UserId, at: UnixMillis) -> Result<()>;
     async fn members(&self, room: RoomId) -> Result<Vec<MemberRecord>>;
     /// Everyone who shares at least one room with `user` (not `user`).
     async fn co_members(&self, user: UserId) -> Result<Vec<UserId>>;
     async fn set_last_seen(&self, user: UserId, at: UnixMillis) -> Result<()>;
-    /// Appends durably, assigning the next sequence number, unless the id was used before.
+    /// Appends durably, assigning the next sequence number, unless the id was used before. An
+    /// edit also rewrites its target; a delete blanks its target and the target's edits and
+    /// marks it deleted. Fails with `NotFound` if the target is not a live message.
     async fn append_message(&self, msg: NewMessage) -> Result<Appended>;
+    async fn message(&self, room: RoomId, seq: i64) -> Result<Option<MessageRecord>>;
     /// Messages with `seq > after`, oldest first, at most `limit`.
     async fn messages_after(
         &self,

@@ -457,6 +457,26 @@ pub async fn run_chat<S: Store + ChatStore>(s: &S) {
     assert_eq!(add(ben, 10).await.unwrap(), MemberChange::Added);
     assert_eq!(add(ben, 10).await.unwrap(), MemberChange::AlreadyMember);
     assert_eq!(add(cat, 2).await.unwrap(), MemberChange::RoomFull);
+    assert!(
+        s.set_member_role(room.id, ben, sb_core::RoomRole::Moderator)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.room_access(room.id, ben).await.unwrap().unwrap().role,
+        Some(sb_core::RoomRole::Moderator)
+    );
+    assert!(
+        s.set_member_role(room.id, ben, sb_core::RoomRole::Member)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.set_member_role(room.id, cat, sb_core::RoomRole::Member)
+            .await
+            .unwrap(),
+        "not a member"
+    );
     let names: Vec<String> = s
         .members(room.id)
         .await
@@ -473,6 +493,8 @@ pub async fn run_chat<S: Store + ChatStore>(s: &S) {
         body: format!("body of {id}"),
         reply_to: None,
         at: UnixMillis(3_000),
+        kind: MessageKind::Message,
+        target: None,
     };
     for (i, id) in ["m1", "m2", "m3"].iter().enumerate() {
         let a = s.append_message(send(ann, id)).await.unwrap();
@@ -538,6 +560,70 @@ pub async fn run_chat<S: Store + ChatStore>(s: &S) {
         2
     );
 
+    // Edits, deletes and reactions are sequence entries pointing at a message.
+    let change = |kind, target, id: &str, body: &str| NewMessage {
+        kind,
+        target: Some(target),
+        body: body.to_string(),
+        ..send(ann, id)
+    };
+    let edit = s
+        .append_message(change(MessageKind::Edit, 1, "e1", "body of m1, fixed"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (edit.record().seq, edit.record().kind),
+        (5, MessageKind::Edit)
+    );
+    let m1 = s.message(room.id, 1).await.unwrap().unwrap();
+    assert_eq!(
+        (m1.body.as_str(), m1.edited_at.is_some()),
+        ("body of m1, fixed", true)
+    );
+    assert_eq!(
+        s.search(ann, "fixed", None, 10).await.unwrap().len(),
+        1,
+        "search sees the edit"
+    );
+    s.append_message(change(MessageKind::Reaction, 1, "r1", "👍"))
+        .await
+        .unwrap();
+    s.append_message(change(MessageKind::Delete, 1, "d1", ""))
+        .await
+        .unwrap();
+    let m1 = s.message(room.id, 1).await.unwrap().unwrap();
+    assert_eq!((m1.body.as_str(), m1.deleted), ("", true), "tombstone");
+    let edit_entry = s.message(room.id, 5).await.unwrap().unwrap();
+    assert_eq!(
+        edit_entry.body, "",
+        "a delete also blanks the message's edits"
+    );
+    assert!(s.search(ann, "fixed", None, 10).await.unwrap().is_empty());
+    let again = s
+        .append_message(change(MessageKind::Edit, 1, "e2", "resurrect"))
+        .await;
+    assert!(
+        matches!(again, Err(StoreError::NotFound)),
+        "deleted messages cannot be edited"
+    );
+    let on_reaction = s
+        .append_message(change(MessageKind::Reaction, 6, "r2", "👍"))
+        .await;
+    assert!(
+        matches!(on_reaction, Err(StoreError::NotFound)),
+        "targets are messages only"
+    );
+    assert_eq!(
+        s.room_access(room.id, ann)
+            .await
+            .unwrap()
+            .unwrap()
+            .room
+            .last_seq,
+        7,
+        "failed appends take no sequence number"
+    );
+
     // Read markers only move forward and show in the member's room list.
     assert_eq!(
         s.mark_read(room.id, ann, 3, UnixMillis(3_500))
@@ -553,7 +639,7 @@ pub async fn run_chat<S: Store + ChatStore>(s: &S) {
         "never back"
     );
     let mine = s.rooms_of(ann).await.unwrap();
-    assert_eq!((mine[0].read_seq, mine[0].room.last_seq), (3, 4));
+    assert_eq!((mine[0].read_seq, mine[0].room.last_seq), (3, 7));
     assert_eq!(s.rooms_of(ben).await.unwrap()[0].read_seq, 0, "never read");
     let markers = s.read_markers(room.id).await.unwrap();
     assert_eq!(

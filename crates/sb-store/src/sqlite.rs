@@ -155,6 +155,18 @@ CREATE TABLE read_markers (
 -- When a user's last connection closed (presence "last seen").
 ALTER TABLE users ADD COLUMN last_seen_at INTEGER;
 "#,
+    r#"
+-- Edits, deletions and reactions are entries in the room's sequence too, pointing at a message.
+ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'message'
+    CHECK (kind IN ('message', 'edit', 'delete', 'reaction', 'unreaction'));
+ALTER TABLE messages ADD COLUMN target INTEGER;
+ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN edited_at INTEGER;
+"#,
+    r#"
+-- Deleting from the search index removes the terms too, not just the row.
+INSERT INTO messages_fts (messages_fts, rank) VALUES ('secure-delete', 1);
+"#,
 ];
 
 const SETUP_TOKEN_KEY: &str = "setup_token_hash";
@@ -282,6 +294,9 @@ fn open_connection(path: &Path, config: &StoreConfig) -> Result<Connection> {
     };
     conn.pragma_update(None, "synchronous", sync)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Deleted and overwritten content is zeroed on disk, not left in free pages: a deleted
+    // chat message must really be gone.
+    conn.pragma_update(None, "secure_delete", "ON")?;
     Ok(conn)
 }
 

@@ -33,9 +33,10 @@ fn role_of(s: String) -> RoomRole {
     RoomRole::parse(&s).unwrap_or(RoomRole::Member)
 }
 
-const MSG_COLS: &str = "room_id, seq, message_id, sender, body, reply_to, created_at";
+const MSG_COLS: &str = "room_id, seq, message_id, sender, body, reply_to, created_at, kind, target, deleted, edited_at";
 
 fn message_at(row: &Row<'_>) -> rusqlite::Result<MessageRecord> {
+    let kind: String = row.get(7)?;
     Ok(MessageRecord {
         room_id: parse_id(row.get(0)?)?,
         seq: row.get(1)?,
@@ -44,7 +45,60 @@ fn message_at(row: &Row<'_>) -> rusqlite::Result<MessageRecord> {
         body: row.get(4)?,
         reply_to: row.get(5)?,
         created_at: UnixMillis(row.get(6)?),
+        kind: MessageKind::parse(&kind).unwrap_or_default(),
+        target: row.get(8)?,
+        deleted: row.get(9)?,
+        edited_at: row.get::<_, Option<i64>>(10)?.map(UnixMillis),
     })
+}
+
+/// Applies an edit or delete to its target inside the append's transaction.
+fn apply_to_target(c: &Connection, msg: &NewMessage, rid: &str) -> Result<()> {
+    let Some(target) = msg.target else {
+        return Ok(());
+    };
+    let live = "room_id = ?1 AND seq = ?2 AND kind = 'message' AND deleted = 0";
+    let n = match msg.kind {
+        MessageKind::Message => return Ok(()),
+        MessageKind::Edit => {
+            let n = c.execute(
+                &format!("UPDATE messages SET body = ?3, edited_at = ?4 WHERE {live}"),
+                params![rid, target, msg.body, msg.at.0],
+            )?;
+            c.execute(
+                "UPDATE messages_fts SET body = ?3 WHERE room_id = ?1 AND seq = ?2",
+                params![rid, target, msg.body],
+            )?;
+            n
+        }
+        MessageKind::Delete => {
+            let n = c.execute(
+                &format!("UPDATE messages SET body = '', deleted = 1 WHERE {live}"),
+                params![rid, target],
+            )?;
+            c.execute(
+                "UPDATE messages SET body = '' WHERE room_id = ?1 AND kind = 'edit' AND target = ?2",
+                params![rid, target],
+            )?;
+            c.execute(
+                "DELETE FROM messages_fts WHERE room_id = ?1 AND seq = ?2",
+                params![rid, target],
+            )?;
+            n
+        }
+        MessageKind::Reaction | MessageKind::Unreaction => c
+            .query_row(
+                &format!("SELECT count(*) FROM messages WHERE {live}"),
+                params![rid, target],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as usize)?,
+    };
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::NotFound)
+    }
 }
 
 fn insert_room(c: &Connection, room: &RoomRecord, dm_key: Option<&str>) -> Result<()> {
@@ -317,6 +371,17 @@ impl ChatStore for SqliteStore {
         .await
     }
 
+    async fn set_member_role(&self, room: RoomId, user: UserId, role: RoomRole) -> Result<bool> {
+        self.write("set_member_role", move |c| {
+            let n = c.execute(
+                "UPDATE room_members SET role = ?3 WHERE room_id = ?1 AND user_id = ?2",
+                params![room.to_string(), user.to_string(), role.as_str()],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
     async fn ban(&self, room: RoomId, user: UserId, by: UserId, at: UnixMillis) -> Result<()> {
         self.write("ban", move |c| {
             let tx = c.savepoint()?;
@@ -353,6 +418,18 @@ impl ChatStore for SqliteStore {
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn message(&self, room: RoomId, seq: i64) -> Result<Option<MessageRecord>> {
+        self.read("message", move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {MSG_COLS} FROM messages WHERE room_id = ?1 AND seq = ?2"),
+                params![room.to_string(), seq],
+                message_at,
+            )
+            .optional()?)
         })
         .await
     }
@@ -408,7 +485,10 @@ impl ChatStore for SqliteStore {
                 .optional()?
                 .ok_or(StoreError::NotFound)?;
             tx.execute(
-                &format!("INSERT INTO messages ({MSG_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+                &format!(
+                    "INSERT INTO messages ({MSG_COLS})
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, NULL)"
+                ),
                 params![
                     rid,
                     seq,
@@ -416,13 +496,18 @@ impl ChatStore for SqliteStore {
                     sender,
                     msg.body,
                     msg.reply_to,
-                    msg.at.0
+                    msg.at.0,
+                    msg.kind.as_str(),
+                    msg.target
                 ],
             )?;
-            tx.execute(
-                "INSERT INTO messages_fts (body, room_id, seq) VALUES (?1, ?2, ?3)",
-                params![msg.body, rid, seq],
-            )?;
+            apply_to_target(&tx, &msg, &rid)?;
+            if msg.kind == MessageKind::Message {
+                tx.execute(
+                    "INSERT INTO messages_fts (body, room_id, seq) VALUES (?1, ?2, ?3)",
+                    params![msg.body, rid, seq],
+                )?;
+            }
             tx.commit()?;
             Ok(Appended::New(MessageRecord {
                 room_id: msg.room_id,
@@ -432,6 +517,10 @@ impl ChatStore for SqliteStore {
                 body: msg.body,
                 reply_to: msg.reply_to,
                 created_at: msg.at,
+                kind: msg.kind,
+                target: msg.target,
+                deleted: false,
+                edited_at: None,
             }))
         })
         .await
@@ -467,7 +556,8 @@ impl ChatStore for SqliteStore {
                 return Ok(Vec::new());
             }
             let mut stmt = c.prepare(
-                "SELECT m.room_id, m.seq, m.message_id, m.sender, m.body, m.reply_to, m.created_at, rm.role
+                "SELECT m.room_id, m.seq, m.message_id, m.sender, m.body, m.reply_to, m.created_at,
+                        m.kind, m.target, m.deleted, m.edited_at, rm.role
                  FROM messages_fts f
                  JOIN room_members rm ON rm.room_id = f.room_id AND rm.user_id = ?2
                  JOIN messages m ON m.room_id = f.room_id AND m.seq = f.seq
@@ -477,7 +567,7 @@ impl ChatStore for SqliteStore {
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             let rows = stmt.query_map(
                 params![query, user.to_string(), room.map(|r| r.to_string()), limit],
-                |r| Ok((message_at(r)?, role_of(r.get(7)?))),
+                |r| Ok((message_at(r)?, role_of(r.get(11)?))),
             )?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })

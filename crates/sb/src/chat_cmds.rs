@@ -151,6 +151,8 @@ pub async fn chat(cmd: ChatCmd, json: bool) -> anyhow::Result<()> {
                 message_id: uuid::Uuid::new_v4().to_string(),
                 body: text,
                 reply_to: None,
+                kind: None,
+                target: None,
             };
             // One retry with the same id on a transport failure: the server stores it once.
             let sent = match client.send_message(&r.id, &req).await {

@@ -125,6 +125,8 @@ fn msg(id: &str, body: &str) -> MessageSend {
         message_id: id.into(),
         body: body.into(),
         reply_to: None,
+        kind: None,
+        target: None,
     }
 }
 
@@ -1000,4 +1002,192 @@ async fn presence_follows_connections_and_reaches_people_who_share_a_room() {
         .unwrap();
     let f = next_json(&mut stranger.ws).await;
     assert_eq!(f["type"], "pong", "no presence frame reached eve first");
+}
+
+fn change(id: &str, kind: &str, target: i64, body: &str) -> MessageSend {
+    MessageSend {
+        message_id: id.into(),
+        body: body.into(),
+        reply_to: None,
+        kind: Some(kind.into()),
+        target: Some(target),
+    }
+}
+
+#[tokio::test]
+async fn edits_deletes_and_reactions_are_entries_every_device_receives() {
+    let server = TestServer::start();
+    let admin = server.admin().await;
+    let ann = server.user(&admin, "ann").await;
+    let ben = server.user(&admin, "ben").await;
+    let cat = server.user(&admin, "cat").await;
+    let room = ann
+        .create_room(&RoomCreate {
+            name: "team".into(),
+            topic: "".into(),
+            public: false,
+        })
+        .await
+        .unwrap();
+    for u in ["ben", "cat"] {
+        ann.add_member(&room.id, u).await.unwrap();
+    }
+    let m = ann
+        .send_message(&room.id, &msg("m1", "the secret plan"))
+        .await
+        .unwrap()
+        .message;
+    let cat_cursor = m.seq; // cat goes offline here
+    let code = |e: sb_client::ClientError| e.code().map(String::from);
+
+    let r = ben
+        .send_message(&room.id, &change("r1", "reaction", m.seq, "👍"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.message.kind.as_str(), r.message.target),
+        ("reaction", Some(m.seq))
+    );
+    assert_eq!(
+        code(
+            ben.send_message(&room.id, &change("x1", "edit", m.seq, "mine now"))
+                .await
+                .unwrap_err()
+        ),
+        Some("forbidden".into()),
+        "nobody edits another's message"
+    );
+    assert_eq!(
+        code(
+            ben.send_message(&room.id, &change("x2", "delete", m.seq, ""))
+                .await
+                .unwrap_err()
+        ),
+        Some("forbidden".into()),
+        "members cannot delete others' messages"
+    );
+    ann.send_message(&room.id, &change("e1", "edit", m.seq, "the public plan"))
+        .await
+        .unwrap();
+    let after_edit = ben
+        .history(
+            &room.id,
+            &HistoryQuery {
+                after: Some(0),
+                before: None,
+                limit: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(after_edit[0].body, "the public plan");
+    assert!(after_edit[0].edited_at_ms.is_some());
+
+    // The owner makes ben a moderator; a moderator may delete.
+    assert_eq!(
+        code(
+            ben.set_member_role(&room.id, "cat", "moderator")
+                .await
+                .unwrap_err()
+        ),
+        Some("forbidden".into())
+    );
+    ann.set_member_role(&room.id, "ben", "moderator")
+        .await
+        .unwrap();
+    let del = ben
+        .send_message(&room.id, &change("d1", "delete", m.seq, ""))
+        .await
+        .unwrap();
+    let history = ann
+        .history(
+            &room.id,
+            &HistoryQuery {
+                after: Some(0),
+                before: None,
+                limit: None,
+            },
+        )
+        .await
+        .unwrap();
+    let original = &history[0];
+    assert!(
+        original.deleted && original.body.is_empty(),
+        "tombstone without content"
+    );
+    assert!(
+        history.iter().all(|e| !e.body.contains("plan")),
+        "edits' text is gone too"
+    );
+    assert_eq!(
+        code(
+            ann.send_message(&room.id, &change("e2", "edit", m.seq, "back"))
+                .await
+                .unwrap_err()
+        ),
+        Some("not_found".into()),
+        "a deleted message cannot be edited"
+    );
+    assert!(
+        ann.search(&sb_proto::SearchQuery {
+            q: "plan".into(),
+            room: None,
+            limit: None
+        })
+        .await
+        .unwrap()
+        .is_empty()
+    );
+
+    // cat was offline: on resume it gets the reaction, the edit and the delete, in order.
+    let d = Device::connect(&cat, json!([{"room": room.id, "seq": cat_cursor}])).await;
+    assert_eq!(d.seen[&room.id], vec![2, 3, del.message.seq]);
+
+    drop(d);
+    // Bad changes: unknown kind, missing target, reaction text.
+    assert_eq!(
+        code(
+            ann.send_message(
+                &room.id,
+                &MessageSend {
+                    kind: Some("shout".into()),
+                    ..msg("k", "x")
+                }
+            )
+            .await
+            .unwrap_err()
+        ),
+        Some("invalid_argument".into())
+    );
+    assert_eq!(
+        code(
+            ann.send_message(
+                &room.id,
+                &MessageSend {
+                    kind: Some("edit".into()),
+                    ..msg("k2", "x")
+                }
+            )
+            .await
+            .unwrap_err()
+        ),
+        Some("invalid_argument".into())
+    );
+    assert_eq!(
+        code(
+            ann.send_message(&room.id, &change("k3", "reaction", 3, "not an emoji"))
+                .await
+                .unwrap_err()
+        ),
+        Some("invalid_argument".into())
+    );
+    assert_eq!(
+        code(
+            ann.send_message(&room.id, &change("k4", "reaction", 2, "👍"))
+                .await
+                .unwrap_err()
+        ),
+        Some("not_found".into()),
+        "only messages are targets"
+    );
 }

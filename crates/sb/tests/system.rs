@@ -327,6 +327,7 @@ async fn openapi_documents_every_route_and_every_documented_route_exists() {
         ("GET", "/v1/rooms/{room}/members"),
         ("POST", "/v1/rooms/{room}/members"),
         ("DELETE", "/v1/rooms/{room}/members/{username}"),
+        ("PATCH", "/v1/rooms/{room}/members/{username}"),
         ("POST", "/v1/rooms/{room}/bans"),
         ("GET", "/v1/rooms/{room}/messages"),
         ("POST", "/v1/rooms/{room}/messages"),
