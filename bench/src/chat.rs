@@ -232,6 +232,7 @@ pub async fn run(sb: &str, args: ChatArgs) -> anyhow::Result<()> {
                         reply_to: None,
                         kind: None,
                         target: None,
+                        attachments: Vec::new(),
                     },
                 )
                 .await?;

@@ -78,6 +78,7 @@ async fn measure(
                         at: UnixMillis(2),
                         kind: MessageKind::Message,
                         target: None,
+                        attachments: Vec::new(),
                     })
                     .await?;
                 hist.record((t0.elapsed().as_micros() as u64).max(1))?;

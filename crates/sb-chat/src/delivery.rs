@@ -111,6 +111,7 @@ mod tests {
             target: None,
             deleted: false,
             edited_at: None,
+            attachments: Vec::new(),
         })
     }
 

@@ -12,13 +12,15 @@
 pub mod delivery;
 
 use sb_auth::{Action, Auth, AuthError, Ctx, Resource};
+use sb_blob::BlobStore;
 use sb_bus::Bus;
+use sb_core::AttachmentId;
 use sb_core::UnixMillis;
 use sb_core::config::ChatConfig;
 use sb_core::{ErrorCode, RoomId, RoomRole, UserId};
 use sb_store::chat::{
-    Appended, MemberChange, MemberRecord, MessageKind, MessageRecord, MyRoom, NewMessage,
-    ReadMarker, RoomAccess, RoomKind, RoomRecord,
+    Appended, AttachmentRecord, MemberChange, MemberRecord, MessageKind, MessageRecord, MyRoom,
+    NewMessage, ReadMarker, RoomAccess, RoomKind, RoomRecord,
 };
 use sb_store::{ChatStore, StoreError};
 use std::collections::HashMap;
@@ -114,6 +116,10 @@ pub enum ChatError {
     Conflict(String),
     #[error("storage: {0}")]
     Store(#[from] StoreError),
+    #[error("attachment storage: {0}")]
+    Blob(#[from] sb_blob::BlobError),
+    #[error("no such attachment in this room")]
+    AttachmentNotFound,
 }
 
 impl ChatError {
@@ -127,7 +133,8 @@ impl ChatError {
             ChatError::Invalid(_) => ErrorCode::InvalidArgument,
             ChatError::TooLarge(_) => ErrorCode::PayloadTooLarge,
             ChatError::Conflict(_) => ErrorCode::Conflict,
-            ChatError::Store(_) => ErrorCode::Internal,
+            ChatError::Store(_) | ChatError::Blob(_) => ErrorCode::Internal,
+            ChatError::AttachmentNotFound => ErrorCode::NotFound,
         }
     }
 }
@@ -144,6 +151,8 @@ pub struct Outgoing<'a> {
     pub kind: MessageKind,
     /// The message an edit, delete or reaction is about.
     pub target: Option<i64>,
+    /// Attachments uploaded to this room by the sender (messages only).
+    pub attachments: &'a [AttachmentId],
 }
 
 /// Longest reaction (an emoji, possibly with modifiers), in bytes.
@@ -170,6 +179,7 @@ pub struct RoomCatchUp {
 
 pub struct Chat {
     store: Arc<dyn ChatStore>,
+    blobs: Arc<dyn BlobStore>,
     auth: Arc<Auth>,
     bus: Bus<ChatEvent>,
     config: ChatConfig,
@@ -188,12 +198,14 @@ fn check_text(what: &str, value: &str, max: usize) -> Result<()> {
 impl Chat {
     pub fn new(
         store: Arc<dyn ChatStore>,
+        blobs: Arc<dyn BlobStore>,
         auth: Arc<Auth>,
         bus: Bus<ChatEvent>,
         config: ChatConfig,
     ) -> Self {
         Self {
             store,
+            blobs,
             auth,
             bus,
             config,
@@ -567,7 +579,17 @@ impl Chat {
             reply_to,
             kind,
             target,
+            attachments,
         } = out;
+        if !attachments.is_empty() && kind != MessageKind::Message {
+            return Err(ChatError::Invalid("only messages carry attachments".into()));
+        }
+        if attachments.len() > self.config.attachments_per_message_max {
+            return Err(ChatError::Invalid(format!(
+                "at most {} attachments per message",
+                self.config.attachments_per_message_max
+            )));
+        }
         if message_id.is_empty()
             || message_id.len() > MESSAGE_ID_LENGTH_MAX
             || message_id.chars().any(char::is_control)
@@ -610,6 +632,18 @@ impl Chat {
                 "reply_to {r} is not a message here"
             )));
         }
+        for id in attachments {
+            let a = self
+                .store
+                .attachment(room, *id)
+                .await?
+                .ok_or(ChatError::AttachmentNotFound)?;
+            if a.uploader != cx.subject.user_id {
+                return Err(ChatError::Invalid(
+                    "attach only files you uploaded to this room".into(),
+                ));
+            }
+        }
         if let Some(t) = target {
             let msg = self
                 .store
@@ -640,6 +674,7 @@ impl Chat {
                 at: cx.now,
                 kind,
                 target,
+                attachments: attachments.to_vec(),
             })
             .await
         {
@@ -656,6 +691,76 @@ impl Chat {
                 .await?;
         }
         Ok(appended)
+    }
+
+    /// Stores a file for `room` (members only); attach it to a message by its id.
+    pub async fn upload(
+        &self,
+        cx: Ctx<'_>,
+        room: RoomId,
+        name: &str,
+        content_type: &str,
+        bytes: Vec<u8>,
+    ) -> Result<AttachmentRecord> {
+        if bytes.len() > self.config.attachment_size_bytes_max {
+            return Err(ChatError::TooLarge(self.config.attachment_size_bytes_max));
+        }
+        let name_ok = !name.trim().is_empty()
+            && name.chars().count() <= 255
+            && !name
+                .chars()
+                .any(|c| c.is_control() || c == '/' || c == '\\');
+        if !name_ok {
+            return Err(ChatError::Invalid(
+                "attachment names are 1-255 characters without '/', '\\' or control characters"
+                    .into(),
+            ));
+        }
+        let type_ok = !content_type.is_empty()
+            && content_type.len() <= 127
+            && content_type
+                .bytes()
+                .all(|b| b.is_ascii_graphic() || b == b' ');
+        if !type_ok {
+            return Err(ChatError::Invalid("bad content type".into()));
+        }
+        self.authorized(cx, room, Action::Create).await?;
+        let size = bytes.len() as u64;
+        let blob = self.blobs.put(bytes).await?;
+        let record = AttachmentRecord {
+            id: AttachmentId::new_at(cx.now),
+            room_id: room,
+            uploader: cx.subject.user_id,
+            blob: blob.to_string(),
+            name: name.to_string(),
+            content_type: content_type.to_string(),
+            size,
+            created_at: cx.now,
+        };
+        self.store.insert_attachment(record.clone()).await?;
+        Ok(record)
+    }
+
+    /// An attachment's description and bytes (members only), verified against its hash.
+    pub async fn download(
+        &self,
+        cx: Ctx<'_>,
+        room: RoomId,
+        id: AttachmentId,
+    ) -> Result<(AttachmentRecord, Vec<u8>)> {
+        self.authorized(cx, room, Action::Read).await?;
+        let a = self
+            .store
+            .attachment(room, id)
+            .await?
+            .ok_or(ChatError::AttachmentNotFound)?;
+        let blob = a.blob.parse().map_err(ChatError::Blob)?;
+        let bytes = self
+            .blobs
+            .get(blob)
+            .await?
+            .ok_or(ChatError::AttachmentNotFound)?;
+        Ok((a, bytes))
     }
 
     pub async fn history(

@@ -239,9 +239,18 @@ impl Client {
             .transpose()
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let resp = self.raw(method, path, body.as_ref()).await?;
+        Self::decode(resp).await
+    }
+
+    /// A success body as `T`, or the server's error.
+    async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T> {
         let status = resp.status();
         if status.is_success() {
-            let bytes = resp.bytes().await.map_err(|e| self.transport_error(e))?;
+            let url = resp.url().to_string();
+            let bytes = resp.bytes().await.map_err(|e| ClientError::Transport {
+                url,
+                detail: e.to_string(),
+            })?;
             let bytes = if status == StatusCode::NO_CONTENT || bytes.is_empty() {
                 &b"null"[..]
             } else {
@@ -493,6 +502,66 @@ impl Client {
             Self::NO_BODY,
         )
         .await
+    }
+
+    /// Uploads a file to a room; `progress(sent, total)` is called as the body is handed over.
+    pub async fn upload(
+        &self,
+        room: &str,
+        name: &str,
+        content_type: &str,
+        bytes: Vec<u8>,
+        progress: impl Fn(u64, u64) + Send + Sync + 'static,
+    ) -> Result<AttachmentInfo> {
+        const CHUNK: usize = 64 * 1024;
+        let total = bytes.len() as u64;
+        let enc: String = url::form_urlencoded::byte_serialize(name.as_bytes()).collect();
+        let url = self
+            .base
+            .join(&format!("/v1/rooms/{room}/attachments?name={enc}"))
+            .map_err(|_| ClientError::BadUrl(room.into()))?;
+        let chunks: Vec<Vec<u8>> = bytes.chunks(CHUNK).map(<[u8]>::to_vec).collect();
+        let mut sent = 0u64;
+        let stream = futures_util::stream::iter(chunks.into_iter().map(move |c| {
+            sent += c.len() as u64;
+            progress(sent, total);
+            Ok::<_, std::io::Error>(c)
+        }));
+        let mut req = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .header(reqwest::header::CONTENT_LENGTH, total)
+            .body(reqwest::Body::wrap_stream(stream));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t.expose());
+        }
+        let resp = req.send().await.map_err(|e| self.transport_error(e))?;
+        Self::decode(resp).await
+    }
+
+    /// Downloads an attachment: its content type and bytes.
+    pub async fn download(&self, room: &str, id: &str) -> Result<(String, Vec<u8>)> {
+        let resp = self
+            .raw(
+                Method::GET,
+                &format!("/v1/rooms/{room}/attachments/{id}"),
+                None,
+            )
+            .await?;
+        if !resp.status().is_success() {
+            return Self::decode::<()>(resp)
+                .await
+                .map(|_| (String::new(), Vec::new()));
+        }
+        let ctype = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .to_string();
+        let bytes = resp.bytes().await.map_err(|e| self.transport_error(e))?;
+        Ok((ctype, bytes.to_vec()))
     }
 
     pub async fn search(&self, q: &SearchQuery) -> Result<Vec<MessageInfo>> {

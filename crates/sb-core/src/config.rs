@@ -261,6 +261,10 @@ pub struct ChatConfig {
     pub room_name_length_max: usize,
     pub room_topic_length_max: usize,
     pub room_members_max: usize,
+    /// Largest attachment, in bytes.
+    pub attachment_size_bytes_max: usize,
+    /// Attachments one message may carry.
+    pub attachments_per_message_max: usize,
 }
 
 impl Default for ChatConfig {
@@ -272,6 +276,8 @@ impl Default for ChatConfig {
             room_name_length_max: 64,
             room_topic_length_max: 512,
             room_members_max: 10_000,
+            attachment_size_bytes_max: 25 * 1024 * 1024,
+            attachments_per_message_max: 10,
         }
     }
 }
@@ -382,6 +388,9 @@ catchup_messages_max = 1000
 room_name_length_max = 64
 room_topic_length_max = 512
 room_members_max = 10000
+# Largest attachment in bytes; only room members can download attachments.
+attachment_size_bytes_max = 26214400
+attachments_per_message_max = 10
 "#;
 
 #[cfg(test)]

@@ -60,3 +60,7 @@ id_type!(
     /// A chat room (group or direct message).
     RoomId
 );
+id_type!(
+    /// A file attached to a chat room.
+    AttachmentId
+);

@@ -292,6 +292,29 @@ pub struct MessageSend {
     /// The message an edit, delete or reaction is about.
     #[serde(default)]
     pub target: Option<i64>,
+    /// Ids of attachments this sender uploaded to the room.
+    #[serde(default)]
+    pub attachments: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AttachmentInfo {
+    pub id: String,
+    pub name: String,
+    pub content_type: String,
+    pub size: u64,
+    /// BLAKE3 of the content.
+    pub blake3: String,
+    pub uploader: String,
+    pub created_at_ms: i64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct UploadQuery {
+    /// The file's name as shown to members.
+    pub name: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -310,6 +333,8 @@ pub struct MessageInfo {
     /// The message was deleted: its body is gone, this entry is its tombstone.
     pub deleted: bool,
     pub edited_at_ms: Option<i64>,
+    /// Attachment ids; download with `GET /v1/rooms/{room}/attachments/{id}`.
+    pub attachments: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -393,6 +418,8 @@ pub enum ClientFrame {
         kind: Option<String>,
         #[serde(default)]
         target: Option<i64>,
+        #[serde(default)]
+        attachments: Vec<String>,
     },
 }
 

@@ -110,6 +110,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         .routes(routes!(routes_chat::history, routes_chat::send))
         .routes(routes!(routes_chat::search))
         .routes(routes!(routes_chat::mark_read, routes_chat::read_markers))
+        .routes(routes!(routes_chat::upload))
+        .routes(routes!(routes_chat::download))
         .routes(routes!(ws::ws_handler))
         .routes(routes!(routes::healthz))
         .routes(routes!(routes::readyz))
@@ -280,8 +282,11 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         config.auth.clone(),
         &config.rate_limits,
     )?);
+    let blobs =
+        sb_blob::LocalBlobStore::open(&data_dir.join("blobs")).context("opening the blob store")?;
     let chat = Arc::new(sb_chat::Chat::new(
         sqlite,
+        Arc::new(blobs),
         auth.clone(),
         Bus::new(bus_config),
         config.chat.clone(),

@@ -42,6 +42,28 @@ pub fn message_info(m: &MessageRecord) -> MessageInfo {
         target: m.target,
         deleted: m.deleted,
         edited_at_ms: m.edited_at.map(|t| t.0),
+        attachments: m.attachments.iter().map(|a| a.to_string()).collect(),
+    }
+}
+
+pub fn attachment_ids(ids: &[String]) -> Result<Vec<sb_core::AttachmentId>, ApiError> {
+    ids.iter()
+        .map(|s| {
+            s.parse()
+                .map_err(|_| ApiError::new(ErrorCode::InvalidArgument, "not a valid attachment id"))
+        })
+        .collect()
+}
+
+fn attachment_info(a: &sb_store::chat::AttachmentRecord) -> AttachmentInfo {
+    AttachmentInfo {
+        id: a.id.to_string(),
+        name: a.name.clone(),
+        content_type: a.content_type.clone(),
+        size: a.size,
+        blake3: a.blob.clone(),
+        uploader: a.uploader.to_string(),
+        created_at_ms: a.created_at.0,
     }
 }
 
@@ -261,6 +283,7 @@ pub async fn send(
         reply_to: req.reply_to,
         kind: message_kind(req.kind.as_deref())?,
         target: req.target,
+        attachments: &attachment_ids(&req.attachments)?,
     };
     let appended = st.chat.send(c.cx(), room_id(&room)?, out).await?;
     Ok(Json(MessageSent {
@@ -333,4 +356,79 @@ pub async fn set_member_role(
         .set_role(c.cx(), room_id(&room)?, &username, role)
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/v1/rooms/{room}/attachments", tag = "chat",
+    params(("room" = String, Path, description = "room id"), UploadQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the file's bytes; Content-Type is kept"),
+    responses((status = 201, body = AttachmentInfo), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn upload(
+    State(st): St,
+    c: Caller,
+    Path(room): Path<String>,
+    ApiQuery(q): ApiQuery<UploadQuery>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<(StatusCode, Json<AttachmentInfo>), ApiError> {
+    let room = room_id(&room)?;
+    let max = st.config.chat.attachment_size_bytes_max;
+    // The general body limit is for JSON; attachments have their own, read here.
+    let bytes = axum::body::to_bytes(body, max).await.map_err(|_| {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("attachments are at most {max} bytes"),
+        )
+    })?;
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream");
+    let a = st
+        .chat
+        .upload(c.cx(), room, &q.name, content_type, bytes.to_vec())
+        .await?;
+    Ok((StatusCode::CREATED, Json(attachment_info(&a))))
+}
+
+#[utoipa::path(get, path = "/v1/rooms/{room}/attachments/{id}", tag = "chat",
+    params(("room" = String, Path, description = "room id"), ("id" = String, Path, description = "attachment id")),
+    responses((status = 200, description = "the file's bytes, verified against their BLAKE3 hash"), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn download(
+    State(st): St,
+    c: Caller,
+    Path((room, id)): Path<(String, String)>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let id = id
+        .parse()
+        .map_err(|_| ApiError::new(ErrorCode::InvalidArgument, "not a valid attachment id"))?;
+    let (a, bytes) = st.chat.download(c.cx(), room_id(&room)?, id).await?;
+    // The name is the uploader's text: quote it safely, and never let a browser render it.
+    let safe: String = a
+        .name
+        .chars()
+        .map(|ch| {
+            if ch.is_ascii_graphic() && ch != '"' && ch != '\\' {
+                ch
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, a.content_type.clone()),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{safe}\""),
+            ),
+            (
+                axum::http::header::X_CONTENT_TYPE_OPTIONS,
+                "nosniff".to_string(),
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
 }

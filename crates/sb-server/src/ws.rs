@@ -365,6 +365,7 @@ async fn handle_frame(
             reply_to,
             kind,
             target,
+            attachments,
         }) => {
             let Ok(room) = room.parse::<RoomId>() else {
                 return vec![frame_error(
@@ -377,12 +378,17 @@ async fn handle_frame(
                 Ok(k) => k,
                 Err(e) => return vec![frame_error(Some(id), e.code, &e.message)],
             };
+            let attachments = match crate::routes_chat::attachment_ids(&attachments) {
+                Ok(a) => a,
+                Err(e) => return vec![frame_error(Some(id), e.code, &e.message)],
+            };
             let out = sb_chat::Outgoing {
                 message_id: &message_id,
                 body: &body,
                 reply_to,
                 kind,
                 target,
+                attachments: &attachments,
             };
             match st.chat.send(cx, room, out).await {
                 Ok(a) => vec![ServerFrame::ChatAck {

@@ -8,7 +8,7 @@
 
 use crate::Result;
 use async_trait::async_trait;
-use sb_core::{RoomId, RoomRole, UnixMillis, UserId};
+use sb_core::{AttachmentId, RoomId, RoomRole, UnixMillis, UserId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RoomKind {
@@ -126,6 +126,20 @@ pub struct MessageRecord {
     /// A deleted message: its body (and its edits' bodies) are empty.
     pub deleted: bool,
     pub edited_at: Option<UnixMillis>,
+    pub attachments: Vec<AttachmentId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachmentRecord {
+    pub id: AttachmentId,
+    pub room_id: RoomId,
+    pub uploader: UserId,
+    /// The BLAKE3 id of the bytes in the blob store.
+    pub blob: String,
+    pub name: String,
+    pub content_type: String,
+    pub size: u64,
+    pub created_at: UnixMillis,
 }
 
 #[derive(Clone, Debug)]
@@ -138,6 +152,7 @@ pub struct NewMessage {
     pub at: UnixMillis,
     pub kind: MessageKind,
     pub target: Option<i64>,
+    pub attachments: Vec<AttachmentId>,
 }
 
 /// The result of an append: a new message, or the one already stored under that id.
@@ -209,6 +224,8 @@ pub trait ChatStore: Send + Sync + 'static {
     /// marks it deleted. Fails with `NotFound` if the target is not a live message.
     async fn append_message(&self, msg: NewMessage) -> Result<Appended>;
     async fn message(&self, room: RoomId, seq: i64) -> Result<Option<MessageRecord>>;
+    async fn insert_attachment(&self, a: AttachmentRecord) -> Result<()>;
+    async fn attachment(&self, room: RoomId, id: AttachmentId) -> Result<Option<AttachmentRecord>>;
     /// Messages with `seq > after`, oldest first, at most `limit`.
     async fn messages_after(
         &self,

@@ -495,6 +495,7 @@ pub async fn run_chat<S: Store + ChatStore>(s: &S) {
         at: UnixMillis(3_000),
         kind: MessageKind::Message,
         target: None,
+        attachments: Vec::new(),
     };
     for (i, id) in ["m1", "m2", "m3"].iter().enumerate() {
         let a = s.append_message(send(ann, id)).await.unwrap();
@@ -558,6 +559,29 @@ pub async fn run_chat<S: Store + ChatStore>(s: &S) {
     assert_eq!(
         s.search(ben, "body", Some(room.id), 2).await.unwrap().len(),
         2
+    );
+
+    // Attachments belong to a room and ride on messages.
+    let file = AttachmentRecord {
+        id: sb_core::AttachmentId::new_at(UnixMillis(3_100)),
+        room_id: room.id,
+        uploader: ann,
+        blob: "ab".repeat(32),
+        name: "plan.pdf".into(),
+        content_type: "application/pdf".into(),
+        size: 1234,
+        created_at: UnixMillis(3_100),
+    };
+    s.insert_attachment(file.clone()).await.unwrap();
+    assert_eq!(
+        s.attachment(room.id, file.id).await.unwrap(),
+        Some(file.clone())
+    );
+    let other_room = sb_core::RoomId::new_at(UnixMillis(9));
+    assert_eq!(
+        s.attachment(other_room, file.id).await.unwrap(),
+        None,
+        "scoped to its room"
     );
 
     // Edits, deletes and reactions are sequence entries pointing at a message.
@@ -710,4 +734,19 @@ pub async fn run_chat<S: Store + ChatStore>(s: &S) {
         .map(|r| r.id)
         .collect();
     assert_eq!(public, vec![room.id], "direct rooms are never public");
+
+    // A message carries its attachments.
+    let with_file = s
+        .append_message(NewMessage {
+            attachments: vec![file.id],
+            ..send(ann, "with-file")
+        })
+        .await
+        .unwrap();
+    let stored = s
+        .message(room.id, with_file.record().seq)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.attachments, vec![file.id]);
 }

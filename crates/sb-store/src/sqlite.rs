@@ -167,6 +167,21 @@ ALTER TABLE messages ADD COLUMN edited_at INTEGER;
 -- Deleting from the search index removes the terms too, not just the row.
 INSERT INTO messages_fts (messages_fts, rank) VALUES ('secure-delete', 1);
 "#,
+    r#"
+-- Files attached to rooms; the bytes live in the blob store under `blob` (BLAKE3).
+CREATE TABLE attachments (
+    id           TEXT PRIMARY KEY,
+    room_id      TEXT NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+    uploader     TEXT NOT NULL REFERENCES users(id),
+    blob         TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    size         INTEGER NOT NULL,
+    created_at   INTEGER NOT NULL
+) STRICT;
+CREATE INDEX attachments_by_room ON attachments(room_id);
+ALTER TABLE messages ADD COLUMN attachments TEXT NOT NULL DEFAULT '[]';
+"#,
 ];
 
 const SETUP_TOKEN_KEY: &str = "setup_token_hash";

@@ -5,7 +5,7 @@ use crate::sqlite::{is_unique_violation, parse_id};
 use crate::{Result, SqliteStore, StoreError};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use sb_core::{RoomId, RoomRole, UnixMillis, UserId};
+use sb_core::{AttachmentId, RoomId, RoomRole, UnixMillis, UserId};
 
 const ROOM_COLS: &str =
     "r.id, r.kind, r.name, r.topic, r.public, r.created_by, r.created_at, r.last_seq";
@@ -33,7 +33,7 @@ fn role_of(s: String) -> RoomRole {
     RoomRole::parse(&s).unwrap_or(RoomRole::Member)
 }
 
-const MSG_COLS: &str = "room_id, seq, message_id, sender, body, reply_to, created_at, kind, target, deleted, edited_at";
+const MSG_COLS: &str = "room_id, seq, message_id, sender, body, reply_to, created_at, kind, target, deleted, edited_at, attachments";
 
 fn message_at(row: &Row<'_>) -> rusqlite::Result<MessageRecord> {
     let kind: String = row.get(7)?;
@@ -49,6 +49,14 @@ fn message_at(row: &Row<'_>) -> rusqlite::Result<MessageRecord> {
         target: row.get(8)?,
         deleted: row.get(9)?,
         edited_at: row.get::<_, Option<i64>>(10)?.map(UnixMillis),
+        attachments: {
+            let ids: String = row.get(11)?;
+            serde_json::from_str::<Vec<String>>(&ids)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|s| s.parse().ok())
+                .collect()
+        },
     })
 }
 
@@ -434,6 +442,51 @@ impl ChatStore for SqliteStore {
         .await
     }
 
+    async fn insert_attachment(&self, a: AttachmentRecord) -> Result<()> {
+        self.write("insert_attachment", move |c| {
+            c.execute(
+                "INSERT INTO attachments (id, room_id, uploader, blob, name, content_type, size, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    a.id.to_string(),
+                    a.room_id.to_string(),
+                    a.uploader.to_string(),
+                    a.blob,
+                    a.name,
+                    a.content_type,
+                    i64::try_from(a.size).unwrap_or(i64::MAX),
+                    a.created_at.0
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn attachment(&self, room: RoomId, id: AttachmentId) -> Result<Option<AttachmentRecord>> {
+        self.read("attachment", move |c| {
+            Ok(c.query_row(
+                "SELECT id, room_id, uploader, blob, name, content_type, size, created_at
+                 FROM attachments WHERE id = ?1 AND room_id = ?2",
+                [id.to_string(), room.to_string()],
+                |r| {
+                    Ok(AttachmentRecord {
+                        id: parse_id(r.get(0)?)?,
+                        room_id: parse_id(r.get(1)?)?,
+                        uploader: parse_id(r.get(2)?)?,
+                        blob: r.get(3)?,
+                        name: r.get(4)?,
+                        content_type: r.get(5)?,
+                        size: u64::try_from(r.get::<_, i64>(6)?).unwrap_or(0),
+                        created_at: UnixMillis(r.get(7)?),
+                    })
+                },
+            )
+            .optional()?)
+        })
+        .await
+    }
+
     async fn co_members(&self, user: UserId) -> Result<Vec<UserId>> {
         self.read("co_members", move |c| {
             let mut stmt = c.prepare(
@@ -463,6 +516,13 @@ impl ChatStore for SqliteStore {
             let tx = c.savepoint()?;
             let rid = msg.room_id.to_string();
             let sender = msg.sender.to_string();
+            let attachments_json = serde_json::to_string(
+                &msg.attachments
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
             let existing = tx
                 .query_row(
                     &format!(
@@ -487,7 +547,7 @@ impl ChatStore for SqliteStore {
             tx.execute(
                 &format!(
                     "INSERT INTO messages ({MSG_COLS})
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, NULL)"
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, NULL, ?10)"
                 ),
                 params![
                     rid,
@@ -498,7 +558,8 @@ impl ChatStore for SqliteStore {
                     msg.reply_to,
                     msg.at.0,
                     msg.kind.as_str(),
-                    msg.target
+                    msg.target,
+                    attachments_json
                 ],
             )?;
             apply_to_target(&tx, &msg, &rid)?;
@@ -521,6 +582,7 @@ impl ChatStore for SqliteStore {
                 target: msg.target,
                 deleted: false,
                 edited_at: None,
+                attachments: msg.attachments,
             }))
         })
         .await
@@ -557,7 +619,7 @@ impl ChatStore for SqliteStore {
             }
             let mut stmt = c.prepare(
                 "SELECT m.room_id, m.seq, m.message_id, m.sender, m.body, m.reply_to, m.created_at,
-                        m.kind, m.target, m.deleted, m.edited_at, rm.role
+                        m.kind, m.target, m.deleted, m.edited_at, m.attachments, rm.role
                  FROM messages_fts f
                  JOIN room_members rm ON rm.room_id = f.room_id AND rm.user_id = ?2
                  JOIN messages m ON m.room_id = f.room_id AND m.seq = f.seq
@@ -567,7 +629,7 @@ impl ChatStore for SqliteStore {
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             let rows = stmt.query_map(
                 params![query, user.to_string(), room.map(|r| r.to_string()), limit],
-                |r| Ok((message_at(r)?, role_of(r.get(11)?))),
+                |r| Ok((message_at(r)?, role_of(r.get(12)?))),
             )?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })

@@ -145,14 +145,19 @@ pub async fn chat(cmd: ChatCmd, json: bool) -> anyhow::Result<()> {
             let r = client.direct_room(user.trim_start_matches('@')).await?;
             output(json, &r, || println!("Direct room with {user}: {}", r.id))
         }
-        ChatCmd::Send { room, text } => {
+        ChatCmd::Send { room, text, files } => {
             let r = resolve(&client, &room).await?;
+            let mut attachments = Vec::new();
+            for path in &files {
+                attachments.push(upload(&client, &r.id, path).await?);
+            }
             let req = MessageSend {
                 message_id: uuid::Uuid::new_v4().to_string(),
                 body: text,
                 reply_to: None,
                 kind: None,
                 target: None,
+                attachments,
             };
             // One retry with the same id on a transport failure: the server stores it once.
             let sent = match client.send_message(&r.id, &req).await {
@@ -184,6 +189,23 @@ pub async fn chat(cmd: ChatCmd, json: bool) -> anyhow::Result<()> {
                     print_message(&room_label(&r), m, &names);
                 }
             })
+        }
+        ChatCmd::Get {
+            room,
+            attachment,
+            output,
+        } => {
+            let r = resolve(&client, &room).await?;
+            let (_, bytes) = client.download(&r.id, &attachment).await?;
+            match output {
+                Some(path) => {
+                    std::fs::write(&path, &bytes)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    eprintln!("Saved {} bytes to {}.", bytes.len(), path.display());
+                }
+                None => std::io::Write::write_all(&mut std::io::stdout(), &bytes)?,
+            }
+            Ok(())
         }
         ChatCmd::Search { query, room, limit } => {
             let room = match room {
@@ -283,4 +305,53 @@ async fn tail(client: &Client, rooms: &[String], json: bool) -> anyhow::Result<(
         }
     }
     Ok(())
+}
+
+fn content_type_of(path: &std::path::Path) -> &'static str {
+    match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("txt" | "log" | "md") => "text/plain; charset=utf-8",
+        Some("json") => "application/json",
+        Some("pdf") => "application/pdf",
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("gif") => "image/gif",
+        Some("zip") => "application/zip",
+        _ => "application/octet-stream",
+    }
+}
+
+/// Uploads one file with a progress line on stderr; returns the attachment id.
+async fn upload(client: &Client, room: &str, path: &std::path::Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("file")
+        .to_string();
+    let label = name.clone();
+    let info = client
+        .upload(
+            room,
+            &name,
+            content_type_of(path),
+            bytes,
+            move |sent, total| {
+                let pct = (sent * 100).checked_div(total).unwrap_or(100);
+                eprint!(
+                    "\r  uploading {label}: {pct:>3}% ({:.1} of {:.1} MiB)",
+                    sent as f64 / 1_048_576.0,
+                    total as f64 / 1_048_576.0
+                );
+            },
+        )
+        .await;
+    eprintln!();
+    let info = info?;
+    eprintln!("  {} attached as {}", info.name, info.id);
+    Ok(info.id)
 }

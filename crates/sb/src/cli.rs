@@ -83,8 +83,22 @@ pub enum ChatCmd {
     Ban { room: String, user: String },
     /// Open (or create) the direct-message room with a user.
     Dm { user: String },
-    /// Send a message to `#room`, a room id, or `@user`.
-    Send { room: String, text: String },
+    /// Send a message to `#room`, a room id, or `@user`, optionally with files.
+    Send {
+        room: String,
+        text: String,
+        /// Attach a file (repeat for several); the upload shows progress.
+        #[arg(long = "file")]
+        files: Vec<std::path::PathBuf>,
+    },
+    /// Download an attachment.
+    Get {
+        room: String,
+        attachment: String,
+        /// Where to write it [default: stdout].
+        #[arg(short, long)]
+        output: Option<std::path::PathBuf>,
+    },
     /// Show a room's history, oldest first.
     History {
         room: String,

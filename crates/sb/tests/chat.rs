@@ -127,6 +127,7 @@ fn msg(id: &str, body: &str) -> MessageSend {
         reply_to: None,
         kind: None,
         target: None,
+        attachments: Vec::new(),
     }
 }
 
@@ -1011,6 +1012,7 @@ fn change(id: &str, kind: &str, target: i64, body: &str) -> MessageSend {
         reply_to: None,
         kind: Some(kind.into()),
         target: Some(target),
+        attachments: Vec::new(),
     }
 }
 
@@ -1190,4 +1192,188 @@ async fn edits_deletes_and_reactions_are_entries_every_device_receives() {
         Some("not_found".into()),
         "only messages are targets"
     );
+}
+
+#[tokio::test]
+async fn attachments_reach_members_only_intact_and_within_the_limit() {
+    let server = TestServer::start_with(ServerOptions {
+        env: vec![(
+            "SB_CHAT__ATTACHMENT_SIZE_BYTES_MAX",
+            (4 * 1024 * 1024).to_string(),
+        )],
+        ..Default::default()
+    });
+    let admin = server.admin().await;
+    let ann = server.user(&admin, "ann").await;
+    let ben = server.user(&admin, "ben").await;
+    let eve = server.user(&admin, "eve").await;
+    let room = ann
+        .create_room(&RoomCreate {
+            name: "files".into(),
+            topic: "".into(),
+            public: false,
+        })
+        .await
+        .unwrap();
+    ann.add_member(&room.id, "ben").await.unwrap();
+    // 3 MiB of varied bytes, larger than the JSON body limit.
+    let data: Vec<u8> = (0..3 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let s2 = seen.clone();
+    let info = ann
+        .upload(
+            &room.id,
+            "report.bin",
+            "application/octet-stream",
+            data.clone(),
+            move |sent, _| {
+                s2.store(sent, std::sync::atomic::Ordering::Relaxed);
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(info.size, data.len() as u64);
+    assert_eq!(
+        seen.load(std::sync::atomic::Ordering::Relaxed),
+        data.len() as u64,
+        "progress reached the end"
+    );
+    let sent = ann
+        .send_message(
+            &room.id,
+            &MessageSend {
+                attachments: vec![info.id.clone()],
+                ..msg("with-file", "the report")
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(sent.message.attachments, vec![info.id.clone()]);
+    let (ctype, bytes) = ben.download(&room.id, &info.id).await.unwrap();
+    assert_eq!(ctype, "application/octet-stream");
+    assert!(bytes == data, "byte-identical");
+
+    let code = |e: sb_client::ClientError| (e.status(), e.code().map(String::from));
+    assert_eq!(
+        code(eve.download(&room.id, &info.id).await.unwrap_err()),
+        (Some(403), Some("forbidden".into()))
+    );
+    assert_eq!(
+        code(
+            eve.upload(&room.id, "x", "text/plain", b"x".to_vec(), |_, _| {})
+                .await
+                .unwrap_err()
+        ),
+        (Some(403), Some("forbidden".into()))
+    );
+    // ben may not attach ann's upload as his own.
+    let stolen = ben
+        .send_message(
+            &room.id,
+            &MessageSend {
+                attachments: vec![info.id.clone()],
+                ..msg("steal", "mine")
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(stolen).1, Some("invalid_argument".into()));
+    let big = vec![0u8; 4 * 1024 * 1024 + 1];
+    assert_eq!(
+        code(
+            ann.upload(&room.id, "big", "application/octet-stream", big, |_, _| {})
+                .await
+                .unwrap_err()
+        ),
+        (Some(413), Some("payload_too_large".into()))
+    );
+    assert_eq!(
+        code(
+            ann.upload(
+                &room.id,
+                "../etc/passwd",
+                "text/plain",
+                b"x".to_vec(),
+                |_, _| {}
+            )
+            .await
+            .unwrap_err()
+        )
+        .1,
+        Some("invalid_argument".into())
+    );
+
+    // A blob damaged on disk is refused, not served.
+    let blob_path = server
+        .data_dir
+        .join("blobs")
+        .join(&info.blake3[0..2])
+        .join(&info.blake3[2..4])
+        .join(&info.blake3);
+    let mut damaged = std::fs::read(&blob_path).unwrap();
+    damaged[1000] ^= 0xff;
+    std::fs::write(&blob_path, damaged).unwrap();
+    assert_eq!(
+        code(ben.download(&room.id, &info.id).await.unwrap_err()),
+        (Some(500), Some("internal".into()))
+    );
+}
+
+#[test]
+fn chat_cli_sends_and_gets_files() {
+    let server = TestServer::start();
+    let home = tempfile::tempdir().unwrap();
+    let setup = server.setup_token.clone().unwrap();
+    let out = sb(
+        home.path(),
+        &[
+            "register",
+            &server.url,
+            "--username",
+            "admin",
+            "--setup-token",
+            &setup,
+            "--password-stdin",
+            "--yes",
+        ],
+        &format!("{PASSWORD}\n"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    json(&sb(home.path(), &["chat", "create", "docs", "--json"], ""));
+    let file = home.path().join("notes.txt");
+    std::fs::write(&file, "meeting notes\n".repeat(10_000)).unwrap();
+    let out = sb(
+        home.path(),
+        &[
+            "chat",
+            "send",
+            "#docs",
+            "notes attached",
+            "--file",
+            file.to_str().unwrap(),
+            "--json",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("uploading notes.txt: 100%"),
+        "shows progress: {}",
+        stderr(&out)
+    );
+    let sent: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = sent["message"]["attachments"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let copy = home.path().join("copy.txt");
+    let out = sb(
+        home.path(),
+        &["chat", "get", "#docs", &id, "-o", copy.to_str().unwrap()],
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&file).unwrap());
 }

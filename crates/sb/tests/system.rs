@@ -333,6 +333,8 @@ async fn openapi_documents_every_route_and_every_documented_route_exists() {
         ("POST", "/v1/rooms/{room}/messages"),
         ("GET", "/v1/search/messages"),
         ("POST", "/v1/rooms/{room}/read"),
+        ("POST", "/v1/rooms/{room}/attachments"),
+        ("GET", "/v1/rooms/{room}/attachments/{id}"),
         ("GET", "/v1/rooms/{room}/read"),
         ("GET", "/v1/ws"),
         ("GET", "/healthz"),
