@@ -62,7 +62,7 @@ fn print_message(label: &str, m: &MessageInfo, names: &HashMap<String, String>) 
 }
 
 pub async fn chat(cmd: ChatCmd, json: bool) -> anyhow::Result<()> {
-    let (_, client) = logged_in()?;
+    let (login, client) = logged_in()?;
     match cmd {
         ChatCmd::Rooms { public } => {
             let rooms = if public {
@@ -241,6 +241,11 @@ pub async fn chat(cmd: ChatCmd, json: bool) -> anyhow::Result<()> {
             })
         }
         ChatCmd::Tail { rooms } => tail(&client, &rooms, json).await,
+        ChatCmd::Open { room } => {
+            let r = resolve(&client, &room).await?;
+            let names = names(&client, &r.id).await;
+            crate::chat_tui::open(&client, &r, &room_label(&r), names, &login.username).await
+        }
     }
 }
 

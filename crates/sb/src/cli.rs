@@ -120,6 +120,8 @@ pub enum ChatCmd {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
+    /// Open a room in an interactive terminal view: live messages, presence and typing.
+    Open { room: String },
     /// Print messages as they arrive (all your rooms, or the ones named) until interrupted.
     Tail { rooms: Vec<String> },
 }

@@ -1,6 +1,7 @@
 //! `sb`: the Switchboard server (`sb serve`) and its command-line client.
 
 mod chat_cmds;
+mod chat_tui;
 mod cli;
 mod client_cmds;
 

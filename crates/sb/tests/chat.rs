@@ -1377,3 +1377,136 @@ fn chat_cli_sends_and_gets_files() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&file).unwrap());
 }
+
+/// Reads the tmux pane until `needle` shows up (or fails after a while).
+fn wait_for_pane(session: &str, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = std::process::Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", session])
+            .output()
+            .unwrap();
+        let screen = String::from_utf8_lossy(&out.stdout).into_owned();
+        if screen.contains(needle) {
+            return screen;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never saw {needle:?} on screen:\n{screen}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn chat_open_shows_live_messages_typing_and_sends_what_is_typed() {
+    if external("tmux").is_none() {
+        return;
+    }
+    let server = TestServer::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (ann, ben, room) = rt.block_on(async {
+        let admin = server.admin().await;
+        let ann = server.user(&admin, "ann").await;
+        let ben = server.user(&admin, "ben").await;
+        let room = ann
+            .create_room(&RoomCreate {
+                name: "team".into(),
+                topic: "".into(),
+                public: false,
+            })
+            .await
+            .unwrap();
+        ann.add_member(&room.id, "ben").await.unwrap();
+        ben.send_message(&room.id, &msg("old", "from before"))
+            .await
+            .unwrap();
+        (ann, ben, room)
+    });
+    let home = tempfile::tempdir().unwrap();
+    let out = sb(
+        home.path(),
+        &[
+            "login",
+            &server.url,
+            "--username",
+            "ann",
+            "--password-stdin",
+            "--yes",
+        ],
+        &format!("{PASSWORD}\n"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let session = format!("sbtest-{}", std::process::id());
+    let cmd = format!(
+        "XDG_CONFIG_HOME={} {BIN} chat open '#team'",
+        home.path().display()
+    );
+    let ok = std::process::Command::new("tmux")
+        .args([
+            "new-session",
+            "-d",
+            "-s",
+            &session,
+            "-x",
+            "100",
+            "-y",
+            "24",
+            &cmd,
+        ])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let kill = || {
+        let _ = std::process::Command::new("tmux")
+            .args(["kill-session", "-t", &session])
+            .status();
+    };
+    let screen = wait_for_pane(&session, "ben: from before");
+    assert!(screen.contains("#team"), "{screen}");
+    assert!(
+        screen.contains("online: ann"),
+        "the viewer is online: {screen}"
+    );
+
+    // ben types and writes; the view shows both.
+    let mut bdev = rt.block_on(Device::connect(&ben, json!([])));
+    rt.block_on(bdev.ws.send(Message::text(
+        json!({"type":"chat_typing","room":room.id}).to_string(),
+    )))
+    .unwrap();
+    wait_for_pane(&session, "ben is typing");
+    rt.block_on(ben.send_message(&room.id, &msg("live", "hello ann")))
+        .unwrap();
+    wait_for_pane(&session, "ben: hello ann");
+
+    // ann types a line and presses Enter: it is sent and shows up.
+    std::process::Command::new("tmux")
+        .args(["send-keys", "-t", &session, "hi from the terminal", "Enter"])
+        .status()
+        .unwrap();
+    wait_for_pane(&session, "ann: hi from the terminal");
+    let history = rt
+        .block_on(ann.history(
+            &room.id,
+            &HistoryQuery {
+                after: Some(0),
+                before: None,
+                limit: None,
+            },
+        ))
+        .unwrap();
+    assert_eq!(history.last().unwrap().body, "hi from the terminal");
+    std::process::Command::new("tmux")
+        .args(["send-keys", "-t", &session, "Escape"])
+        .status()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let alive = std::process::Command::new("tmux")
+        .args(["has-session", "-t", &session])
+        .status()
+        .unwrap()
+        .success();
+    kill();
+    assert!(!alive, "Esc quits");
+}

@@ -217,26 +217,6 @@ fn validator_rejects_broken_expositions() {
     assert!(validate_exposition("# TYPE a gauge\na{x=\"unterminated} 1\n# EOF").is_err());
 }
 
-/// Path of an outside program, or `None` (with a loud note) when it is missing; under
-/// `SB_REQUIRE_EXTERNAL=1` a missing program fails the test instead.
-fn external(program: &str) -> Option<std::path::PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(program))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var("SB_REQUIRE_EXTERNAL").as_deref() != Ok("1"),
-            "{program} is required (SB_REQUIRE_EXTERNAL=1) but not installed"
-        );
-        eprintln!(
-            "!!! SKIPPING the {program} check: {program} is not installed (apt-get install prometheus)"
-        );
-    }
-    found
-}
-
 trait OutputWithStdin {
     fn output_with_stdin(&mut self, input: &[u8]) -> std::process::Output;
 }

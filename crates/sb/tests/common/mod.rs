@@ -247,3 +247,23 @@ pub fn json(o: &Output) -> serde_json::Value {
     );
     serde_json::from_slice(&o.stdout).expect("json output")
 }
+
+/// Path of an outside program, or `None` (with a loud note) when it is missing; under
+/// `SB_REQUIRE_EXTERNAL=1` a missing program fails the test instead.
+pub fn external(program: &str) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(program))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("SB_REQUIRE_EXTERNAL").as_deref() != Ok("1"),
+            "{program} is required (SB_REQUIRE_EXTERNAL=1) but not installed"
+        );
+        eprintln!(
+            "!!! SKIPPING the {program} check: {program} is not installed (install it, e.g. apt-get install prometheus or tmux)"
+        );
+    }
+    found
+}
