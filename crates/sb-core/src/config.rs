@@ -265,6 +265,9 @@ pub struct ChatConfig {
     pub attachment_size_bytes_max: usize,
     /// Attachments one message may carry.
     pub attachments_per_message_max: usize,
+    /// Attachment uploads and downloads in progress at once; each holds up to
+    /// `attachment_size_bytes_max` in memory. Further transfers wait their turn.
+    pub attachment_transfers_concurrent_max: usize,
 }
 
 impl Default for ChatConfig {
@@ -278,6 +281,7 @@ impl Default for ChatConfig {
             room_members_max: 10_000,
             attachment_size_bytes_max: 25 * 1024 * 1024,
             attachments_per_message_max: 10,
+            attachment_transfers_concurrent_max: 8,
         }
     }
 }
@@ -391,6 +395,8 @@ room_members_max = 10000
 # Largest attachment in bytes; only room members can download attachments.
 attachment_size_bytes_max = 26214400
 attachments_per_message_max = 10
+# Uploads and downloads at once; each holds up to attachment_size_bytes_max in memory.
+attachment_transfers_concurrent_max = 8
 "#;
 
 #[cfg(test)]

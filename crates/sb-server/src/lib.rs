@@ -50,6 +50,8 @@ pub fn now() -> UnixMillis {
 pub struct AppState {
     pub auth: Arc<Auth>,
     pub chat: Arc<sb_chat::Chat>,
+    /// Attachment transfers in progress (`chat.attachment_transfers_concurrent_max`).
+    transfers: tokio::sync::Semaphore,
     pub config: Arc<Config>,
     metrics: Arc<metrics::Metrics>,
     pub shutdown: CancellationToken,
@@ -307,6 +309,9 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let state = Arc::new(AppState {
         auth,
         chat,
+        transfers: tokio::sync::Semaphore::new(
+            config.chat.attachment_transfers_concurrent_max.max(1),
+        ),
         config: config.clone(),
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),

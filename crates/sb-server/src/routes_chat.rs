@@ -371,6 +371,11 @@ pub async fn upload(
     body: axum::body::Body,
 ) -> Result<(StatusCode, Json<AttachmentInfo>), ApiError> {
     let room = room_id(&room)?;
+    let _slot = st
+        .transfers
+        .acquire()
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::Overloaded, "shutting down"))?;
     let max = st.config.chat.attachment_size_bytes_max;
     // The general body limit is for JSON; attachments have their own, read here.
     let bytes = axum::body::to_bytes(body, max).await.map_err(|_| {
@@ -403,6 +408,11 @@ pub async fn download(
     let id = id
         .parse()
         .map_err(|_| ApiError::new(ErrorCode::InvalidArgument, "not a valid attachment id"))?;
+    let _slot = st
+        .transfers
+        .acquire()
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::Overloaded, "shutting down"))?;
     let (a, bytes) = st.chat.download(c.cx(), room_id(&room)?, id).await?;
     // The name is the uploader's text: quote it safely, and never let a browser render it.
     let safe: String = a
