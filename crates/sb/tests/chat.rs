@@ -110,6 +110,22 @@ async fn next_json(ws: &mut WsStream) -> Value {
     }
 }
 
+/// A private room owned by `owner` with `members` added.
+async fn private_room(owner: &Client, name: &str, members: &[&str]) -> sb_proto::RoomInfo {
+    let room = owner
+        .create_room(&RoomCreate {
+            name: name.into(),
+            topic: String::new(),
+            public: false,
+        })
+        .await
+        .unwrap();
+    for m in members {
+        owner.add_member(&room.id, m).await.unwrap();
+    }
+    room
+}
+
 /// The next frame of one type, skipping others (presence and the like arrive interleaved).
 async fn next_of(ws: &mut WsStream, kind: &str) -> Value {
     loop {
@@ -138,16 +154,7 @@ async fn three_users_two_devices_each_see_every_message_once_in_order() {
     let ann = server.user(&admin, "ann").await;
     let ben = server.user(&admin, "ben").await;
     server.user(&admin, "cat").await;
-    let room = ann
-        .create_room(&RoomCreate {
-            name: "team".into(),
-            topic: "".into(),
-            public: false,
-        })
-        .await
-        .unwrap();
-    ann.add_member(&room.id, "ben").await.unwrap();
-    ann.add_member(&room.id, "cat").await.unwrap();
+    let room = private_room(&ann, "team", &["ben", "cat"]).await;
     let dm = ann.direct_room("ben").await.unwrap();
     assert_eq!(
         ben.direct_room("ann").await.unwrap().id,
@@ -813,15 +820,7 @@ async fn read_markers_give_unread_counts_and_typing_reaches_other_members() {
     let admin = server.admin().await;
     let ann = server.user(&admin, "ann").await;
     let ben = server.user(&admin, "ben").await;
-    let room = ann
-        .create_room(&RoomCreate {
-            name: "team".into(),
-            topic: "".into(),
-            public: false,
-        })
-        .await
-        .unwrap();
-    ann.add_member(&room.id, "ben").await.unwrap();
+    let room = private_room(&ann, "team", &["ben"]).await;
     for i in 0..5 {
         ann.send_message(&room.id, &msg(&format!("m{i}"), "hello"))
             .await
@@ -937,15 +936,7 @@ async fn presence_follows_connections_and_reaches_people_who_share_a_room() {
     let admin = server.admin().await;
     let ann = server.user(&admin, "ann").await;
     let ben = server.user(&admin, "ben").await;
-    let room = ann
-        .create_room(&RoomCreate {
-            name: "team".into(),
-            topic: "".into(),
-            public: false,
-        })
-        .await
-        .unwrap();
-    ann.add_member(&room.id, "ben").await.unwrap();
+    let room = private_room(&ann, "team", &["ben"]).await;
     let status_of_ben = |members: Vec<sb_proto::MemberInfo>| {
         let b = members.into_iter().find(|m| m.username == "ben").unwrap();
         (b.presence, b.last_seen_at_ms.is_some())
@@ -1207,15 +1198,7 @@ async fn attachments_reach_members_only_intact_and_within_the_limit() {
     let ann = server.user(&admin, "ann").await;
     let ben = server.user(&admin, "ben").await;
     let eve = server.user(&admin, "eve").await;
-    let room = ann
-        .create_room(&RoomCreate {
-            name: "files".into(),
-            topic: "".into(),
-            public: false,
-        })
-        .await
-        .unwrap();
-    ann.add_member(&room.id, "ben").await.unwrap();
+    let room = private_room(&ann, "files", &["ben"]).await;
     // 3 MiB of varied bytes, larger than the JSON body limit.
     let data: Vec<u8> = (0..3 * 1024 * 1024u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
@@ -1325,22 +1308,7 @@ async fn attachments_reach_members_only_intact_and_within_the_limit() {
 fn chat_cli_sends_and_gets_files() {
     let server = TestServer::start();
     let home = tempfile::tempdir().unwrap();
-    let setup = server.setup_token.clone().unwrap();
-    let out = sb(
-        home.path(),
-        &[
-            "register",
-            &server.url,
-            "--username",
-            "admin",
-            "--setup-token",
-            &setup,
-            "--password-stdin",
-            "--yes",
-        ],
-        &format!("{PASSWORD}\n"),
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
+    register_admin_cli(&server, home.path());
     json(&sb(home.path(), &["chat", "create", "docs", "--json"], ""));
     let file = home.path().join("notes.txt");
     std::fs::write(&file, "meeting notes\n".repeat(10_000)).unwrap();

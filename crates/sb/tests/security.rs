@@ -270,22 +270,7 @@ async fn password_change_signs_out_other_sessions_only() {
 fn audit_verify_names_an_edited_record() {
     let server = TestServer::start();
     let home = tempfile::tempdir().unwrap();
-    let setup = server.setup_token.clone().unwrap();
-    let out = sb(
-        home.path(),
-        &[
-            "register",
-            &server.url,
-            "--username",
-            "admin",
-            "--setup-token",
-            &setup,
-            "--password-stdin",
-            "--yes",
-        ],
-        &format!("{PASSWORD}\n"),
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
+    register_admin_cli(&server, home.path());
     for _ in 0..3 {
         assert!(sb(home.path(), &["whoami"], "").status.success());
         let out = sb(

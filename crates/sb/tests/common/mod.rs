@@ -211,6 +211,26 @@ impl Drop for TestServer {
     }
 }
 
+/// Registers `admin` with the setup token through the CLI in `home` (pinning the certificate).
+pub fn register_admin_cli(server: &TestServer, home: &Path) {
+    let setup = server.setup_token.clone().expect("setup token");
+    let out = sb(
+        home,
+        &[
+            "register",
+            &server.url,
+            "--username",
+            "admin",
+            "--setup-token",
+            &setup,
+            "--password-stdin",
+            "--yes",
+        ],
+        &format!("{PASSWORD}\n"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 /// Runs the CLI with its own config directory (one per simulated user device).
 pub fn sb(config_home: &Path, args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(BIN)
