@@ -56,6 +56,8 @@ async fn measure(
             created_by: user,
             created_at: UnixMillis(1),
             last_seq: 0,
+            encrypted: false,
+            mls_epoch: 0,
         })
         .await?;
     let deadline = Instant::now() + Duration::from_secs(args.seconds);

@@ -396,6 +396,8 @@ impl Chat {
             created_by: cx.subject.user_id,
             created_at: cx.now,
             last_seq: 0,
+            encrypted: false,
+            mls_epoch: 0,
         };
         match self.store.create_room(room.clone()).await {
             Err(StoreError::Conflict(_)) => {

@@ -36,6 +36,42 @@ pub struct RoomRecord {
     pub created_at: UnixMillis,
     /// Sequence number of the newest message; 0 for an empty room.
     pub last_seq: i64,
+    /// End-to-end encrypted (MLS): message bodies are ciphertext the server cannot read.
+    pub encrypted: bool,
+    /// The MLS epoch the next handshake message must be for.
+    pub mls_epoch: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandshakeRecord {
+    pub room_id: RoomId,
+    pub epoch: i64,
+    pub sender: UserId,
+    pub message: Vec<u8>,
+    pub created_at: UnixMillis,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WelcomeRecord {
+    pub room_id: RoomId,
+    pub epoch: i64,
+    pub welcome: Vec<u8>,
+}
+
+/// A Welcome to queue for one device of an invited user.
+#[derive(Clone, Debug)]
+pub struct NewWelcome {
+    pub user: UserId,
+    pub device: String,
+    pub welcome: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HandshakeOutcome {
+    /// Stored as the handshake of `epoch`; the room moved to `epoch + 1`.
+    Accepted,
+    /// Another handshake took this epoch first; the room is at `current`.
+    Stale { current: i64 },
 }
 
 /// A room as one member sees it.
@@ -225,6 +261,38 @@ pub trait ChatStore: Send + Sync + 'static {
     async fn append_message(&self, msg: NewMessage) -> Result<Appended>;
     async fn message(&self, room: RoomId, seq: i64) -> Result<Option<MessageRecord>>;
     async fn insert_attachment(&self, a: AttachmentRecord) -> Result<()>;
+    /// Stores a device's key packages (and replaces its last-resort one, if given), keeping at
+    /// most `max_per_device` regular ones. Returns how many regular ones it now has.
+    async fn add_key_packages(
+        &self,
+        user: UserId,
+        device: &str,
+        packages: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+        max_per_device: usize,
+    ) -> Result<usize>;
+    /// One key package for each of `user`'s devices, atomically: a regular package is handed
+    /// out once and removed; a device with none left gives its last-resort package (kept).
+    async fn claim_key_packages(&self, user: UserId) -> Result<Vec<(String, Vec<u8>)>>;
+    /// Appends the handshake for `epoch` if the room is at that epoch, with the Welcomes it
+    /// carries, in one transaction; otherwise reports the room's epoch.
+    async fn append_handshake(
+        &self,
+        room: RoomId,
+        epoch: i64,
+        sender: UserId,
+        message: Vec<u8>,
+        welcomes: Vec<NewWelcome>,
+        at: UnixMillis,
+    ) -> Result<HandshakeOutcome>;
+    async fn handshakes_after(
+        &self,
+        room: RoomId,
+        epoch: i64,
+        limit: usize,
+    ) -> Result<Vec<HandshakeRecord>>;
+    /// The device's queued Welcomes, removed as they are handed over.
+    async fn take_welcomes(&self, user: UserId, device: &str) -> Result<Vec<WelcomeRecord>>;
     async fn attachment(&self, room: RoomId, id: AttachmentId) -> Result<Option<AttachmentRecord>>;
     /// Messages with `seq > after`, oldest first, at most `limit`.
     async fn messages_after(

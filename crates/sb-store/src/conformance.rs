@@ -422,6 +422,8 @@ pub async fn run_chat<S: Store + ChatStore>(s: &S) {
         created_by: ann,
         created_at: UnixMillis(2_000),
         last_seq: 0,
+        encrypted: false,
+        mls_epoch: 0,
     };
     s.create_room(room.clone()).await.unwrap();
     let dup = s
@@ -749,4 +751,113 @@ pub async fn run_chat<S: Store + ChatStore>(s: &S) {
         .unwrap()
         .unwrap();
     assert_eq!(stored.attachments, vec![file.id]);
+
+    // MLS: key packages are handed out once; a device with none left gives its last resort.
+    assert_eq!(
+        s.add_key_packages(
+            ben,
+            "phone",
+            vec![b"kp1".to_vec(), b"kp2".to_vec()],
+            Some(b"lr".to_vec()),
+            10
+        )
+        .await
+        .unwrap(),
+        2
+    );
+    s.add_key_packages(ben, "laptop", vec![b"kp3".to_vec()], None, 10)
+        .await
+        .unwrap();
+    let first = s.claim_key_packages(ben).await.unwrap();
+    assert_eq!(
+        first,
+        vec![
+            ("laptop".to_string(), b"kp3".to_vec()),
+            ("phone".to_string(), b"kp1".to_vec())
+        ]
+    );
+    let second = s.claim_key_packages(ben).await.unwrap();
+    assert_eq!(
+        second,
+        vec![("phone".to_string(), b"kp2".to_vec())],
+        "laptop has none and no last resort"
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            s.claim_key_packages(ben).await.unwrap(),
+            vec![("phone".to_string(), b"lr".to_vec())]
+        );
+    }
+    assert_eq!(
+        s.add_key_packages(ben, "phone", (0..5).map(|i| vec![i]).collect(), None, 3)
+            .await
+            .unwrap(),
+        3,
+        "bounded per device"
+    );
+
+    // Handshakes: one per epoch, in order; a stale epoch is refused and stores nothing.
+    let welcome = |w: &[u8]| NewWelcome {
+        user: cat,
+        device: "desk".into(),
+        welcome: w.to_vec(),
+    };
+    assert_eq!(
+        s.append_handshake(
+            room.id,
+            0,
+            ann,
+            b"commit-0".to_vec(),
+            vec![welcome(b"w0")],
+            UnixMillis(6_000)
+        )
+        .await
+        .unwrap(),
+        HandshakeOutcome::Accepted
+    );
+    assert_eq!(
+        s.append_handshake(
+            room.id,
+            0,
+            ben,
+            b"commit-0b".to_vec(),
+            vec![welcome(b"lost")],
+            UnixMillis(6_001)
+        )
+        .await
+        .unwrap(),
+        HandshakeOutcome::Stale { current: 1 }
+    );
+    s.append_handshake(
+        room.id,
+        1,
+        ann,
+        b"commit-1".to_vec(),
+        vec![],
+        UnixMillis(6_002),
+    )
+    .await
+    .unwrap();
+    let log: Vec<_> = s
+        .handshakes_after(room.id, 0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| (h.epoch, h.message))
+        .collect();
+    assert_eq!(
+        log,
+        vec![(0, b"commit-0".to_vec()), (1, b"commit-1".to_vec())]
+    );
+    assert_eq!(s.handshakes_after(room.id, 1, 10).await.unwrap().len(), 1);
+    let w = s.take_welcomes(cat, "desk").await.unwrap();
+    assert_eq!(
+        w.iter().map(|w| w.welcome.clone()).collect::<Vec<_>>(),
+        vec![b"w0".to_vec()],
+        "the stale commit's Welcome was not queued"
+    );
+    assert!(
+        s.take_welcomes(cat, "desk").await.unwrap().is_empty(),
+        "taken once"
+    );
 }

@@ -182,6 +182,41 @@ CREATE TABLE attachments (
 CREATE INDEX attachments_by_room ON attachments(room_id);
 ALTER TABLE messages ADD COLUMN attachments TEXT NOT NULL DEFAULT '[]';
 "#,
+    r#"
+-- End-to-end encrypted rooms (MLS). The server sees only opaque bytes: key packages, the
+-- room's handshake messages in epoch order, Welcomes for invited devices, and ciphertext.
+ALTER TABLE rooms ADD COLUMN encrypted INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE rooms ADD COLUMN mls_epoch INTEGER NOT NULL DEFAULT 0;
+
+CREATE TABLE mls_key_packages (
+    id          INTEGER PRIMARY KEY,
+    user_id     TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    device      TEXT NOT NULL,
+    package     BLOB NOT NULL,
+    last_resort INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE INDEX mls_key_packages_by_device ON mls_key_packages(user_id, device, last_resort);
+
+CREATE TABLE mls_handshakes (
+    room_id    TEXT NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+    epoch      INTEGER NOT NULL,
+    sender     TEXT NOT NULL REFERENCES users(id),
+    message    BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (room_id, epoch)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE mls_welcomes (
+    id         INTEGER PRIMARY KEY,
+    user_id    TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    device     TEXT NOT NULL,
+    room_id    TEXT NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+    epoch      INTEGER NOT NULL,
+    welcome    BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX mls_welcomes_by_device ON mls_welcomes(user_id, device);
+"#,
 ];
 
 const SETUP_TOKEN_KEY: &str = "setup_token_hash";

@@ -7,9 +7,9 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use sb_core::{AttachmentId, RoomId, RoomRole, UnixMillis, UserId};
 
-const ROOM_COLS: &str =
-    "r.id, r.kind, r.name, r.topic, r.public, r.created_by, r.created_at, r.last_seq";
-const ROOM_NCOLS: usize = 8;
+const ROOM_COLS: &str = "r.id, r.kind, r.name, r.topic, r.public, r.created_by, r.created_at, \
+     r.last_seq, r.encrypted, r.mls_epoch";
+const ROOM_NCOLS: usize = 10;
 
 fn room_at(row: &Row<'_>) -> rusqlite::Result<RoomRecord> {
     let kind: String = row.get(1)?;
@@ -26,6 +26,8 @@ fn room_at(row: &Row<'_>) -> rusqlite::Result<RoomRecord> {
         created_by: parse_id(row.get(5)?)?,
         created_at: UnixMillis(row.get(6)?),
         last_seq: row.get(7)?,
+        encrypted: row.get(8)?,
+        mls_epoch: row.get(9)?,
     })
 }
 
@@ -111,8 +113,8 @@ fn apply_to_target(c: &Connection, msg: &NewMessage, rid: &str) -> Result<()> {
 
 fn insert_room(c: &Connection, room: &RoomRecord, dm_key: Option<&str>) -> Result<()> {
     let r = c.execute(
-        "INSERT INTO rooms (id, kind, name, topic, public, created_by, created_at, last_seq, dm_key)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8)",
+        "INSERT INTO rooms (id, kind, name, topic, public, created_by, created_at, last_seq, dm_key, encrypted)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9)",
         params![
             room.id.to_string(),
             room.kind.as_str(),
@@ -121,7 +123,8 @@ fn insert_room(c: &Connection, room: &RoomRecord, dm_key: Option<&str>) -> Resul
             room.public,
             room.created_by.to_string(),
             room.created_at.0,
-            dm_key
+            dm_key,
+            room.encrypted
         ],
     );
     match r {
@@ -212,6 +215,8 @@ impl ChatStore for SqliteStore {
                 created_by: a,
                 created_at: at,
                 last_seq: 0,
+                encrypted: false,
+                mls_epoch: 0,
             };
             insert_room(&tx, &room, Some(&key))?;
             insert_member(&tx, room.id, a, RoomRole::Member, at)?;
@@ -487,6 +492,195 @@ impl ChatStore for SqliteStore {
         .await
     }
 
+    async fn add_key_packages(
+        &self,
+        user: UserId,
+        device: &str,
+        packages: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+        max_per_device: usize,
+    ) -> Result<usize> {
+        let device = device.to_string();
+        self.write("add_key_packages", move |c| {
+            let tx = c.savepoint()?;
+            let uid = user.to_string();
+            if let Some(lr) = last_resort {
+                tx.execute(
+                    "DELETE FROM mls_key_packages WHERE user_id = ?1 AND device = ?2 AND last_resort = 1",
+                    params![uid, device],
+                )?;
+                tx.execute(
+                    "INSERT INTO mls_key_packages (user_id, device, package, last_resort) VALUES (?1, ?2, ?3, 1)",
+                    params![uid, device, lr],
+                )?;
+            }
+            for p in packages {
+                tx.execute(
+                    "INSERT INTO mls_key_packages (user_id, device, package, last_resort) VALUES (?1, ?2, ?3, 0)",
+                    params![uid, device, p],
+                )?;
+            }
+            // Keep the newest `max_per_device`.
+            tx.execute(
+                "DELETE FROM mls_key_packages WHERE user_id = ?1 AND device = ?2 AND last_resort = 0
+                 AND id NOT IN (SELECT id FROM mls_key_packages WHERE user_id = ?1 AND device = ?2
+                                AND last_resort = 0 ORDER BY id DESC LIMIT ?3)",
+                params![uid, device, i64::try_from(max_per_device).unwrap_or(i64::MAX)],
+            )?;
+            let n: i64 = tx.query_row(
+                "SELECT count(*) FROM mls_key_packages WHERE user_id = ?1 AND device = ?2 AND last_resort = 0",
+                params![uid, device],
+                |r| r.get(0),
+            )?;
+            tx.commit()?;
+            Ok(usize::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn claim_key_packages(&self, user: UserId) -> Result<Vec<(String, Vec<u8>)>> {
+        self.write("claim_key_packages", move |c| {
+            let tx = c.savepoint()?;
+            let uid = user.to_string();
+            let devices: Vec<String> = {
+                let mut stmt = tx.prepare(
+                    "SELECT DISTINCT device FROM mls_key_packages WHERE user_id = ?1 ORDER BY device",
+                )?;
+                stmt.query_map([&uid], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?
+            };
+            let mut out = Vec::new();
+            for device in devices {
+                let regular: Option<(i64, Vec<u8>)> = tx
+                    .query_row(
+                        "SELECT id, package FROM mls_key_packages
+                         WHERE user_id = ?1 AND device = ?2 AND last_resort = 0 ORDER BY id LIMIT 1",
+                        params![uid, device],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                let package = match regular {
+                    Some((id, p)) => {
+                        tx.execute("DELETE FROM mls_key_packages WHERE id = ?1", [id])?;
+                        Some(p)
+                    }
+                    None => tx
+                        .query_row(
+                            "SELECT package FROM mls_key_packages
+                             WHERE user_id = ?1 AND device = ?2 AND last_resort = 1",
+                            params![uid, device],
+                            |r| r.get(0),
+                        )
+                        .optional()?,
+                };
+                if let Some(p) = package {
+                    out.push((device, p));
+                }
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn append_handshake(
+        &self,
+        room: RoomId,
+        epoch: i64,
+        sender: UserId,
+        message: Vec<u8>,
+        welcomes: Vec<NewWelcome>,
+        at: UnixMillis,
+    ) -> Result<HandshakeOutcome> {
+        self.write("append_handshake", move |c| {
+            let tx = c.savepoint()?;
+            let rid = room.to_string();
+            let current: i64 = tx
+                .query_row("SELECT mls_epoch FROM rooms WHERE id = ?1", [&rid], |r| {
+                    r.get(0)
+                })
+                .optional()?
+                .ok_or(StoreError::NotFound)?;
+            if current != epoch {
+                return Ok(HandshakeOutcome::Stale { current });
+            }
+            tx.execute(
+                "INSERT INTO mls_handshakes (room_id, epoch, sender, message, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![rid, epoch, sender.to_string(), message, at.0],
+            )?;
+            for w in welcomes {
+                tx.execute(
+                    "INSERT INTO mls_welcomes (user_id, device, room_id, epoch, welcome, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![w.user.to_string(), w.device, rid, epoch, w.welcome, at.0],
+                )?;
+            }
+            tx.execute(
+                "UPDATE rooms SET mls_epoch = mls_epoch + 1 WHERE id = ?1",
+                [&rid],
+            )?;
+            tx.commit()?;
+            Ok(HandshakeOutcome::Accepted)
+        })
+        .await
+    }
+
+    async fn handshakes_after(
+        &self,
+        room: RoomId,
+        epoch: i64,
+        limit: usize,
+    ) -> Result<Vec<HandshakeRecord>> {
+        self.read("handshakes_after", move |c| {
+            let mut stmt = c.prepare(
+                "SELECT room_id, epoch, sender, message, created_at FROM mls_handshakes
+                 WHERE room_id = ?1 AND epoch >= ?2 ORDER BY epoch LIMIT ?3",
+            )?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = stmt.query_map(params![room.to_string(), epoch, limit], |r| {
+                Ok(HandshakeRecord {
+                    room_id: parse_id(r.get(0)?)?,
+                    epoch: r.get(1)?,
+                    sender: parse_id(r.get(2)?)?,
+                    message: r.get(3)?,
+                    created_at: UnixMillis(r.get(4)?),
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn take_welcomes(&self, user: UserId, device: &str) -> Result<Vec<WelcomeRecord>> {
+        let device = device.to_string();
+        self.write("take_welcomes", move |c| {
+            let tx = c.savepoint()?;
+            let uid = user.to_string();
+            let out = {
+                let mut stmt = tx.prepare(
+                    "SELECT room_id, epoch, welcome FROM mls_welcomes
+                     WHERE user_id = ?1 AND device = ?2 ORDER BY id",
+                )?;
+                stmt.query_map(params![uid, device], |r| {
+                    Ok(WelcomeRecord {
+                        room_id: parse_id(r.get(0)?)?,
+                        epoch: r.get(1)?,
+                        welcome: r.get(2)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+            };
+            tx.execute(
+                "DELETE FROM mls_welcomes WHERE user_id = ?1 AND device = ?2",
+                params![uid, device],
+            )?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
     async fn co_members(&self, user: UserId) -> Result<Vec<UserId>> {
         self.read("co_members", move |c| {
             let mut stmt = c.prepare(
@@ -536,11 +730,11 @@ impl ChatStore for SqliteStore {
             if let Some(m) = existing {
                 return Ok(Appended::Duplicate(m));
             }
-            let seq: i64 = tx
+            let (seq, encrypted): (i64, bool) = tx
                 .query_row(
-                    "UPDATE rooms SET last_seq = last_seq + 1 WHERE id = ?1 RETURNING last_seq",
+                    "UPDATE rooms SET last_seq = last_seq + 1 WHERE id = ?1 RETURNING last_seq, encrypted",
                     [&rid],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?
                 .ok_or(StoreError::NotFound)?;
@@ -563,7 +757,8 @@ impl ChatStore for SqliteStore {
                 ],
             )?;
             apply_to_target(&tx, &msg, &rid)?;
-            if msg.kind == MessageKind::Message {
+            // Encrypted rooms hold ciphertext: nothing to index.
+            if msg.kind == MessageKind::Message && !encrypted {
                 tx.execute(
                     "INSERT INTO messages_fts (body, room_id, seq) VALUES (?1, ?2, ?3)",
                     params![msg.body, rid, seq],
