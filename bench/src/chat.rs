@@ -137,6 +137,7 @@ pub async fn run(sb: &str, args: ChatArgs) -> anyhow::Result<()> {
                         name: format!("room{r}"),
                         topic: String::new(),
                         public: false,
+                        encrypted: false,
                     })
                     .await?;
                 for m in 1..room_size {

@@ -19,12 +19,35 @@ use sb_core::UnixMillis;
 use sb_core::config::ChatConfig;
 use sb_core::{ErrorCode, RoomId, RoomRole, UserId};
 use sb_store::chat::{
-    Appended, AttachmentRecord, MemberChange, MemberRecord, MessageKind, MessageRecord, MyRoom,
-    NewMessage, ReadMarker, RoomAccess, RoomKind, RoomRecord,
+    Appended, AttachmentRecord, HandshakeOutcome, HandshakeRecord, MemberChange, MemberRecord,
+    MessageKind, MessageRecord, MyRoom, NewMessage, NewWelcome, ReadMarker, RoomAccess, RoomKind,
+    RoomRecord, WelcomeRecord,
 };
 use sb_store::{ChatStore, StoreError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+/// Largest MLS key package, handshake message or Welcome, in bytes.
+pub const MLS_MESSAGE_SIZE_BYTES_MAX: usize = 64 * 1024;
+/// Key packages one request may publish.
+pub const MLS_KEY_PACKAGES_PER_REQUEST_MAX: usize = 100;
+/// Unclaimed key packages kept per device (the newest).
+pub const MLS_KEY_PACKAGES_PER_DEVICE_MAX: usize = 100;
+
+fn check_device(device: &str) -> Result<()> {
+    let ok = !device.is_empty()
+        && device.len() <= 64
+        && device
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ChatError::Invalid(
+            "device names are 1-64 of a-z, 0-9, '-', '_', '.'".into(),
+        ))
+    }
+}
 
 /// Longest search query, in bytes.
 pub const SEARCH_QUERY_LENGTH_MAX: usize = 256;
@@ -55,6 +78,8 @@ pub enum ChatEvent {
         status: PresenceStatus,
         last_seen: Option<UnixMillis>,
     },
+    /// A handshake message was accepted for `epoch`; members fetch it from the room's log.
+    Handshake { room: RoomId, epoch: i64 },
     /// A member is typing; never stored.
     Typing {
         room: RoomId,
@@ -120,6 +145,8 @@ pub enum ChatError {
     Blob(#[from] sb_blob::BlobError),
     #[error("no such attachment in this room")]
     AttachmentNotFound,
+    #[error("the room is at epoch {current}; fetch the handshakes you missed and try again")]
+    StaleEpoch { current: i64 },
 }
 
 impl ChatError {
@@ -135,6 +162,7 @@ impl ChatError {
             ChatError::Conflict(_) => ErrorCode::Conflict,
             ChatError::Store(_) | ChatError::Blob(_) => ErrorCode::Internal,
             ChatError::AttachmentNotFound => ErrorCode::NotFound,
+            ChatError::StaleEpoch { .. } => ErrorCode::StaleEpoch,
         }
     }
 }
@@ -373,7 +401,13 @@ impl Chat {
         name: &str,
         topic: &str,
         public: bool,
+        encrypted: bool,
     ) -> Result<RoomRecord> {
+        if public && encrypted {
+            return Err(ChatError::Invalid(
+                "encrypted rooms are joined by invitation (an MLS Welcome), not publicly".into(),
+            ));
+        }
         let name = name.trim().trim_start_matches('#');
         let valid = !name.is_empty()
             && name.chars().count() <= self.config.room_name_length_max
@@ -396,7 +430,7 @@ impl Chat {
             created_by: cx.subject.user_id,
             created_at: cx.now,
             last_seq: 0,
-            encrypted: false,
+            encrypted,
             mls_epoch: 0,
         };
         match self.store.create_room(room.clone()).await {
@@ -629,6 +663,11 @@ impl Chat {
             ));
         }
         let access = self.authorized(cx, room, Action::Create).await?;
+        if access.room.encrypted && !matches!(kind, MessageKind::Message | MessageKind::Delete) {
+            return Err(ChatError::Invalid(
+                "in encrypted rooms, edits and reactions travel inside the ciphertext".into(),
+            ));
+        }
         if let Some(r) = reply_to.filter(|r| *r < 1 || *r > access.room.last_seq) {
             return Err(ChatError::Invalid(format!(
                 "reply_to {r} is not a message here"
@@ -693,6 +732,129 @@ impl Chat {
                 .await?;
         }
         Ok(appended)
+    }
+
+    /// Stores key packages for one of the caller's devices (and its last-resort package).
+    pub async fn publish_key_packages(
+        &self,
+        cx: Ctx<'_>,
+        device: &str,
+        packages: Vec<Vec<u8>>,
+        last_resort: Option<Vec<u8>>,
+    ) -> Result<usize> {
+        let owner = cx.subject.user_id;
+        self.auth
+            .authorize(cx, Action::Update, &Resource::Account { owner })
+            .await?;
+        check_device(device)?;
+        if packages.len() > MLS_KEY_PACKAGES_PER_REQUEST_MAX
+            || packages
+                .iter()
+                .chain(last_resort.iter())
+                .any(|p| p.is_empty() || p.len() > MLS_MESSAGE_SIZE_BYTES_MAX)
+        {
+            return Err(ChatError::Invalid(format!(
+                "send at most {MLS_KEY_PACKAGES_PER_REQUEST_MAX} key packages of 1-{MLS_MESSAGE_SIZE_BYTES_MAX} bytes"
+            )));
+        }
+        Ok(self
+            .store
+            .add_key_packages(
+                owner,
+                device,
+                packages,
+                last_resort,
+                MLS_KEY_PACKAGES_PER_DEVICE_MAX,
+            )
+            .await?)
+    }
+
+    /// One key package per device of `username`, to add them to an encrypted room. Needs the
+    /// right to invite into that room, so strangers cannot drain anyone's packages.
+    pub async fn claim_key_packages(
+        &self,
+        cx: Ctx<'_>,
+        room: RoomId,
+        username: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let access = self.authorized(cx, room, Action::Update).await?;
+        if !access.room.encrypted {
+            return Err(ChatError::Invalid("this room is not encrypted".into()));
+        }
+        let user = self.user_id(username).await?;
+        Ok(self.store.claim_key_packages(user).await?)
+    }
+
+    /// Appends an MLS handshake message (a commit, say) for `epoch`, with the Welcomes it
+    /// produced for invited devices. Of two handshakes for one epoch, exactly one is accepted.
+    pub async fn handshake(
+        &self,
+        cx: Ctx<'_>,
+        room: RoomId,
+        epoch: i64,
+        message: Vec<u8>,
+        welcomes: Vec<(String, String, Vec<u8>)>,
+    ) -> Result<()> {
+        let access = self.authorized(cx, room, Action::Create).await?;
+        if !access.room.encrypted {
+            return Err(ChatError::Invalid("this room is not encrypted".into()));
+        }
+        if message.is_empty() || message.len() > MLS_MESSAGE_SIZE_BYTES_MAX {
+            return Err(ChatError::TooLarge(MLS_MESSAGE_SIZE_BYTES_MAX));
+        }
+        let mut queued = Vec::with_capacity(welcomes.len());
+        for (username, device, welcome) in welcomes {
+            check_device(&device)?;
+            if welcome.is_empty() || welcome.len() > MLS_MESSAGE_SIZE_BYTES_MAX {
+                return Err(ChatError::TooLarge(MLS_MESSAGE_SIZE_BYTES_MAX));
+            }
+            let user = self.user_id(&username).await?;
+            if self.access(room, user).await?.role.is_none() {
+                return Err(ChatError::Invalid(format!(
+                    "{username} is not a member; invite them to the room first"
+                )));
+            }
+            queued.push(NewWelcome {
+                user,
+                device,
+                welcome,
+            });
+        }
+        match self
+            .store
+            .append_handshake(room, epoch, cx.subject.user_id, message, queued, cx.now)
+            .await?
+        {
+            HandshakeOutcome::Accepted => {
+                self.publish_to_members(room, None, ChatEvent::Handshake { room, epoch })
+                    .await
+            }
+            HandshakeOutcome::Stale { current } => Err(ChatError::StaleEpoch { current }),
+        }
+    }
+
+    /// The room's handshake messages from `from_epoch` on, in order.
+    pub async fn handshakes(
+        &self,
+        cx: Ctx<'_>,
+        room: RoomId,
+        from_epoch: i64,
+    ) -> Result<Vec<HandshakeRecord>> {
+        self.authorized(cx, room, Action::Read).await?;
+        Ok(self
+            .store
+            .handshakes_after(room, from_epoch, self.config.history_page_max)
+            .await?)
+    }
+
+    /// Welcomes queued for one of the caller's devices; each is handed over once.
+    pub async fn take_welcomes(&self, cx: Ctx<'_>, device: &str) -> Result<Vec<WelcomeRecord>> {
+        let owner = cx.subject.user_id;
+        self.auth
+            .authorize(cx, Action::Read, &Resource::Account { owner })
+            .await?;
+        check_device(device)?;
+        Ok(self.store.take_welcomes(owner, device).await?)
     }
 
     /// Stores a file for `room` (members only); attach it to a message by its id.

@@ -39,6 +39,8 @@ pub enum ErrorCode {
     Banned,
     /// The request conflicts with the current state (e.g. already a member).
     Conflict,
+    /// An MLS handshake for an epoch the room has already moved past.
+    StaleEpoch,
     /// Too many requests; see `Retry-After`.
     RateLimited,
     /// Too many concurrent operations of this kind; try again shortly.
@@ -71,6 +73,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Banned => "banned",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::StaleEpoch => "stale_epoch",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",

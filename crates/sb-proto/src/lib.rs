@@ -216,6 +216,10 @@ pub struct RoomInfo {
     pub read_seq: Option<i64>,
     /// Messages after the caller's read marker (members only).
     pub unread: Option<i64>,
+    /// End-to-end encrypted (MLS): bodies are ciphertext.
+    pub encrypted: bool,
+    /// The epoch the room's next MLS handshake must be for.
+    pub mls_epoch: i64,
     pub created_at_ms: i64,
 }
 
@@ -243,6 +247,91 @@ pub struct RoomCreate {
     /// Public rooms can be joined by anyone; private ones by invitation.
     #[serde(default)]
     pub public: bool,
+    /// End-to-end encrypted with MLS: the server stores only ciphertext (never public).
+    #[serde(default)]
+    pub encrypted: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyPackagesPublish {
+    /// The publishing device (1-64 of a-z, 0-9, '-', '_', '.').
+    pub device: String,
+    /// Base64 MLS KeyPackages, each handed out once.
+    pub key_packages: Vec<String>,
+    /// Base64 KeyPackage handed out when the regular ones run out (kept).
+    #[serde(default)]
+    pub last_resort: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct KeyPackagesStored {
+    /// Unclaimed regular key packages this device now has.
+    pub available: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyPackageClaim {
+    pub username: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ClaimedKeyPackage {
+    pub device: String,
+    /// Base64 MLS KeyPackage.
+    pub key_package: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WelcomeOut {
+    pub username: String,
+    pub device: String,
+    /// Base64 MLS Welcome.
+    pub welcome: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HandshakeSend {
+    /// The epoch this handshake is for: the room's current epoch.
+    pub epoch: i64,
+    /// Base64 MLS handshake message (a commit, say).
+    pub message: String,
+    #[serde(default)]
+    pub welcomes: Vec<WelcomeOut>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HandshakeInfo {
+    pub epoch: i64,
+    pub sender: String,
+    /// Base64.
+    pub message: String,
+    pub created_at_ms: i64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct HandshakeQuery {
+    /// Handshakes from this epoch on.
+    pub from_epoch: Option<i64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WelcomeTake {
+    pub device: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WelcomeInfo {
+    pub room: String,
+    pub epoch: i64,
+    /// Base64 MLS Welcome.
+    pub welcome: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -469,6 +558,11 @@ pub enum ServerFrame {
         username: String,
         status: String,
         last_seen_at_ms: Option<i64>,
+    },
+    /// An MLS handshake was accepted for `epoch`; fetch it from the room's handshake log.
+    MlsHandshake {
+        room: String,
+        epoch: i64,
     },
     /// Another member is typing.
     ChatTyping {

@@ -22,7 +22,9 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
             StatusCode::FORBIDDEN
         }
         ErrorCode::InvalidInvite => StatusCode::FORBIDDEN,
-        ErrorCode::UsernameTaken | ErrorCode::Conflict => StatusCode::CONFLICT,
+        ErrorCode::UsernameTaken | ErrorCode::Conflict | ErrorCode::StaleEpoch => {
+            StatusCode::CONFLICT
+        }
         ErrorCode::Banned => StatusCode::FORBIDDEN,
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

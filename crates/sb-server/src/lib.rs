@@ -113,6 +113,13 @@ pub fn app(state: Arc<AppState>) -> Router {
         .routes(routes!(routes_chat::search))
         .routes(routes!(routes_chat::mark_read, routes_chat::read_markers))
         .routes(routes!(routes_chat::upload))
+        .routes(routes!(routes_chat::publish_key_packages))
+        .routes(routes!(routes_chat::claim_key_packages))
+        .routes(routes!(
+            routes_chat::send_handshake,
+            routes_chat::handshakes
+        ))
+        .routes(routes!(routes_chat::take_welcomes))
         .routes(routes!(routes_chat::download))
         .routes(routes!(ws::ws_handler))
         .routes(routes!(routes::healthz))

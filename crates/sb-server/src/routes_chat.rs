@@ -18,6 +18,8 @@ pub fn room_info(r: &RoomRecord, role: Option<RoomRole>) -> RoomInfo {
     RoomInfo {
         read_seq: None,
         unread: None,
+        encrypted: r.encrypted,
+        mls_epoch: r.mls_epoch,
         id: r.id.to_string(),
         kind: r.kind.as_str().to_string(),
         name: r.name.clone(),
@@ -124,7 +126,7 @@ pub async fn create_room(
 ) -> Result<(StatusCode, Json<RoomInfo>), ApiError> {
     let room = st
         .chat
-        .create_room(c.cx(), &req.name, &req.topic, req.public)
+        .create_room(c.cx(), &req.name, &req.topic, req.public, req.encrypted)
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -441,4 +443,130 @@ pub async fn download(
         bytes,
     )
         .into_response())
+}
+
+fn b64(s: &str, what: &str) -> Result<Vec<u8>, ApiError> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|_| ApiError::new(ErrorCode::InvalidArgument, format!("{what} is not base64")))
+}
+
+fn to_b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[utoipa::path(post, path = "/v1/mls/key-packages", tag = "mls", request_body = KeyPackagesPublish,
+    responses((status = 200, body = KeyPackagesStored), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn publish_key_packages(
+    State(st): St,
+    c: Caller,
+    ApiJson(req): ApiJson<KeyPackagesPublish>,
+) -> Result<Json<KeyPackagesStored>, ApiError> {
+    let packages = req
+        .key_packages
+        .iter()
+        .map(|p| b64(p, "a key package"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let last_resort = req
+        .last_resort
+        .as_deref()
+        .map(|p| b64(p, "last_resort"))
+        .transpose()?;
+    let available = st
+        .chat
+        .publish_key_packages(c.cx(), &req.device, packages, last_resort)
+        .await?;
+    Ok(Json(KeyPackagesStored { available }))
+}
+
+#[utoipa::path(post, path = "/v1/rooms/{room}/mls/claim", tag = "mls", request_body = KeyPackageClaim,
+    params(("room" = String, Path, description = "room id")),
+    responses((status = 200, body = Vec<ClaimedKeyPackage>), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn claim_key_packages(
+    State(st): St,
+    c: Caller,
+    Path(room): Path<String>,
+    ApiJson(req): ApiJson<KeyPackageClaim>,
+) -> Result<Json<Vec<ClaimedKeyPackage>>, ApiError> {
+    let claimed = st
+        .chat
+        .claim_key_packages(c.cx(), room_id(&room)?, &req.username)
+        .await?;
+    Ok(Json(
+        claimed
+            .into_iter()
+            .map(|(device, p)| ClaimedKeyPackage {
+                device,
+                key_package: to_b64(&p),
+            })
+            .collect(),
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/rooms/{room}/mls/handshakes", tag = "mls", request_body = HandshakeSend,
+    params(("room" = String, Path, description = "room id")),
+    responses((status = 204), (status = 409, body = ErrorBody, description = "stale_epoch"), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn send_handshake(
+    State(st): St,
+    c: Caller,
+    Path(room): Path<String>,
+    ApiJson(req): ApiJson<HandshakeSend>,
+) -> Result<StatusCode, ApiError> {
+    let message = b64(&req.message, "message")?;
+    let welcomes = req
+        .welcomes
+        .into_iter()
+        .map(|w| Ok((w.username, w.device, b64(&w.welcome, "a welcome")?)))
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    st.chat
+        .handshake(c.cx(), room_id(&room)?, req.epoch, message, welcomes)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/v1/rooms/{room}/mls/handshakes", tag = "mls",
+    params(("room" = String, Path, description = "room id"), HandshakeQuery),
+    responses((status = 200, body = Vec<HandshakeInfo>), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn handshakes(
+    State(st): St,
+    c: Caller,
+    Path(room): Path<String>,
+    ApiQuery(q): ApiQuery<HandshakeQuery>,
+) -> Result<Json<Vec<HandshakeInfo>>, ApiError> {
+    let list = st
+        .chat
+        .handshakes(c.cx(), room_id(&room)?, q.from_epoch.unwrap_or(0))
+        .await?;
+    Ok(Json(
+        list.iter()
+            .map(|h| HandshakeInfo {
+                epoch: h.epoch,
+                sender: h.sender.to_string(),
+                message: to_b64(&h.message),
+                created_at_ms: h.created_at.0,
+            })
+            .collect(),
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/mls/welcomes", tag = "mls", request_body = WelcomeTake,
+    responses((status = 200, body = Vec<WelcomeInfo>), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn take_welcomes(
+    State(st): St,
+    c: Caller,
+    ApiJson(req): ApiJson<WelcomeTake>,
+) -> Result<Json<Vec<WelcomeInfo>>, ApiError> {
+    let list = st.chat.take_welcomes(c.cx(), &req.device).await?;
+    Ok(Json(
+        list.iter()
+            .map(|w| WelcomeInfo {
+                room: w.room_id.to_string(),
+                epoch: w.epoch,
+                welcome: to_b64(&w.welcome),
+            })
+            .collect(),
+    ))
 }

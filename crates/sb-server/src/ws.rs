@@ -208,7 +208,15 @@ impl ChatCursors {
                 user_id: user.to_string(),
                 username: username.to_string(),
             }],
-            ChatEvent::Read { .. } | ChatEvent::Typing { .. } => Vec::new(),
+            ChatEvent::Handshake { room, epoch } if delivery.follows(room) => {
+                vec![ServerFrame::MlsHandshake {
+                    room: room.to_string(),
+                    epoch,
+                }]
+            }
+            ChatEvent::Read { .. } | ChatEvent::Typing { .. } | ChatEvent::Handshake { .. } => {
+                Vec::new()
+            }
             ChatEvent::Presence {
                 user,
                 username,

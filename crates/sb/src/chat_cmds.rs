@@ -98,6 +98,7 @@ pub async fn chat(cmd: ChatCmd, json: bool) -> anyhow::Result<()> {
                     name,
                     topic,
                     public,
+                    encrypted: false,
                 })
                 .await?;
             output(json, &r, || {

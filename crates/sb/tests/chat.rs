@@ -117,6 +117,7 @@ async fn private_room(owner: &Client, name: &str, members: &[&str]) -> sb_proto:
             name: name.into(),
             topic: String::new(),
             public: false,
+            encrypted: false,
         })
         .await
         .unwrap();
@@ -252,6 +253,7 @@ async fn reconnecting_device_gets_exactly_the_500_it_missed() {
             name: "log".into(),
             topic: "".into(),
             public: true,
+            encrypted: false,
         })
         .await
         .unwrap();
@@ -289,6 +291,7 @@ async fn too_long_away_gets_a_truncated_signal_instead_of_a_flood() {
             name: "busy".into(),
             topic: "".into(),
             public: false,
+            encrypted: false,
         })
         .await
         .unwrap();
@@ -335,6 +338,7 @@ fn acknowledged_messages_survive_sigkill() {
                 name: "durable".into(),
                 topic: "".into(),
                 public: false,
+                encrypted: false,
             })
             .await
             .unwrap();
@@ -425,6 +429,7 @@ async fn non_members_and_banned_users_are_refused_with_stable_codes() {
             name: "secret".into(),
             topic: "".into(),
             public: false,
+            encrypted: false,
         })
         .await
         .unwrap();
@@ -486,6 +491,7 @@ async fn non_members_and_banned_users_are_refused_with_stable_codes() {
             name: "lobby".into(),
             topic: "".into(),
             public: true,
+            encrypted: false,
         })
         .await
         .unwrap();
@@ -546,6 +552,7 @@ async fn bad_chat_input_is_refused_and_nothing_is_stored_twice() {
             name: "qa".into(),
             topic: "".into(),
             public: false,
+            encrypted: false,
         })
         .await
         .unwrap();
@@ -593,6 +600,7 @@ async fn bad_chat_input_is_refused_and_nothing_is_stored_twice() {
             name: "QA".into(),
             topic: "".into(),
             public: true,
+            encrypted: false,
         })
         .await
         .unwrap_err();
@@ -765,6 +773,7 @@ async fn search_finds_only_what_the_caller_may_read() {
             name: "ops".into(),
             topic: "".into(),
             public: false,
+            encrypted: false,
         })
         .await
         .unwrap();
@@ -773,6 +782,7 @@ async fn search_finds_only_what_the_caller_may_read() {
             name: "lobby".into(),
             topic: "".into(),
             public: true,
+            encrypted: false,
         })
         .await
         .unwrap();
@@ -1019,6 +1029,7 @@ async fn edits_deletes_and_reactions_are_entries_every_device_receives() {
             name: "team".into(),
             topic: "".into(),
             public: false,
+            encrypted: false,
         })
         .await
         .unwrap();
@@ -1382,6 +1393,7 @@ fn chat_open_shows_live_messages_typing_and_sends_what_is_typed() {
                 name: "team".into(),
                 topic: "".into(),
                 public: false,
+                encrypted: false,
             })
             .await
             .unwrap();
@@ -1477,4 +1489,143 @@ fn chat_open_shows_live_messages_typing_and_sends_what_is_typed() {
         .success();
     kill();
     assert!(!alive, "Esc quits");
+}
+
+async fn post(c: &Client, path: &str, body: Value) -> (u16, Value) {
+    let resp = c
+        .raw(reqwest::Method::POST, path, Some(&body))
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[tokio::test]
+async fn encrypted_rooms_hand_out_key_packages_once_and_order_handshakes_by_epoch() {
+    let server = TestServer::start();
+    let admin = server.admin().await;
+    let ann = server.user(&admin, "ann").await;
+    let ben = server.user(&admin, "ben").await;
+    let eve = server.user(&admin, "eve").await;
+    let (s, _) = post(
+        &ann,
+        "/v1/rooms",
+        json!({"name":"vault","public":true,"encrypted":true}),
+    )
+    .await;
+    assert_eq!(s, 400, "encrypted rooms are never public");
+    let (s, room) = post(&ann, "/v1/rooms", json!({"name":"vault","encrypted":true})).await;
+    assert_eq!(s, 201);
+    assert_eq!(
+        (room["encrypted"].as_bool(), room["mls_epoch"].as_i64()),
+        (Some(true), Some(0))
+    );
+    let room_id = room["id"].as_str().unwrap().to_string();
+
+    // ben's phone publishes two key packages and a last-resort one.
+    let (s, stored) = post(&ben, "/v1/mls/key-packages", json!({
+        "device": "phone", "key_packages": [b64(b"kp-1"), b64(b"kp-2")], "last_resort": b64(b"kp-last")
+    })).await;
+    assert_eq!((s, stored["available"].as_i64()), (200, Some(2)));
+    let claim = format!("/v1/rooms/{room_id}/mls/claim");
+    let (s, _) = post(&eve, &claim, json!({"username":"ben"})).await;
+    assert_eq!(
+        s, 403,
+        "only someone who may invite into the room can claim"
+    );
+    let mut handed = Vec::new();
+    for _ in 0..4 {
+        let (s, got) = post(&ann, &claim, json!({"username":"ben"})).await;
+        assert_eq!(s, 200);
+        handed.push(got[0]["key_package"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        handed,
+        vec![b64(b"kp-1"), b64(b"kp-2"), b64(b"kp-last"), b64(b"kp-last")]
+    );
+
+    // ann adds ben: membership, then a commit for epoch 0 with a Welcome for ben's phone.
+    ann.add_member(&room_id, "ben").await.unwrap();
+    let hs = format!("/v1/rooms/{room_id}/mls/handshakes");
+    let mut ann_dev = Device::connect(&ann, json!([])).await;
+    let (s, _) = post(
+        &ann,
+        &hs,
+        json!({
+            "epoch": 0, "message": b64(b"commit: add ben"),
+            "welcomes": [{"username":"ben","device":"phone","welcome": b64(b"welcome for ben")}]
+        }),
+    )
+    .await;
+    assert_eq!(s, 204);
+    let f = next_of(&mut ann_dev.ws, "mls_handshake").await;
+    assert_eq!(f["epoch"], 0);
+    let (_, welcomes) = post(&ben, "/v1/mls/welcomes", json!({"device":"phone"})).await;
+    assert_eq!(welcomes[0]["welcome"], b64(b"welcome for ben"));
+    let (_, again) = post(&ben, "/v1/mls/welcomes", json!({"device":"phone"})).await;
+    assert_eq!(again, json!([]), "a Welcome is handed over once");
+
+    // Two members commit for epoch 1 at the same time: exactly one wins.
+    let (a, b) = tokio::join!(
+        post(
+            &ann,
+            &hs,
+            json!({"epoch": 1, "message": b64(b"ann's commit")})
+        ),
+        post(
+            &ben,
+            &hs,
+            json!({"epoch": 1, "message": b64(b"ben's commit")})
+        ),
+    );
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert_eq!(statuses, [204, 409]);
+    let loser = if a.0 == 409 { a.1 } else { b.1 };
+    assert_eq!(loser["error"]["code"], "stale_epoch");
+    let log = ann
+        .raw(reqwest::Method::GET, &format!("{hs}?from_epoch=0"), None)
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let epochs: Vec<i64> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["epoch"].as_i64().unwrap())
+        .collect();
+    assert_eq!(epochs, vec![0, 1], "one handshake per epoch, in order");
+    let (s, _) = post(&eve, &hs, json!({"epoch": 2, "message": b64(b"x")})).await;
+    assert_eq!(s, 403, "non-members cannot commit");
+
+    // Application messages are ciphertext to the server: stored as sent, never indexed.
+    let ct = b64(b"\x00\x01 mls ciphertext of 'launch at dawn'");
+    ann.send_message(&room_id, &msg("c1", &ct)).await.unwrap();
+    assert!(
+        ann.search(&sb_proto::SearchQuery {
+            q: ct.clone(),
+            room: None,
+            limit: None
+        })
+        .await
+        .unwrap()
+        .is_empty()
+    );
+    let react = ann
+        .send_message(&room_id, &change("r", "reaction", 1, "👍"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        react.code(),
+        Some("invalid_argument"),
+        "reactions travel inside ciphertext"
+    );
 }
