@@ -4,7 +4,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::{Algorithm, Argon2, Params, Version};
 use sb_core::Secret;
 use sb_core::config::AuthConfig;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 /// Common passwords refused at registration and password change, compared case-insensitively.
@@ -66,9 +66,10 @@ pub enum HashError {
 pub struct PasswordHasherPool {
     params: Params,
     permits: Arc<Semaphore>,
-    /// A real hash of a random password, verified against when the user does not exist, so an
-    /// unknown username costs the same time as a wrong password.
-    dummy: Arc<OnceLock<String>>,
+    /// A real hash of a fixed password, verified against when the user does not exist, so an
+    /// unknown username costs the same time as a wrong password. Made at construction, so even
+    /// the first unknown-user login takes no extra time.
+    dummy: Arc<String>,
 }
 
 impl PasswordHasherPool {
@@ -80,10 +81,11 @@ impl PasswordHasherPool {
             None,
         )
         .map_err(|e| HashError::Params(e.to_string()))?;
+        let dummy = hash_blocking(params.clone(), "dummy password for unknown users")?;
         Ok(Self {
             params,
             permits: Arc::new(Semaphore::new(config.password_hash_concurrency_max.max(1))),
-            dummy: Arc::new(OnceLock::new()),
+            dummy: Arc::new(dummy),
         })
     }
 
@@ -107,21 +109,11 @@ impl PasswordHasherPool {
         hash: Option<String>,
     ) -> Result<bool, HashError> {
         let _permit = self.permits.acquire().await.map_err(|_| HashError::Join)?;
-        let params = self.params.clone();
         let dummy = self.dummy.clone();
         tokio::task::spawn_blocking(move || {
             let (hash, real) = match hash {
                 Some(h) => (h, true),
-                None => {
-                    let d = match dummy.get() {
-                        Some(d) => d.clone(),
-                        None => {
-                            let d = hash_blocking(params, "dummy password for unknown users")?;
-                            dummy.get_or_init(|| d).clone()
-                        }
-                    };
-                    (d, false)
-                }
+                None => ((*dummy).clone(), false),
             };
             let parsed = PasswordHash::new(&hash).map_err(|e| HashError::Hash(e.to_string()))?;
             // Verification uses the parameters recorded in the hash itself, so hashes made
