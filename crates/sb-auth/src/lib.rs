@@ -625,17 +625,37 @@ impl Auth {
         self.revoke_session_record(cx, id, "session.revoke").await
     }
 
+    /// After a credential is revoked: close its open connections and record who did it.
+    async fn revoked(
+        &self,
+        cx: Ctx<'_>,
+        credential_id: &str,
+        audit_action: &str,
+        detail: serde_json::Value,
+    ) -> Result<()> {
+        self.bus.publish(
+            &credential_topic(credential_id),
+            AuthEvent::CredentialRevoked,
+        );
+        self.audit(
+            cx.now,
+            cx.subject.user_id.to_string(),
+            audit_action,
+            credential_id.to_string(),
+            Some(cx.origin.ip),
+            detail,
+        )
+        .await?;
+        Ok(())
+    }
+
     async fn revoke_session_record(
         &self,
         cx: Ctx<'_>,
         id: SessionId,
         audit_action: &str,
     ) -> Result<()> {
-        let Ctx {
-            subject,
-            origin,
-            now,
-        } = cx;
+        let now = cx.now;
         let session = self
             .store
             .session_by_id(id)
@@ -646,19 +666,9 @@ impl Auth {
         };
         self.authorize(cx, Action::Delete, &resource).await?;
         if self.store.revoke_session(id, now).await? {
-            self.bus.publish(
-                &credential_topic(&id.to_string()),
-                AuthEvent::CredentialRevoked,
-            );
-            self.audit(
-                now,
-                subject.user_id.to_string(),
-                audit_action,
-                id.to_string(),
-                Some(origin.ip),
-                json!({"owner": session.user_id.to_string()}),
-            )
-            .await?;
+            let detail = json!({"owner": session.user_id.to_string()});
+            self.revoked(cx, &id.to_string(), audit_action, detail)
+                .await?;
         }
         Ok(())
     }
@@ -750,11 +760,7 @@ impl Auth {
     }
 
     pub async fn revoke_token(&self, cx: Ctx<'_>, id: TokenId) -> Result<()> {
-        let Ctx {
-            subject,
-            origin,
-            now,
-        } = cx;
+        let now = cx.now;
         let token = self
             .store
             .token_by_id(id)
@@ -765,19 +771,9 @@ impl Auth {
         };
         self.authorize(cx, Action::Delete, &resource).await?;
         if self.store.revoke_token(id, now).await? {
-            self.bus.publish(
-                &credential_topic(&id.to_string()),
-                AuthEvent::CredentialRevoked,
-            );
-            self.audit(
-                now,
-                subject.user_id.to_string(),
-                "token.revoke",
-                id.to_string(),
-                Some(origin.ip),
-                json!({"owner": token.user_id.to_string(), "name": token.name}),
-            )
-            .await?;
+            let detail = json!({"owner": token.user_id.to_string(), "name": token.name});
+            self.revoked(cx, &id.to_string(), "token.revoke", detail)
+                .await?;
         }
         Ok(())
     }
