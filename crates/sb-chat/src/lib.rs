@@ -112,6 +112,13 @@ struct Presence {
     users: Mutex<HashMap<UserId, Online>>,
 }
 
+impl Presence {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Online>> {
+        // A panic while holding the lock leaves the map usable: it only counts connections.
+        self.users.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 struct Online {
     connections: u32,
     away: bool,
@@ -243,11 +250,7 @@ impl Chat {
 
     /// The presence of `user` as others see it.
     pub fn presence_of(&self, user: UserId) -> PresenceStatus {
-        let users = self
-            .presence
-            .users
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let users = self.presence.lock();
         match users.get(&user) {
             Some(o) if o.away => PresenceStatus::Away,
             Some(_) => PresenceStatus::Online,
@@ -277,11 +280,7 @@ impl Chat {
     /// A connection of the caller opened. The first one makes the user online.
     pub async fn connected(&self, cx: Ctx<'_>) -> Result<()> {
         let first = {
-            let mut users = self
-                .presence
-                .users
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut users = self.presence.lock();
             let e = users.entry(cx.subject.user_id).or_insert(Online {
                 connections: 0,
                 away: false,
@@ -304,11 +303,7 @@ impl Chat {
     /// A connection of the caller closed. The last one makes the user offline, last seen now.
     pub async fn disconnected(&self, cx: Ctx<'_>) -> Result<()> {
         let last = {
-            let mut users = self
-                .presence
-                .users
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut users = self.presence.lock();
             match users.get_mut(&cx.subject.user_id) {
                 Some(e) if e.connections > 1 => {
                     e.connections -= 1;
@@ -337,11 +332,7 @@ impl Chat {
     /// Sets the caller away (or back online). Only meaningful while connected.
     pub async fn set_away(&self, cx: Ctx<'_>, away: bool) -> Result<PresenceStatus> {
         let changed = {
-            let mut users = self
-                .presence
-                .users
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut users = self.presence.lock();
             match users.get_mut(&cx.subject.user_id) {
                 Some(e) if e.away != away => {
                     e.away = away;
