@@ -3,8 +3,9 @@
 //!
 //! [`Client`] wraps the `/v1` REST API; [`Client::ws_connect`] opens `/v1/ws`. [`state`] keeps
 //! what the CLI remembers between runs (pinned fingerprints, the current login) in the user's
-//! config directory, files at mode 0600. Encrypted rooms (MLS) will live here too.
+//! config directory, files at mode 0600. [`e2ee`] is one device's MLS state for encrypted rooms.
 
+pub mod e2ee;
 pub mod state;
 mod tls;
 
@@ -64,6 +65,8 @@ pub enum ClientError {
     WebSocket(String),
     #[error("unexpected response: {0}")]
     Protocol(String),
+    #[error("end-to-end encryption: {0}")]
+    E2ee(String),
 }
 
 impl ClientError {
@@ -574,6 +577,62 @@ impl Client {
             path.push_str(&format!("&limit={l}"));
         }
         self.call(Method::GET, &path, Self::NO_BODY).await
+    }
+
+    /// Publishes MLS key packages for one of the caller's devices; returns how many are unclaimed.
+    pub async fn publish_key_packages(
+        &self,
+        req: &KeyPackagesPublish,
+    ) -> Result<KeyPackagesStored> {
+        self.call(Method::POST, "/v1/mls/key-packages", Some(req))
+            .await
+    }
+
+    /// Claims one key package per device of `username` to add them to an encrypted room.
+    pub async fn claim_key_packages(
+        &self,
+        room: &str,
+        username: &str,
+    ) -> Result<Vec<ClaimedKeyPackage>> {
+        let req = KeyPackageClaim {
+            username: username.to_string(),
+        };
+        self.call(
+            Method::POST,
+            &format!("/v1/rooms/{room}/mls/claim"),
+            Some(&req),
+        )
+        .await
+    }
+
+    /// Appends a handshake (a commit) for the room's current epoch; `stale_epoch` when another
+    /// was accepted first.
+    pub async fn send_handshake(&self, room: &str, req: &HandshakeSend) -> Result<()> {
+        self.call(
+            Method::POST,
+            &format!("/v1/rooms/{room}/mls/handshakes"),
+            Some(req),
+        )
+        .await
+    }
+
+    /// The room's handshakes from `from_epoch` on, in epoch order (one page).
+    pub async fn handshakes(&self, room: &str, from_epoch: i64) -> Result<Vec<HandshakeInfo>> {
+        self.call(
+            Method::GET,
+            &format!("/v1/rooms/{room}/mls/handshakes?from_epoch={from_epoch}"),
+            Self::NO_BODY,
+        )
+        .await
+    }
+
+    /// Takes the Welcomes queued for one of the caller's devices (each is handed over once).
+    pub async fn take_welcomes(&self, device: &str) -> Result<Vec<WelcomeInfo>> {
+        let req = WelcomeTake {
+            device: device.to_string(),
+        };
+        self.call(Method::POST, "/v1/mls/welcomes", Some(&req))
+            .await
     }
 
     /// Opens `/v1/ws` with this client's token. Returns the stream after the HTTP upgrade;

@@ -40,6 +40,33 @@ pub struct Login {
     pub ca_file: Option<PathBuf>,
 }
 
+/// Creates `dir` (and its parents) and makes it private to the user (0700).
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Creates `path` empty at mode 0600 if it does not exist yet.
+pub fn touch_private_file(path: &Path) -> std::io::Result<()> {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Where this device keeps its end-to-end keys for `username` on the server `server_key`.
+pub fn e2ee_path(dir: &Path, server_key: &str, username: &str) -> PathBuf {
+    dir.join("e2ee")
+        .join(server_key.replace([':', '/'], "_"))
+        .join(format!("{username}.db"))
+}
+
 pub struct ClientState {
     dir: PathBuf,
 }
@@ -57,8 +84,7 @@ impl ClientState {
             path: dir.to_path_buf(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(io)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+        create_private_dir(dir).map_err(io)?;
         Ok(Self {
             dir: dir.to_path_buf(),
         })
