@@ -350,6 +350,17 @@ impl E2ee {
         Ok(stored.available)
     }
 
+    /// Brings this device's unclaimed key packages on the server back up to
+    /// [`KEY_PACKAGES_PER_PUBLISH`]; returns how many are available.
+    pub async fn top_up_key_packages(&self, client: &Client) -> Result<usize> {
+        let available = self.publish_key_packages(client, 0).await?;
+        if available >= KEY_PACKAGES_PER_PUBLISH {
+            return Ok(available);
+        }
+        self.publish_key_packages(client, KEY_PACKAGES_PER_PUBLISH - available)
+            .await
+    }
+
     /// Starts the MLS group of an encrypted room this user just created.
     pub fn create_group(&self, room: &str) -> Result<()> {
         MlsGroup::new_with_group_id(
@@ -414,7 +425,7 @@ impl E2ee {
     pub async fn accept_welcomes(&self, client: &Client) -> Result<Joined> {
         let mut joined = Joined::default();
         for w in client.take_welcomes(&self.device).await? {
-            match self.join(&w.room, &w.welcome) {
+            match self.join_from_welcome(&w.room, &w.welcome) {
                 Ok(()) => joined.rooms.push(w.room),
                 Err(e) => joined.failed.push((w.room, e.to_string())),
             }
@@ -425,7 +436,8 @@ impl E2ee {
         Ok(joined)
     }
 
-    fn join(&self, room: &str, welcome_b64: &str) -> Result<()> {
+    /// Joins a room's group from a base64 MLS Welcome (as the server queues them).
+    pub fn join_from_welcome(&self, room: &str, welcome_b64: &str) -> Result<()> {
         let bytes = unb64(welcome_b64, "a Welcome")?;
         let message = MlsMessageIn::tls_deserialize_exact(bytes.as_slice())
             .map_err(e2ee!("decode a Welcome"))?;

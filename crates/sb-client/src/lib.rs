@@ -108,6 +108,8 @@ fn parse_url(url: &str) -> Result<Url> {
     Ok(u)
 }
 
+/// Cheap to clone: clones share the connection pool.
+#[derive(Clone)]
 pub struct Client {
     base: Url,
     key: String,

@@ -9,6 +9,7 @@ use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Wrap};
 use sb_client::Client;
+use sb_client::e2ee::{E2ee, Payload};
 use sb_proto::{HistoryQuery, MessageInfo, RoomInfo, ServerFrame};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -212,13 +213,24 @@ impl Drop for TerminalGuard {
     }
 }
 
+/// The room the view shows; `keys` for an encrypted room.
+pub struct Target<'a> {
+    pub room: &'a RoomInfo,
+    pub title: &'a str,
+    pub keys: Option<&'a E2ee>,
+}
+
 pub async fn open(
     client: &Client,
-    room: &RoomInfo,
-    title: &str,
+    target: Target<'_>,
     names: HashMap<String, String>,
     me: &str,
 ) -> anyhow::Result<()> {
+    let Target {
+        room,
+        title,
+        keys: e2ee,
+    } = target;
     let recent = client
         .history(
             &room.id,
@@ -243,7 +255,7 @@ pub async fn open(
         status: String::new(),
     };
     for m in &recent {
-        view.apply(m);
+        view.apply(&crate::chat_cmds::readable(e2ee, client, m.clone()).await);
     }
     // This view's own connection makes its user online.
     view.presence.insert(me.to_string(), "online".into());
@@ -269,6 +281,17 @@ pub async fn open(
                 match k.code {
                     KeyCode::Esc => break,
                     KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => break,
+                    KeyCode::Enter if !view.input.trim().is_empty() && e2ee.is_some() => {
+                        // Encrypted: sent over REST; the server echoes it on the socket.
+                        let payload = Payload { body: std::mem::take(&mut view.input), attachments: Vec::new() };
+                        let id = uuid::Uuid::new_v4().to_string();
+                        if let Some(keys) = e2ee
+                            && let Err(e) = keys.send(client, &room.id, &id, &payload).await
+                        {
+                            view.status = format!("error: {e}");
+                        }
+                        last_typing_sent = None;
+                    }
                     KeyCode::Enter if !view.input.trim().is_empty() => {
                         sent += 1;
                         let frame = serde_json::json!({
@@ -303,7 +326,9 @@ pub async fn open(
                     None => anyhow::bail!("connection lost; run `sb chat open` again"),
                 };
                 match serde_json::from_str::<ServerFrame>(&text) {
-                    Ok(ServerFrame::ChatMessage { message }) if message.room == room.id => view.apply(&message),
+                    Ok(ServerFrame::ChatMessage { message }) if message.room == room.id => {
+                        view.apply(&crate::chat_cmds::readable(e2ee, client, message).await);
+                    }
                     Ok(ServerFrame::ChatTyping { room: r, username, .. }) if r == room.id => {
                         view.typing.insert(username, Instant::now());
                     }

@@ -70,12 +70,16 @@ pub enum ChatCmd {
         private: bool,
         #[arg(long, default_value = "")]
         topic: String,
+        /// End-to-end encrypted with MLS: the server stores only ciphertext, and members join
+        /// by invitation with the keys of their devices.
+        #[arg(long, conflicts_with = "public")]
+        encrypted: bool,
     },
     /// Join a public room.
     Join { room: String },
     /// Leave a room.
     Leave { room: String },
-    /// Add a user to a room (moderators and owners).
+    /// Add a user to a room (moderators and owners); in an encrypted room, also their devices.
     Invite { room: String, user: String },
     /// Remove a user from a room.
     Kick { room: String, user: String },

@@ -69,7 +69,7 @@ pub(crate) fn output<T: Serialize>(
     Ok(())
 }
 
-fn state() -> anyhow::Result<ClientState> {
+pub(crate) fn state() -> anyhow::Result<ClientState> {
     Ok(ClientState::open_default()?)
 }
 
@@ -190,6 +190,15 @@ async fn save_session(
             Trust::Fingerprint(_) => None,
         },
     })?;
+    // Publish this device's MLS key packages so others can add it to encrypted rooms. A failure
+    // here does not undo the login: encrypted rooms say what is missing when they need it.
+    let login = state()?
+        .login()?
+        .ok_or_else(|| anyhow!("the login was not saved"))?;
+    let client = client.clone().with_token(resp.token.clone());
+    if let Err(e) = crate::chat_cmds::publish_keys(&login, &client).await {
+        eprintln!("warning: could not publish keys for encrypted rooms: {e:#}");
+    }
     Ok(resp)
 }
 

@@ -299,3 +299,122 @@ async fn of_two_commits_for_one_epoch_exactly_one_lands_and_the_group_stays_whol
         assert_eq!(read_all(m, &room).await, expected, "as {} reads it", m.name);
     }
 }
+
+#[test]
+fn encrypted_rooms_from_the_cli() {
+    let server = TestServer::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let admin = server.admin().await;
+        for name in ["ann", "ben", "cat"] {
+            server.user(&admin, name).await;
+        }
+    });
+    let homes: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (ann, ben, cat) = (homes[0].path(), homes[1].path(), homes[2].path());
+    let pw = format!("{PASSWORD}\n");
+    for (home, name) in [(ann, "ann"), (ben, "ben"), (cat, "cat")] {
+        let login = [
+            "login",
+            &server.url,
+            "--username",
+            name,
+            "--password-stdin",
+            "--yes",
+        ];
+        let out = sb(home, &login, &pw);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+    }
+    let ok = |o: std::process::Output| {
+        assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+        o
+    };
+    let room = json(&sb(
+        ann,
+        &["chat", "create", "vault", "--encrypted", "--json"],
+        "",
+    ));
+    assert_eq!(room["encrypted"], true);
+    for who in ["ben", "cat"] {
+        let out = ok(sb(ann, &["chat", "invite", "#vault", who], ""));
+        assert!(stderr(&out).contains("1 device(s)"), "{}", stderr(&out));
+    }
+    let rooms = stdout(&ok(sb(ben, &["chat", "rooms"], "")));
+    assert!(rooms.contains("e2ee"), "{rooms}");
+
+    let file = ann.join("plan.txt");
+    std::fs::write(&file, "MARKER-CLI-FILE step one\n".repeat(1000)).unwrap();
+    let out = ok(sb(
+        ann,
+        &[
+            "chat",
+            "send",
+            "#vault",
+            "MARKER-CLI-TEXT see plan",
+            "--file",
+            file.to_str().unwrap(),
+            "--json",
+        ],
+        "",
+    ));
+    assert!(
+        stderr(&out).contains("uploading plan.txt: 100%"),
+        "{}",
+        stderr(&out)
+    );
+    let sent: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let attachment = sent["message"]["attachments"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(sb(
+        cat,
+        &["chat", "send", "#vault", "MARKER-CLI-CAT here"],
+        "",
+    ));
+
+    let history = json(&sb(ben, &["chat", "history", "#vault", "--json"], ""));
+    let bodies: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies.len(), 2);
+    assert!(
+        bodies[0].starts_with("MARKER-CLI-TEXT see plan  [file plan.txt"),
+        "{bodies:?}"
+    );
+    assert_eq!(bodies[1], "MARKER-CLI-CAT here");
+    let copy = ben.join("copy.txt");
+    ok(sb(
+        ben,
+        &[
+            "chat",
+            "get",
+            "#vault",
+            &attachment,
+            "-o",
+            copy.to_str().unwrap(),
+        ],
+        "",
+    ));
+    assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&file).unwrap());
+    let text = stdout(&ok(sb(ann, &["chat", "history", "#vault"], "")));
+    assert!(text.contains("cat: MARKER-CLI-CAT here"), "{text}");
+
+    let out = ok(sb(ann, &["chat", "kick", "#vault", "cat"], ""));
+    assert!(
+        stderr(&out).contains("1 device(s) can no longer read"),
+        "{}",
+        stderr(&out)
+    );
+    ok(sb(ann, &["chat", "send", "#vault", "MARKER-CLI-AFTER"], ""));
+    let history = json(&sb(ben, &["chat", "history", "#vault", "--json"], ""));
+    assert_eq!(history[2]["body"], "MARKER-CLI-AFTER");
+    for needle in ["MARKER-CLI", "step one", "plan.txt"] {
+        let hits = files_containing(&server.data_dir, needle.as_bytes());
+        assert!(hits.is_empty(), "{needle} in clear in {hits:?}");
+    }
+}
