@@ -1,0 +1,2 @@
+pub mod line_protocol;
+pub mod remote_write;
