@@ -3,7 +3,7 @@
 //! output names them) labelled with the tags; booleans are 1 or 0; string fields are skipped.
 //! Names are made valid Prometheus names (other characters become `_`).
 
-use sb_tsdb::{Labels, METRIC_NAME};
+use sb_tsdb::{Labels, METRIC_NAME, Point};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Precision {
@@ -143,7 +143,7 @@ pub fn parse(
     body: &str,
     precision: Precision,
     now_ms: i64,
-) -> Result<Vec<(Labels, (i64, f64))>, ParseError> {
+) -> Result<Vec<(Labels, Point)>, ParseError> {
     let mut out = Vec::new();
     for (i, line) in body.lines().enumerate() {
         let line = line.trim();

@@ -3,7 +3,7 @@
 //! are read (exemplars, native histograms and metadata are skipped).
 
 use prost::Message;
-use sb_tsdb::Labels;
+use sb_tsdb::{Batch, Labels};
 
 #[derive(Clone, PartialEq, Message)]
 pub struct WriteRequest {
@@ -60,10 +60,7 @@ pub fn valid_label_name(name: &str) -> bool {
 
 /// Decodes a remote_write body into series and their samples, refusing bodies that would
 /// decompress past `max_bytes`.
-pub fn decode(
-    body: &[u8],
-    max_bytes: usize,
-) -> Result<Vec<(Labels, Vec<(i64, f64)>)>, DecodeError> {
+pub fn decode(body: &[u8], max_bytes: usize) -> Result<Batch, DecodeError> {
     let len = snap::raw::decompress_len(body).map_err(|e| DecodeError::Snappy(e.to_string()))?;
     if len > max_bytes {
         return Err(DecodeError::TooLarge(len, max_bytes));

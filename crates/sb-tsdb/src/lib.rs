@@ -21,6 +21,11 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use wal::{Record, Repair, Wal};
 
+/// `(timestamp ms, value)`.
+pub type Point = (i64, f64);
+/// Series with their points, as appends take them.
+pub type Batch = Vec<(Labels, Vec<Point>)>;
+
 #[derive(Clone, Debug)]
 pub struct TsdbConfig {
     /// Size at which the log starts a new segment.
