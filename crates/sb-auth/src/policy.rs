@@ -121,6 +121,9 @@ pub enum Resource {
         role: Option<RoomRole>,
         own: bool,
     },
+    /// Metrics and alerting. Read: query; Create: write samples; Update/Delete: rules and
+    /// silences (admins).
+    Metrics,
     /// Joining a room on one's own.
     RoomJoin {
         id: RoomId,
@@ -141,6 +144,7 @@ impl Resource {
             Resource::Audit => "audit".into(),
             Resource::Room { id, .. } | Resource::RoomJoin { id, .. } => format!("room:{id}"),
             Resource::RoomMessage { room, .. } => format!("room:{room}"),
+            Resource::Metrics => "metrics".into(),
         }
     }
 }
@@ -191,6 +195,10 @@ pub fn authorize(subject: &Subject, action: Action, resource: &Resource) -> Resu
         Resource::RoomJoin { public, banned, .. } => {
             action == Action::Create && *public && !*banned
         }
+        Resource::Metrics => match action {
+            Action::Read | Action::Create => true,
+            Action::Update | Action::Delete => admin,
+        },
     };
     if allowed {
         Ok(())

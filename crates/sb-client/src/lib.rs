@@ -211,6 +211,61 @@ impl Client {
     }
 
     /// Sends arbitrary bytes with a content type (for uploads and protocol tests).
+    /// A request with these extra headers; an `Authorization` among them replaces the token.
+    pub async fn raw_with_headers(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<reqwest::Response> {
+        let url = self
+            .base
+            .join(path)
+            .map_err(|_| ClientError::BadUrl(path.into()))?;
+        let mut req = self.http.request(method, url).body(body);
+        let own_auth = headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
+        if let (Some(t), false) = (&self.token, own_auth) {
+            req = req.bearer_auth(t.expose());
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().await.map_err(|e| self.transport_error(e))
+    }
+
+    /// A Prometheus API call (`/api/v1/...`, GET) with these parameters; the decoded JSON answer,
+    /// `{"status": "success", "data": …}` or an error.
+    pub async fn prometheus_api(
+        &self,
+        path: &str,
+        params: &[(&str, &str)],
+    ) -> Result<serde_json::Value> {
+        let query: String = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(params)
+            .finish();
+        let resp = self
+            .raw_with_headers(Method::GET, &format!("{path}?{query}"), &[], Vec::new())
+            .await?;
+        let status = resp.status().as_u16();
+        let v: serde_json::Value = resp
+            .json()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if v["status"] == "success" {
+            Ok(v["data"].clone())
+        } else {
+            Err(ClientError::Api {
+                status,
+                code: v["errorType"].as_str().unwrap_or("error").to_string(),
+                message: v["error"].as_str().unwrap_or("").to_string(),
+                retry_after_secs: None,
+            })
+        }
+    }
+
     pub async fn raw_body(
         &self,
         method: Method,

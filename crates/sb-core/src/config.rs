@@ -22,6 +22,7 @@ pub struct Config {
     pub bus: BusConfig,
     pub metrics: MetricsConfig,
     pub chat: ChatConfig,
+    pub monitoring: MonitoringConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -286,6 +287,50 @@ impl Default for ChatConfig {
     }
 }
 
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MonitoringConfig {
+    /// Largest remote_write or line-protocol body as sent, in bytes.
+    pub write_body_bytes_max: usize,
+    /// Largest remote_write body once decompressed, in bytes.
+    pub write_decompressed_bytes_max: usize,
+    /// Samples per second accepted across all writers; beyond it writes get 429.
+    pub samples_per_second_max: u64,
+    /// Series held at most (the active-series limit); samples of new series beyond it are refused.
+    pub series_max: usize,
+    pub labels_per_series_max: usize,
+    /// Bytes of one series' label names and values at most.
+    pub label_bytes_max: usize,
+    /// Size at which the time-series log starts a new segment file.
+    pub wal_segment_bytes: u64,
+    /// How far back an instant selector looks for a sample (PromQL lookback delta).
+    pub lookback_ms: u64,
+    /// Samples one query may load into memory.
+    pub query_samples_max: usize,
+    /// Points per series a range query may return.
+    pub query_range_points_max: i64,
+    /// A query running longer is cancelled.
+    pub query_timeout_ms: u64,
+}
+
+impl Default for MonitoringConfig {
+    fn default() -> Self {
+        Self {
+            write_body_bytes_max: 16 * 1024 * 1024,
+            write_decompressed_bytes_max: 64 * 1024 * 1024,
+            samples_per_second_max: 1_000_000,
+            series_max: 1_000_000,
+            labels_per_series_max: 64,
+            label_bytes_max: 8 * 1024,
+            wal_segment_bytes: 128 * 1024 * 1024,
+            lookback_ms: 5 * 60 * 1000,
+            query_samples_max: 50_000_000,
+            query_range_points_max: 11_000,
+            query_timeout_ms: 120_000,
+        }
+    }
+}
+
 /// The annotated default configuration, printed by `sb config default`.
 pub const DEFAULT_CONFIG_TOML: &str = r#"# Switchboard configuration. Every value below is the shipped default.
 # Any field can also be set in the environment as SB_<SECTION>__<FIELD>,
@@ -397,6 +442,25 @@ attachment_size_bytes_max = 26214400
 attachments_per_message_max = 10
 # Uploads and downloads at once; each holds up to attachment_size_bytes_max in memory.
 attachment_transfers_concurrent_max = 8
+
+[monitoring]
+# Largest remote_write or line-protocol body as sent, and a remote_write body decompressed.
+write_body_bytes_max = 16777216
+write_decompressed_bytes_max = 67108864
+# Samples per second accepted across all writers; beyond it writes are answered 429.
+samples_per_second_max = 1000000
+# Active series at most; samples of new series beyond it are refused with a clear error.
+series_max = 1000000
+labels_per_series_max = 64
+label_bytes_max = 8192
+# The time-series write-ahead log starts a new segment file at this size.
+wal_segment_bytes = 134217728
+# PromQL: how far back an instant selector looks for a sample.
+lookback_ms = 300000
+# Samples one query may load, points per series a range query may return, and its time limit.
+query_samples_max = 50000000
+query_range_points_max = 11000
+query_timeout_ms = 120000
 "#;
 
 #[cfg(test)]

@@ -1,3 +1,9 @@
+//! Monitoring: ingestion (Prometheus remote_write, Influx line protocol), PromQL evaluation
+//! over sb-tsdb, and the [`Monitor`] service the server routes to.
+
 pub mod line_protocol;
 pub mod promql;
 pub mod remote_write;
+mod service;
+
+pub use service::{Monitor, MonitorError};

@@ -102,6 +102,8 @@ impl Value {
 pub struct Engine<'a> {
     db: &'a Tsdb,
     cfg: EngineConfig,
+    /// Set from outside to stop a query (its time limit ran out).
+    cancel: Option<&'a std::sync::atomic::AtomicBool>,
     loaded: std::cell::Cell<usize>,
     /// Query start and end, for `@ start()` / `@ end()`.
     start: i64,
@@ -136,10 +138,17 @@ impl<'a> Engine<'a> {
         Self {
             db,
             cfg,
+            cancel: None,
             loaded: std::cell::Cell::new(0),
             start: 0,
             end: 0,
         }
+    }
+
+    /// Stops evaluation with an error once `flag` is set.
+    pub fn with_cancel(mut self, flag: &'a std::sync::atomic::AtomicBool) -> Self {
+        self.cancel = Some(flag);
+        self
     }
 
     /// Evaluates `expr` at `t` (ms).
@@ -198,6 +207,12 @@ impl<'a> Engine<'a> {
     }
 
     fn count(&self, n: usize) -> Result<()> {
+        if self
+            .cancel
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            return eval_err("query cancelled: it ran past its time limit");
+        }
         let total = self.loaded.get() + n;
         self.loaded.set(total);
         if total > self.cfg.samples_max {
@@ -209,7 +224,8 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    fn matchers(vs: &VectorSelector) -> Result<Vec<Vec<Matcher>>> {
+    /// A selector's matcher sets (one, or one per `or` branch).
+    pub fn selector_matchers(vs: &VectorSelector) -> Result<Vec<Vec<Matcher>>> {
         let convert = |ms: &[promql_parser::label::Matcher]| -> Result<Vec<Matcher>> {
             let mut out = Vec::new();
             if let Some(name) = &vs.name {
@@ -259,7 +275,7 @@ impl<'a> Engine<'a> {
     ) -> Result<Vec<sb_tsdb::SeriesSamples>> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
-        for ms in Self::matchers(vs)? {
+        for ms in Self::selector_matchers(vs)? {
             if ms.iter().all(|m| m.matches("")) {
                 return Err(QueryError::Parse(
                     "vector selector must contain at least one non-empty matcher".into(),

@@ -11,6 +11,7 @@ mod listener;
 mod metrics;
 mod routes;
 mod routes_chat;
+mod routes_monitor;
 pub mod tls;
 mod ws;
 
@@ -50,6 +51,7 @@ pub fn now() -> UnixMillis {
 pub struct AppState {
     pub auth: Arc<Auth>,
     pub chat: Arc<sb_chat::Chat>,
+    pub monitor: Arc<sb_monitor::Monitor>,
     /// Attachment transfers in progress (`chat.attachment_transfers_concurrent_max`).
     transfers: tokio::sync::Semaphore,
     pub config: Arc<Config>,
@@ -128,6 +130,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .routes(routes!(routes::openapi))
         .split_for_parts();
     let _ = state.openapi.set(doc);
+    let router = router.merge(routes_monitor::router(state.clone()));
     let limits = &state.config.limits;
     let timeout = Duration::from_millis(limits.request_timeout_ms);
     router
@@ -300,6 +303,25 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         Bus::new(bus_config),
         config.chat.clone(),
     ));
+    let (monitor, recovery) = sb_monitor::Monitor::open(
+        &data_dir.join("tsdb"),
+        config.monitoring.clone(),
+        config.store.durability == sb_core::config::Durability::Full,
+        auth.clone(),
+    )
+    .context("opening the time-series store")?;
+    tracing::info!(
+        series = recovery.series,
+        samples = recovery.samples,
+        "time-series store replayed"
+    );
+    if recovery.orphan_samples > 0 {
+        tracing::warn!(
+            samples = recovery.orphan_samples,
+            "time-series log held samples of undeclared series; skipped"
+        );
+    }
+    let monitor = Arc::new(monitor);
     let listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("binding {}", config.server.listen))?;
@@ -316,6 +338,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let state = Arc::new(AppState {
         auth,
         chat,
+        monitor,
         transfers: tokio::sync::Semaphore::new(
             config.chat.attachment_transfers_concurrent_max.max(1),
         ),

@@ -1,0 +1,608 @@
+//! Prometheus- and Influx-compatible endpoints: remote_write at `/api/v1/write`, line protocol at
+//! `/api/v2/write` and `/write`, and the Prometheus HTTP query API under `/api/v1/`. These speak
+//! their ecosystems' formats (Prometheus' `{"status":"error","errorType",…}` JSON, plain-text
+//! write errors), so Grafana, Prometheus, Telegraf and scripts work unchanged. They are not in
+//! `/v1/openapi.json`, which documents the native API.
+
+use crate::AppState;
+use crate::extract::ClientOrigin;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use sb_auth::{AuthError, Ctx, Origin, Subject};
+use sb_core::{ErrorCode, UnixMillis};
+use sb_monitor::promql::{Series, Value, fmt_float};
+use sb_monitor::{Monitor, MonitorError, line_protocol, remote_write};
+use serde_json::{Map, json};
+use std::sync::Arc;
+
+type St = State<Arc<AppState>>;
+
+pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
+    let body_max = state.config.monitoring.write_body_bytes_max;
+    Router::new()
+        .route("/api/v1/write", post(remote_write_handler))
+        .route("/api/v2/write", post(influx_v2_write))
+        .route("/write", post(influx_v1_write))
+        .layer(axum::extract::DefaultBodyLimit::max(body_max))
+        .route("/api/v1/query", get(query).post(query))
+        .route("/api/v1/query_range", get(query_range).post(query_range))
+        .route("/api/v1/series", get(series).post(series))
+        .route("/api/v1/labels", get(labels).post(labels))
+        .route("/api/v1/label/{name}/values", get(label_values))
+        .route("/api/v1/status/buildinfo", get(buildinfo))
+        .route("/api/v1/metadata", get(empty_object))
+        .route("/api/v1/query_exemplars", get(empty_list).post(empty_list))
+}
+
+/// Who is calling: `Authorization: Bearer <token>` or Influx's `Token <token>`.
+async fn caller(
+    st: &AppState,
+    headers: &HeaderMap,
+    origin: Origin,
+) -> Result<(Subject, Origin, UnixMillis), MonitorError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(AuthError::Unauthenticated)?;
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    let ok = scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token");
+    if !ok || token.trim().is_empty() {
+        return Err(AuthError::Unauthenticated.into());
+    }
+    let now = crate::now();
+    let subject = st.auth.authenticate(token.trim(), origin.ip, now).await?;
+    Ok((subject, origin, now))
+}
+
+fn monitor(st: &AppState) -> &Monitor {
+    &st.monitor
+}
+
+/// Status and Prometheus `errorType` for an error.
+fn classify(e: &MonitorError) -> (StatusCode, &'static str) {
+    match e {
+        MonitorError::Auth(a) => {
+            let status = crate::error::status_of(a.code());
+            let kind = if status == StatusCode::UNAUTHORIZED {
+                "unauthorized"
+            } else if a.code() == ErrorCode::RateLimited {
+                "too_many_requests"
+            } else {
+                "forbidden"
+            };
+            (status, kind)
+        }
+        MonitorError::BadData(_)
+        | MonitorError::Query(sb_monitor::promql::QueryError::Parse(_)) => {
+            (StatusCode::BAD_REQUEST, "bad_data")
+        }
+        MonitorError::Query(_) => (StatusCode::UNPROCESSABLE_ENTITY, "execution"),
+        MonitorError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+        MonitorError::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+        MonitorError::Storage(_) | MonitorError::Internal(_) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+        }
+    }
+}
+
+fn message(e: &MonitorError) -> String {
+    match e {
+        MonitorError::Storage(_) | MonitorError::Internal(_) => {
+            tracing::error!(error = %e, "monitoring request failed");
+            "internal error; the server log has details".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+fn retry_after(e: &MonitorError, resp: &mut Response) {
+    let secs = match e {
+        MonitorError::RateLimited {
+            retry_after_secs, ..
+        } => Some(*retry_after_secs),
+        MonitorError::Auth(a) => a.retry_after().map(|r| r.secs_ceil()),
+        _ => None,
+    };
+    if let Some(secs) = secs {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+    }
+}
+
+/// Errors of the query API, in Prometheus' JSON shape.
+fn api_error(e: MonitorError) -> Response {
+    let (status, kind) = classify(&e);
+    let mut resp = (
+        status,
+        axum::Json(json!({"status": "error", "errorType": kind, "error": message(&e)})),
+    )
+        .into_response();
+    retry_after(&e, &mut resp);
+    resp
+}
+
+/// Errors of the write endpoints, as plain text (what Prometheus and Telegraf log).
+fn write_error(e: MonitorError) -> Response {
+    let (status, _) = classify(&e);
+    let mut resp = (status, format!("{}\n", message(&e))).into_response();
+    retry_after(&e, &mut resp);
+    resp
+}
+
+fn success(data: serde_json::Value) -> Response {
+    axum::Json(json!({"status": "success", "data": data})).into_response()
+}
+
+/// What a write stored and refused: 204 when everything was stored, else 400 naming the first
+/// refusals (what was valid is stored).
+fn write_outcome(out: sb_tsdb::AppendOutcome) -> Response {
+    if out.rejected.is_empty() {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let first: Vec<String> = out
+        .rejected
+        .iter()
+        .take(5)
+        .map(ToString::to_string)
+        .collect();
+    let more = out.rejected.len().saturating_sub(first.len());
+    let text = format!(
+        "{} sample(s) or series refused ({} stored): {}{}\n",
+        out.rejected.len(),
+        out.samples,
+        first.join("; "),
+        if more > 0 {
+            format!("; and {more} more")
+        } else {
+            String::new()
+        }
+    );
+    (StatusCode::BAD_REQUEST, text).into_response()
+}
+
+async fn remote_write_handler(
+    State(st): St,
+    ClientOrigin(origin): ClientOrigin,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (subject, origin, now) = match caller(&st, &headers, origin).await {
+        Ok(c) => c,
+        Err(e) => return write_error(e),
+    };
+    let limit = st.config.monitoring.write_decompressed_bytes_max;
+    let batch = match remote_write::decode(&body, limit) {
+        Ok(b) => b,
+        Err(e) => return write_error(MonitorError::BadData(e.to_string())),
+    };
+    let cx = Ctx {
+        subject: &subject,
+        origin: &origin,
+        now,
+    };
+    match monitor(&st).write(cx, batch).await {
+        Ok(out) => write_outcome(out),
+        Err(e) => write_error(e),
+    }
+}
+
+fn params(raw: Option<&str>, body: &[u8]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect();
+    out.extend(form_urlencoded::parse(body).into_owned());
+    out
+}
+
+fn param<'a>(p: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    p.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+async fn line_write(
+    st: &AppState,
+    origin: Origin,
+    headers: &HeaderMap,
+    precision: Option<&str>,
+    body: &[u8],
+) -> Response {
+    let (subject, origin, now) = match caller(st, headers, origin).await {
+        Ok(c) => c,
+        Err(e) => return write_error(e),
+    };
+    let precision = match precision {
+        None => line_protocol::Precision::Nanoseconds,
+        Some(p) => match line_protocol::Precision::parse(p) {
+            Some(p) => p,
+            None => {
+                return write_error(MonitorError::BadData(format!(
+                    "precision {p:?} is not one of ns, us, ms, s"
+                )));
+            }
+        },
+    };
+    let Ok(text) = std::str::from_utf8(body) else {
+        return write_error(MonitorError::BadData("the body is not UTF-8".into()));
+    };
+    let points = match line_protocol::parse(text, precision, now.0) {
+        Ok(p) => p,
+        Err(e) => return write_error(MonitorError::BadData(e.to_string())),
+    };
+    // Group by series, keeping each series' points in time order.
+    let mut by_series: std::collections::BTreeMap<sb_tsdb::Labels, Vec<(i64, f64)>> =
+        std::collections::BTreeMap::new();
+    for (labels, p) in points {
+        by_series.entry(labels).or_default().push(p);
+    }
+    let batch: sb_tsdb::Batch = by_series
+        .into_iter()
+        .map(|(l, mut p)| {
+            p.sort_by_key(|x| x.0);
+            (l, p)
+        })
+        .collect();
+    let cx = Ctx {
+        subject: &subject,
+        origin: &origin,
+        now,
+    };
+    match monitor(st).write(cx, batch).await {
+        Ok(out) => write_outcome(out),
+        Err(e) => write_error(e),
+    }
+}
+
+async fn influx_v2_write(
+    State(st): St,
+    ClientOrigin(origin): ClientOrigin,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let p = params(raw.as_deref(), b"");
+    line_write(&st, origin, &headers, param(&p, "precision"), &body).await
+}
+
+async fn influx_v1_write(
+    State(st): St,
+    ClientOrigin(origin): ClientOrigin,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let p = params(raw.as_deref(), b"");
+    line_write(&st, origin, &headers, param(&p, "precision"), &body).await
+}
+
+/// A time as Prometheus takes it: Unix seconds (fractional) or RFC 3339.
+fn parse_time(s: &str) -> Result<i64, MonitorError> {
+    if let Ok(secs) = s.parse::<f64>()
+        && secs.is_finite()
+    {
+        return Ok((secs * 1000.0).round() as i64);
+    }
+    parse_rfc3339(s).ok_or_else(|| {
+        MonitorError::BadData(format!(
+            "cannot parse {s:?} to a valid timestamp (Unix seconds or RFC 3339)"
+        ))
+    })
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`.
+fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut rest = &s[19..];
+    let mut ms = 0i64;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits: String = frac.chars().take_while(char::is_ascii_digit).collect();
+        rest = &frac[digits.len()..];
+        let mut d3: String = digits.chars().take(3).collect();
+        while d3.len() < 3 {
+            d3.push('0');
+        }
+        ms = d3.parse().ok()?;
+    }
+    let offset_min = match rest {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match rest.as_bytes().first()? {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let oh: i64 = rest.get(1..3)?.parse().ok()?;
+            let om: i64 = rest.get(4..6)?.parse().ok()?;
+            sign * (oh * 60 + om)
+        }
+    };
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    // Days from civil (Howard Hinnant).
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + h * 3600 + mi * 60 + se - offset_min * 60) * 1000) + ms)
+}
+
+/// A duration as Prometheus takes it: seconds (fractional) or `1h30m`, `15s`, `500ms`.
+fn parse_duration(s: &str) -> Result<i64, MonitorError> {
+    if let Ok(secs) = s.parse::<f64>()
+        && secs.is_finite()
+    {
+        return Ok((secs * 1000.0).round() as i64);
+    }
+    let bad = || MonitorError::BadData(format!("cannot parse {s:?} to a valid duration"));
+    let mut total = 0i64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.chars().take_while(char::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: i64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.chars().take_while(char::is_ascii_alphabetic).count();
+        let ms = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 7 * 86_400_000,
+            "y" => 365 * 86_400_000,
+            _ => return Err(bad()),
+        };
+        total = n
+            .checked_mul(ms)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+fn labels_json(l: &sb_tsdb::Labels) -> serde_json::Value {
+    let mut m = Map::new();
+    for (n, v) in l.iter() {
+        m.insert(n.to_string(), json!(v));
+    }
+    serde_json::Value::Object(m)
+}
+
+fn ts(t: i64) -> serde_json::Value {
+    json!(t as f64 / 1000.0)
+}
+
+fn value_json(v: Value, t: i64) -> serde_json::Value {
+    match v {
+        Value::Scalar(x) => json!({"resultType": "scalar", "result": [ts(t), fmt_float(x)]}),
+        Value::String(s) => json!({"resultType": "string", "result": [ts(t), s]}),
+        Value::Vector(v) => json!({
+            "resultType": "vector",
+            "result": v.iter().map(|s| json!({"metric": labels_json(&s.labels), "value": [ts(t), fmt_float(s.v)]})).collect::<Vec<_>>(),
+        }),
+        Value::Matrix(m) => matrix_json(m),
+    }
+}
+
+fn matrix_json(m: Vec<Series>) -> serde_json::Value {
+    json!({
+        "resultType": "matrix",
+        "result": m.iter().map(|s| json!({
+            "metric": labels_json(&s.labels),
+            "values": s.points.iter().map(|&(t, v)| json!([ts(t), fmt_float(v)])).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+async fn query(
+    State(st): St,
+    ClientOrigin(origin): ClientOrigin,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (subject, origin, now) = match caller(&st, &headers, origin).await {
+        Ok(c) => c,
+        Err(e) => return api_error(e),
+    };
+    let p = params(raw.as_deref(), &body);
+    let Some(q) = param(&p, "query") else {
+        return api_error(MonitorError::BadData("missing parameter query".into()));
+    };
+    let t = match param(&p, "time") {
+        Some(t) => match parse_time(t) {
+            Ok(t) => t,
+            Err(e) => return api_error(e),
+        },
+        None => now.0,
+    };
+    let cx = Ctx {
+        subject: &subject,
+        origin: &origin,
+        now,
+    };
+    match monitor(&st).query(cx, q, t).await {
+        Ok(v) => success(value_json(v, t)),
+        Err(e) => api_error(e),
+    }
+}
+
+async fn query_range(
+    State(st): St,
+    ClientOrigin(origin): ClientOrigin,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (subject, origin, now) = match caller(&st, &headers, origin).await {
+        Ok(c) => c,
+        Err(e) => return api_error(e),
+    };
+    let p = params(raw.as_deref(), &body);
+    let parsed = (|| -> Result<(String, i64, i64, i64), MonitorError> {
+        let need = |n: &str| {
+            param(&p, n).ok_or_else(|| MonitorError::BadData(format!("missing parameter {n}")))
+        };
+        Ok((
+            need("query")?.to_string(),
+            parse_time(need("start")?)?,
+            parse_time(need("end")?)?,
+            parse_duration(need("step")?)?,
+        ))
+    })();
+    let (q, start, end, step) = match parsed {
+        Ok(v) => v,
+        Err(e) => return api_error(e),
+    };
+    let cx = Ctx {
+        subject: &subject,
+        origin: &origin,
+        now,
+    };
+    match monitor(&st).query_range(cx, &q, start, end, step).await {
+        Ok(m) => success(matrix_json(m)),
+        Err(e) => api_error(e),
+    }
+}
+
+fn matches(p: &[(String, String)]) -> Vec<String> {
+    p.iter()
+        .filter(|(k, _)| k == "match[]")
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+async fn series(
+    State(st): St,
+    ClientOrigin(origin): ClientOrigin,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (subject, origin, now) = match caller(&st, &headers, origin).await {
+        Ok(c) => c,
+        Err(e) => return api_error(e),
+    };
+    let p = params(raw.as_deref(), &body);
+    let m = matches(&p);
+    if m.is_empty() {
+        return api_error(MonitorError::BadData(
+            "no match[] parameter provided".into(),
+        ));
+    }
+    let cx = Ctx {
+        subject: &subject,
+        origin: &origin,
+        now,
+    };
+    match monitor(&st).series(cx, &m).await {
+        Ok(list) => success(json!(list.iter().map(labels_json).collect::<Vec<_>>())),
+        Err(e) => api_error(e),
+    }
+}
+
+async fn labels(
+    State(st): St,
+    ClientOrigin(origin): ClientOrigin,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (subject, origin, now) = match caller(&st, &headers, origin).await {
+        Ok(c) => c,
+        Err(e) => return api_error(e),
+    };
+    let p = params(raw.as_deref(), &body);
+    let cx = Ctx {
+        subject: &subject,
+        origin: &origin,
+        now,
+    };
+    match monitor(&st).label_names(cx, &matches(&p)).await {
+        Ok(list) => success(json!(list)),
+        Err(e) => api_error(e),
+    }
+}
+
+async fn label_values(
+    State(st): St,
+    ClientOrigin(origin): ClientOrigin,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let (subject, origin, now) = match caller(&st, &headers, origin).await {
+        Ok(c) => c,
+        Err(e) => return api_error(e),
+    };
+    let p = params(raw.as_deref(), b"");
+    let cx = Ctx {
+        subject: &subject,
+        origin: &origin,
+        now,
+    };
+    match monitor(&st).label_values(cx, &name, &matches(&p)).await {
+        Ok(list) => success(json!(list)),
+        Err(e) => api_error(e),
+    }
+}
+
+/// Grafana reads this to learn what it talks to.
+async fn buildinfo() -> Response {
+    success(json!({
+        "version": "2.42.0",
+        "revision": concat!("switchboard-", env!("CARGO_PKG_VERSION")),
+        "branch": "switchboard",
+        "buildUser": "switchboard",
+        "buildDate": "",
+        "goVersion": "none (Rust)",
+    }))
+}
+
+async fn empty_object() -> Response {
+    success(json!({}))
+}
+
+async fn empty_list() -> Response {
+    success(json!([]))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn times_and_durations_parse_as_prometheus_takes_them() {
+        assert_eq!(parse_time("1700000000.5").unwrap(), 1_700_000_000_500);
+        assert_eq!(
+            parse_time("2023-11-14T22:13:20Z").unwrap(),
+            1_700_000_000_000
+        );
+        assert_eq!(
+            parse_time("2023-11-14T23:13:20.250+01:00").unwrap(),
+            1_700_000_000_250
+        );
+        assert!(parse_time("yesterday").is_err());
+        assert_eq!(parse_duration("15").unwrap(), 15_000);
+        assert_eq!(parse_duration("1h30m").unwrap(), 5_400_000);
+        assert_eq!(parse_duration("250ms").unwrap(), 250);
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("99999999999999999y").is_err());
+    }
+}
