@@ -307,3 +307,276 @@ fn acknowledged_samples_survive_sigkill_and_a_torn_log_tail_is_reported() {
         assert!(vector(&data)[0].1 as i64 >= acked - 1);
     });
 }
+
+/// Kills the child process when dropped.
+struct Reaper(std::process::Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A result as a comparable set: metric JSON (as text) → value (NaN kept as NaN).
+fn result_set(data: &Value) -> std::collections::BTreeMap<String, Vec<(f64, f64)>> {
+    let num = |v: &Value| -> f64 {
+        match v.as_str().unwrap() {
+            "NaN" => f64::NAN,
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            s => s.parse().unwrap(),
+        }
+    };
+    let pair = |p: &Value| (p[0].as_f64().unwrap(), num(&p[1]));
+    let mut out = std::collections::BTreeMap::new();
+    match data["resultType"].as_str().unwrap() {
+        "scalar" => {
+            out.insert("scalar".into(), vec![pair(&data["result"])]);
+        }
+        "vector" => {
+            for r in data["result"].as_array().unwrap() {
+                out.insert(r["metric"].to_string(), vec![pair(&r["value"])]);
+            }
+        }
+        _ => {
+            for r in data["result"].as_array().unwrap() {
+                let points = r["values"].as_array().unwrap().iter().map(pair).collect();
+                out.insert(r["metric"].to_string(), points);
+            }
+        }
+    }
+    out
+}
+
+fn same_value(a: f64, b: f64) -> bool {
+    (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= 1e-9 * a.abs().max(b.abs())
+}
+
+#[tokio::test]
+async fn prometheus_remote_writes_here_and_both_answer_queries_alike() {
+    let Some(prometheus) = external("prometheus") else {
+        return;
+    };
+    let server = TestServer::start();
+    let admin = server.admin().await;
+    let token = admin
+        .create_token(&sb_proto::TokenCreate {
+            name: "prometheus".into(),
+            scopes: vec![],
+            expires_in_secs: None,
+        })
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = format!(
+        r#"
+global:
+  scrape_interval: 1s
+scrape_configs:
+  - job_name: prom
+    static_configs:
+      - targets: ["127.0.0.1:{port}"]
+remote_write:
+  - url: https://{addr}/api/v1/write
+    authorization:
+      credentials: {token}
+    tls_config:
+      insecure_skip_verify: true
+    queue_config:
+      min_shards: 1
+      max_shards: 1
+      batch_send_deadline: 500ms
+"#,
+        addr = server.addr,
+        token = token.token.expose()
+    );
+    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+    let child = std::process::Command::new(prometheus)
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--log.level=warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let _reaper = Reaper(child);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let prom = reqwest::Client::new();
+    let prom_url = format!("http://127.0.0.1:{port}");
+
+    // Let it scrape itself for a while; every sample reaches us through remote_write.
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let newest = admin
+        .prometheus_api(
+            "/api/v1/query",
+            &[("query", r#"timestamp(up{job="prom"})"#)],
+        )
+        .await
+        .unwrap();
+    let newest = vector(&newest)
+        .first()
+        .map(|v| v.1)
+        .expect("samples arrived through remote_write");
+    // A time every sample up to which has surely been forwarded.
+    let t = (newest - 3.0).floor().to_string();
+
+    let queries = [
+        "up",
+        "prometheus_http_requests_total",
+        "prometheus_http_requests_total > 0",
+        "rate(prometheus_http_requests_total[10s])",
+        "sum by (handler) (rate(prometheus_http_requests_total[10s]))",
+        "increase(prometheus_tsdb_head_samples_appended_total[10s])",
+        "irate(process_cpu_seconds_total[10s])",
+        "deriv(process_resident_memory_bytes[10s])",
+        "delta(go_goroutines[10s])",
+        "idelta(go_goroutines[10s])",
+        "changes(go_goroutines[10s])",
+        "resets(process_cpu_seconds_total[10s])",
+        "avg_over_time(go_goroutines[10s])",
+        "min_over_time(go_goroutines[10s])",
+        "max_over_time(go_goroutines[10s])",
+        "sum_over_time(go_goroutines[10s])",
+        "count_over_time(go_goroutines[10s])",
+        "last_over_time(go_goroutines[10s])",
+        "quantile_over_time(0.9, go_goroutines[10s])",
+        "stddev_over_time(go_goroutines[10s])",
+        "stdvar_over_time(go_goroutines[10s])",
+        "sum(prometheus_http_requests_total)",
+        "avg without (code) (prometheus_http_requests_total)",
+        "min by (job) (prometheus_http_requests_total)",
+        "max(prometheus_http_requests_total)",
+        "count(prometheus_http_requests_total)",
+        "stddev(prometheus_http_requests_total)",
+        "stdvar(prometheus_http_requests_total)",
+        "quantile(0.5, prometheus_http_requests_total)",
+        "topk(3, prometheus_http_requests_total)",
+        "bottomk(2, prometheus_http_requests_total)",
+        "count_values(\"v\", up)",
+        "histogram_quantile(0.9, sum by (le) (prometheus_http_request_duration_seconds_bucket))",
+        "histogram_quantile(0.5, rate(prometheus_tsdb_compaction_chunk_range_seconds_bucket[10s]))",
+        "process_resident_memory_bytes / on(job, instance) process_virtual_memory_bytes",
+        "prometheus_http_requests_total / ignoring(code, handler) group_left up",
+        "up * on(job) group_right prometheus_http_requests_total",
+        "go_goroutines > bool 10",
+        "up == 1",
+        "up and on(job) go_goroutines",
+        "up unless on(job) go_goroutines",
+        "up or vector(5)",
+        "absent(nonexistent_metric{job=\"x\"})",
+        "absent(up)",
+        "clamp(go_goroutines, 1, 10)",
+        "clamp_min(go_goroutines, 100)",
+        "clamp_max(go_goroutines, 1)",
+        "abs(-go_goroutines)",
+        "ceil(process_cpu_seconds_total)",
+        "floor(process_cpu_seconds_total)",
+        "round(process_cpu_seconds_total, 0.1)",
+        "timestamp(up)",
+        "hour(timestamp(up))",
+        "minute()",
+        "day_of_week()",
+        "year()",
+        "time()",
+        "2 * 3 + 1",
+        "label_replace(up, \"host\", \"$1\", \"instance\", \"(.*):.*\")",
+        "label_join(up, \"both\", \"/\", \"job\", \"instance\")",
+        "go_goroutines offset 5s",
+        "max_over_time(rate(process_cpu_seconds_total[5s])[10s:2s])",
+        "{__name__=~\"go_gc_duration_seconds.*\", quantile!=\"0\"}",
+    ];
+    let mut failures = Vec::new();
+    let mut nonempty = 0;
+    for q in queries {
+        let ours = admin
+            .prometheus_api("/api/v1/query", &[("query", q), ("time", &t)])
+            .await;
+        let url = reqwest::Url::parse_with_params(
+            &format!("{prom_url}/api/v1/query"),
+            &[("query", q), ("time", &t)],
+        )
+        .unwrap();
+        let theirs: Value = prom.get(url).send().await.unwrap().json().await.unwrap();
+        let ours = match ours {
+            Ok(d) => d,
+            Err(e) => {
+                failures.push(format!("{q}: ours failed: {e}"));
+                continue;
+            }
+        };
+        assert_eq!(theirs["status"], "success", "{q}: {theirs}");
+        let (a, b) = (result_set(&ours), result_set(&theirs["data"]));
+        nonempty += usize::from(!b.is_empty());
+        let same = a.len() == b.len()
+            && a.iter().all(|(k, va)| {
+                b.get(k).is_some_and(|vb| {
+                    va.len() == vb.len()
+                        && va
+                            .iter()
+                            .zip(vb)
+                            .all(|(x, y)| x.0 == y.0 && same_value(x.1, y.1))
+                })
+            });
+        if !same {
+            failures.push(format!("{q}\n  ours   {a:?}\n  theirs {b:?}"));
+        }
+    }
+    assert!(
+        nonempty >= queries.len() - 3,
+        "only {nonempty} of {} queries had data in Prometheus",
+        queries.len()
+    );
+    // A range query too.
+    let start = (newest - 13.0).floor().to_string();
+    let range = [
+        ("query", "rate(prometheus_http_requests_total[5s])"),
+        ("start", start.as_str()),
+        ("end", t.as_str()),
+        ("step", "1s"),
+    ];
+    let ours = admin
+        .prometheus_api("/api/v1/query_range", &range)
+        .await
+        .unwrap();
+    let url =
+        reqwest::Url::parse_with_params(&format!("{prom_url}/api/v1/query_range"), &range).unwrap();
+    let theirs: Value = prom.get(url).send().await.unwrap().json().await.unwrap();
+    let (a, b) = (result_set(&ours), result_set(&theirs["data"]));
+    if a.len() != b.len()
+        || !a.iter().all(|(k, va)| {
+            b.get(k).is_some_and(|vb| {
+                va.len() == vb.len()
+                    && va
+                        .iter()
+                        .zip(vb)
+                        .all(|(x, y)| x.0 == y.0 && same_value(x.1, y.1))
+            })
+        })
+    {
+        failures.push(format!("range query\n  ours   {a:?}\n  theirs {b:?}"));
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} differ:\n{}",
+        failures.len(),
+        queries.len() + 1,
+        failures.join("\n")
+    );
+}
