@@ -369,6 +369,9 @@ impl<'a> Engine<'a> {
                 }
                 let mut out: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
                 while ts <= base {
+                    // Each step counts against the sample budget, so a subquery of a constant
+                    // over years at a tiny step is stopped too (and sees the time limit).
+                    self.count(1)?;
                     match self.eval(&sq.expr, ts)? {
                         Value::Vector(v) => {
                             for s in v {

@@ -525,3 +525,16 @@ fn range_queries_step_through_time_and_errors_are_clear() {
         .unwrap_err();
     assert!(e.to_string().contains("too many samples"), "{e}");
 }
+
+#[test]
+fn a_subquery_over_a_constant_is_bounded_by_the_sample_budget() {
+    let (_dir, db) = fixture();
+    let cfg = EngineConfig {
+        samples_max: 1000,
+        ..EngineConfig::default()
+    };
+    let e = Engine::new(&db, cfg)
+        .instant(&parse("max_over_time(vector(1)[1y:1s])").unwrap(), 600 * S)
+        .unwrap_err();
+    assert!(e.to_string().contains("too many samples"), "{e}");
+}
