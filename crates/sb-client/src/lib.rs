@@ -211,6 +211,35 @@ impl Client {
     }
 
     /// Sends arbitrary bytes with a content type (for uploads and protocol tests).
+    pub async fn alerts(&self) -> Result<Vec<AlertInfo>> {
+        self.call(Method::GET, "/v1/alerts", Self::NO_BODY).await
+    }
+
+    /// Re-reads the server's rule files (admins).
+    pub async fn reload_rules(&self) -> Result<RulesReloaded> {
+        self.call(Method::POST, "/v1/alerts/reload", Self::NO_BODY)
+            .await
+    }
+
+    pub async fn silences(&self) -> Result<Vec<SilenceInfo>> {
+        self.call(Method::GET, "/v1/alerts/silences", Self::NO_BODY)
+            .await
+    }
+
+    pub async fn create_silence(&self, req: &SilenceCreate) -> Result<SilenceInfo> {
+        self.call(Method::POST, "/v1/alerts/silences", Some(req))
+            .await
+    }
+
+    pub async fn expire_silence(&self, id: &str) -> Result<()> {
+        self.call(
+            Method::DELETE,
+            &format!("/v1/alerts/silences/{id}"),
+            Self::NO_BODY,
+        )
+        .await
+    }
+
     /// A request with these extra headers; an `Authorization` among them replaces the token.
     pub async fn raw_with_headers(
         &self,

@@ -311,6 +311,21 @@ pub struct MonitoringConfig {
     pub query_range_points_max: i64,
     /// A query running longer is cancelled.
     pub query_timeout_ms: u64,
+    /// Prometheus rule files (alerting and recording rules); reloaded on SIGHUP or
+    /// `sb alerts reload`.
+    pub rule_files: Vec<PathBuf>,
+    /// How often a rule group without its own `interval` is evaluated.
+    pub rule_evaluation_interval_ms: u64,
+    /// Alerts with the same values of these labels are notified together.
+    pub alert_group_by: Vec<String>,
+    /// A group still firing is notified again after this long.
+    pub alert_repeat_interval_ms: u64,
+    /// URLs that get each notification as an Alertmanager webhook payload (POST, JSON).
+    pub alert_webhooks: Vec<String>,
+    /// Tries per notification and webhook before it is dropped (with a log line).
+    pub alert_delivery_attempts_max: u32,
+    /// Notifications waiting for delivery at most; beyond it the oldest are dropped and logged.
+    pub alert_queue_max: usize,
 }
 
 impl Default for MonitoringConfig {
@@ -327,6 +342,13 @@ impl Default for MonitoringConfig {
             query_samples_max: 50_000_000,
             query_range_points_max: 11_000,
             query_timeout_ms: 120_000,
+            rule_files: Vec::new(),
+            rule_evaluation_interval_ms: 60_000,
+            alert_group_by: vec!["alertname".into()],
+            alert_repeat_interval_ms: 4 * 3_600_000,
+            alert_webhooks: Vec::new(),
+            alert_delivery_attempts_max: 10,
+            alert_queue_max: 1_000,
         }
     }
 }
@@ -461,6 +483,18 @@ lookback_ms = 300000
 query_samples_max = 50000000
 query_range_points_max = 11000
 query_timeout_ms = 120000
+# Prometheus rule files (alerting and recording rules), reloaded on SIGHUP or `sb alerts reload`.
+rule_files = []
+# Groups without their own `interval` are evaluated this often.
+rule_evaluation_interval_ms = 60000
+# Alerts with equal values of these labels go out in one notification; a group still firing is
+# notified again after the repeat interval.
+alert_group_by = ["alertname"]
+alert_repeat_interval_ms = 14400000
+# Each notification is POSTed to these URLs in Alertmanager's webhook format (and logged).
+alert_webhooks = []
+alert_delivery_attempts_max = 10
+alert_queue_max = 1000
 "#;
 
 #[cfg(test)]

@@ -64,3 +64,7 @@ id_type!(
     /// A file attached to a chat room.
     AttachmentId
 );
+id_type!(
+    /// A silence: alerts it matches are not notified while it lasts.
+    SilenceId
+);

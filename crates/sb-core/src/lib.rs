@@ -11,7 +11,7 @@ pub mod secret;
 pub mod time;
 
 pub use error::ErrorCode;
-pub use id::{AttachmentId, InviteId, RoomId, SessionId, TokenId, UserId};
+pub use id::{AttachmentId, InviteId, RoomId, SessionId, SilenceId, TokenId, UserId};
 pub use secret::Secret;
 pub use time::UnixMillis;
 

@@ -1,6 +1,7 @@
 //! The monitoring service: authorized, rate-limited writes into sb-tsdb and PromQL queries
 //! over it. Transport-free: `sb-server` maps HTTP onto these calls.
 
+use crate::alerts::{self, Alerting, Notification, RoutingConfig, RuleStatus, Silence};
 use crate::promql::{self, Engine, EngineConfig, QueryError, Series, Value};
 use sb_auth::{Action, Auth, AuthError, Ctx, Resource};
 use sb_core::config::MonitoringConfig;
@@ -62,6 +63,29 @@ pub struct Monitor {
     auth: Arc<Auth>,
     cfg: MonitoringConfig,
     budget: Mutex<SampleBudget>,
+    alerting: Arc<Mutex<Alerting>>,
+    silences: Mutex<Vec<Silence>>,
+    silences_path: std::path::PathBuf,
+}
+
+/// Expired silences are kept (and listed) this long, then forgotten.
+const EXPIRED_SILENCE_RETENTION_MS: i64 = 5 * 24 * 3_600_000;
+
+/// Silences at most, active and expired.
+pub const SILENCES_MAX: usize = 10_000;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Reads and checks the rule files.
+pub fn read_rule_files(cfg: &MonitoringConfig) -> Result<Vec<alerts::Group>, String> {
+    let mut files = Vec::new();
+    for path in &cfg.rule_files {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        files.push((path.display().to_string(), text));
+    }
+    alerts::load_rules(&files, cfg.rule_evaluation_interval_ms as i64)
 }
 
 impl Monitor {
@@ -87,15 +111,203 @@ impl Monitor {
             tokens: cfg.samples_per_second_max.max(1) as f64,
             at_ms: 0,
         });
+        let groups = read_rule_files(&cfg).map_err(MonitorError::BadData)?;
+        let alerting = Alerting::new(
+            groups,
+            RoutingConfig {
+                group_by: cfg.alert_group_by.clone(),
+                repeat_interval_ms: cfg.alert_repeat_interval_ms as i64,
+            },
+        );
+        let silences_path = dir.join("silences.json");
+        let silences = match std::fs::read(&silences_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| MonitorError::BadData(format!("{}: {e}", silences_path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(MonitorError::Storage(e.into())),
+        };
         Ok((
             Self {
                 db: Arc::new(db),
                 auth,
                 cfg,
                 budget,
+                alerting: Arc::new(Mutex::new(alerting)),
+                silences: Mutex::new(silences),
+                silences_path,
             },
             recovery,
         ))
+    }
+
+    /// Evaluates the rule groups due at `now`: stores what recording rules produce and returns
+    /// the notifications to deliver.
+    pub async fn evaluate_rules(&self, now: i64) -> Result<(Vec<Notification>, Vec<String>)> {
+        let silences = lock(&self.silences).clone();
+        let (db, alerting, engine) = (self.db.clone(), self.alerting.clone(), self.engine_config());
+        tokio::task::spawn_blocking(move || {
+            let eval = lock(&alerting).evaluate(&db, &engine, &silences, now);
+            if !eval.recorded.is_empty() {
+                let out = db.append(&eval.recorded)?;
+                if !out.rejected.is_empty() {
+                    tracing::warn!(first = %out.rejected[0], count = out.rejected.len(), "recording rule samples refused");
+                }
+            }
+            Ok((eval.notifications, eval.errors))
+        })
+        .await
+        .map_err(|e| MonitorError::Internal(e.to_string()))?
+    }
+
+    /// The shortest interval among the rule groups (how often evaluation must look).
+    pub fn shortest_rule_interval_ms(&self) -> Option<i64> {
+        lock(&self.alerting)
+            .groups()
+            .iter()
+            .map(|g| g.interval_ms)
+            .min()
+    }
+
+    /// Re-reads the rule files; on an error the rules in force stay. `cx` is `None` for the
+    /// operator's SIGHUP.
+    pub async fn reload_rules(&self, cx: Option<Ctx<'_>>) -> Result<(usize, usize)> {
+        if let Some(cx) = cx {
+            self.auth
+                .authorize(cx, Action::Update, &Resource::Metrics)
+                .await?;
+        }
+        let groups = read_rule_files(&self.cfg).map_err(MonitorError::BadData)?;
+        let counts = (groups.len(), groups.iter().map(|g| g.rules.len()).sum());
+        lock(&self.alerting).reload(groups);
+        Ok(counts)
+    }
+
+    pub async fn rules(&self, cx: Ctx<'_>) -> Result<Vec<RuleStatus>> {
+        self.auth
+            .authorize(cx, Action::Read, &Resource::Metrics)
+            .await?;
+        Ok(lock(&self.alerting).status())
+    }
+
+    /// Every current alert, and whether a silence holds it back now.
+    pub async fn alerts(&self, cx: Ctx<'_>) -> Result<Vec<(alerts::Alert, bool)>> {
+        self.auth
+            .authorize(cx, Action::Read, &Resource::Metrics)
+            .await?;
+        let silences = lock(&self.silences).clone();
+        let now = cx.now.0;
+        Ok(lock(&self.alerting)
+            .status()
+            .into_iter()
+            .flat_map(|r| r.alerts)
+            .map(|a| {
+                let silenced = silences
+                    .iter()
+                    .any(|s| s.active(now) && s.matches(&a.labels));
+                (a, silenced)
+            })
+            .collect())
+    }
+
+    pub async fn silences(&self, cx: Ctx<'_>) -> Result<Vec<Silence>> {
+        self.auth
+            .authorize(cx, Action::Read, &Resource::Metrics)
+            .await?;
+        Ok(lock(&self.silences).clone())
+    }
+
+    fn save_silences(&self, list: &[Silence]) -> Result<()> {
+        let tmp = self.silences_path.with_extension("json.tmp");
+        let bytes =
+            serde_json::to_vec_pretty(list).map_err(|e| MonitorError::Internal(e.to_string()))?;
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut f, &bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.silences_path)
+        };
+        write().map_err(|e| MonitorError::Storage(e.into()))
+    }
+
+    /// Adds a silence from `starts_at` (default now) to `ends_at`; returns it.
+    pub async fn add_silence(
+        &self,
+        cx: Ctx<'_>,
+        matchers: Vec<String>,
+        starts_at_ms: Option<i64>,
+        ends_at_ms: i64,
+        comment: String,
+    ) -> Result<Silence> {
+        self.auth
+            .authorize(cx, Action::Create, &Resource::Metrics)
+            .await?;
+        if matchers.is_empty() {
+            return Err(MonitorError::BadData(
+                "a silence needs at least one matcher, e.g. alertname=HighLoad".into(),
+            ));
+        }
+        let mut any_specific = false;
+        for m in &matchers {
+            let parsed = alerts::parse_matcher(m).map_err(MonitorError::BadData)?;
+            any_specific |= !parsed.matches("");
+        }
+        if !any_specific {
+            return Err(MonitorError::BadData(
+                "at least one matcher must not match the empty value (it would silence everything)"
+                    .into(),
+            ));
+        }
+        let now = cx.now.0;
+        let starts = starts_at_ms.unwrap_or(now);
+        if ends_at_ms <= starts || ends_at_ms <= now {
+            return Err(MonitorError::BadData(
+                "a silence must end after it starts, and in the future".into(),
+            ));
+        }
+        if comment.chars().count() > 1000 {
+            return Err(MonitorError::BadData(
+                "comments are at most 1000 characters".into(),
+            ));
+        }
+        let silence = Silence {
+            id: sb_core::SilenceId::new_at(cx.now).to_string(),
+            matchers,
+            starts_at_ms: starts,
+            ends_at_ms,
+            created_by: cx.subject.username.clone(),
+            comment,
+        };
+        let mut list = lock(&self.silences);
+        list.retain(|s| s.ends_at_ms > now - EXPIRED_SILENCE_RETENTION_MS);
+        if list.len() >= SILENCES_MAX {
+            return Err(MonitorError::BadData(format!(
+                "{SILENCES_MAX} silences already; expire some first"
+            )));
+        }
+        let mut next = list.clone();
+        next.push(silence.clone());
+        self.save_silences(&next)?;
+        *list = next;
+        Ok(silence)
+    }
+
+    /// Ends a silence now.
+    pub async fn expire_silence(&self, cx: Ctx<'_>, id: &str) -> Result<()> {
+        self.auth
+            .authorize(cx, Action::Create, &Resource::Metrics)
+            .await?;
+        let now = cx.now.0;
+        let mut list = lock(&self.silences);
+        let mut next = list.clone();
+        let Some(s) = next.iter_mut().find(|s| s.id == id) else {
+            return Err(MonitorError::BadData(format!(
+                "no silence {id}; see `sb alerts silences`"
+            )));
+        };
+        s.ends_at_ms = s.ends_at_ms.min(now);
+        self.save_silences(&next)?;
+        *list = next;
+        Ok(())
     }
 
     pub fn config(&self) -> &MonitoringConfig {

@@ -658,3 +658,54 @@ mod tests {
         assert!(!format!("{r:?}").contains("pw-visible?"));
     }
 }
+
+/// An alert as the alerting rules see it now.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AlertInfo {
+    /// `pending`, `firing` or `resolved`.
+    pub state: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub annotations: std::collections::BTreeMap<String, String>,
+    /// The expression's value when last evaluated.
+    pub value: f64,
+    pub active_at_ms: i64,
+    pub fired_at_ms: Option<i64>,
+    pub resolved_at_ms: Option<i64>,
+    /// Held back from notification by a silence right now.
+    pub silenced: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct RulesReloaded {
+    pub groups: usize,
+    pub rules: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SilenceCreate {
+    /// `name=value`, `name!=value`, `name=~regex`, `name!~regex`; all must match.
+    pub matchers: Vec<String>,
+    /// Default: now.
+    #[serde(default)]
+    pub starts_at_ms: Option<i64>,
+    /// When it ends; or give `duration_secs`.
+    #[serde(default)]
+    pub ends_at_ms: Option<i64>,
+    #[serde(default)]
+    pub duration_secs: Option<u64>,
+    #[serde(default)]
+    pub comment: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SilenceInfo {
+    pub id: String,
+    pub matchers: Vec<String>,
+    pub starts_at_ms: i64,
+    pub ends_at_ms: i64,
+    pub created_by: String,
+    pub comment: String,
+    /// `active`, `pending` (starts later) or `expired`.
+    pub state: String,
+}

@@ -4,12 +4,14 @@
 //! Only this crate and the `sb` binary read files, the environment or the clock. Routes map
 //! requests to service calls and service errors to the wire in one place ([`error::status_of`]).
 
+mod alerting;
 pub mod config;
 mod error;
 mod extract;
 mod listener;
 mod metrics;
 mod routes;
+mod routes_alerts;
 mod routes_chat;
 mod routes_monitor;
 pub mod tls;
@@ -123,6 +125,13 @@ pub fn app(state: Arc<AppState>) -> Router {
         ))
         .routes(routes!(routes_chat::take_welcomes))
         .routes(routes!(routes_chat::download))
+        .routes(routes!(routes_alerts::alerts))
+        .routes(routes!(routes_alerts::reload))
+        .routes(routes!(
+            routes_alerts::silences,
+            routes_alerts::create_silence
+        ))
+        .routes(routes!(routes_alerts::expire_silence))
         .routes(routes!(ws::ws_handler))
         .routes(routes!(routes::healthz))
         .routes(routes!(routes::readyz))
@@ -353,6 +362,8 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     });
     let router = app(state.clone());
     tokio::spawn(prune_sessions_periodically(state.clone()));
+    alerting::spawn(state.clone())?;
+    alerting::reload_on_sighup(state.clone());
 
     // The banner goes to stdout, for the person who started the server; logs go to stderr and
     // never carry the setup token.

@@ -51,6 +51,48 @@ pub enum Command {
     /// Chat: rooms (`#name` or id) and direct messages (`@user`).
     #[command(subcommand)]
     Chat(ChatCmd),
+    /// Run a PromQL query: a table now, or a sparkline per series over a range.
+    Query(QueryArgs),
+    /// Alerts, silences and rule reloads.
+    #[command(subcommand)]
+    Alerts(AlertsCmd),
+}
+
+#[derive(Args)]
+pub struct QueryArgs {
+    /// A PromQL expression, e.g. 'rate(http_requests_total[5m])'.
+    pub expr: String,
+    /// Evaluate at this time (Unix seconds or RFC 3339) [default: now].
+    #[arg(long)]
+    pub time: Option<String>,
+    /// Evaluate over this much time up to --time (e.g. 1h, 30m) and draw a sparkline.
+    #[arg(long)]
+    pub range: Option<String>,
+    /// Step of a range query (e.g. 30s) [default: range / 60].
+    #[arg(long, requires = "range")]
+    pub step: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum AlertsCmd {
+    /// Pending, firing and recently resolved alerts.
+    List,
+    /// Silence alerts matching every MATCHER (name=value, name!=value, name=~re, name!~re).
+    Silence {
+        #[arg(required = true)]
+        matchers: Vec<String>,
+        /// How long, e.g. 2h or 30m.
+        #[arg(long = "for", default_value = "1h")]
+        duration: String,
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// List silences.
+    Silences,
+    /// End a silence now.
+    Expire { id: String },
+    /// Re-read the server's rule files (admins).
+    Reload,
 }
 
 #[derive(Subcommand)]

@@ -34,6 +34,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Admin(c) => admin(c, json).await,
         Command::Trust(c) => trust(c, json),
         Command::Chat(c) => crate::chat_cmds::chat(c, json).await,
+        Command::Query(a) => crate::monitor_cmds::query(a, json).await,
+        Command::Alerts(c) => crate::monitor_cmds::alerts(c, json).await,
     }
 }
 

@@ -580,3 +580,339 @@ remote_write:
         failures.join("\n")
     );
 }
+
+/// A webhook receiver: every POST body it gets, as JSON, in order.
+fn webhook_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            if reader.read_exact(&mut body).is_ok()
+                && let Ok(v) = serde_json::from_slice::<Value>(&body)
+            {
+                sink.lock().unwrap().push(v);
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (url, got)
+}
+
+const RULES: &str = r#"
+groups:
+  - name: heat
+    interval: 200ms
+    rules:
+      - alert: Hot
+        expr: temp > 30
+        for: 1s
+        labels:
+          severity: page
+        annotations:
+          summary: "{{ $labels.room }} is at {{ $value }} degrees"
+      - record: room:temp:max
+        expr: max by (room) (temp)
+"#;
+
+async fn wait_for<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn alerts_go_pending_then_firing_notify_once_per_repeat_respect_silences_and_resolve() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yml");
+    std::fs::write(&rules, RULES).unwrap();
+    if let Some(promtool) = external("promtool") {
+        let out = std::process::Command::new(promtool)
+            .args(["check", "rules"])
+            .arg(&rules)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool accepts the rule file: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let (hook, received) = webhook_receiver();
+    let config = dir.path().join("sb.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[monitoring]\nrule_files = [{:?}]\nalert_webhooks = [{hook:?}]\nalert_repeat_interval_ms = 2000\n",
+            rules.display().to_string()
+        ),
+    )
+    .unwrap();
+    let server = TestServer::start_with(ServerOptions {
+        config: Some(config),
+        ..Default::default()
+    });
+    let admin = server.admin().await;
+    // Keep the room hot: a sample every 100 ms.
+    let feeder = {
+        let c = server.login("admin").await;
+        tokio::spawn(async move {
+            loop {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as i64;
+                write(
+                    &c,
+                    &[(
+                        l(&[("__name__", "temp"), ("room", "lab")]),
+                        vec![(now, 35.0)],
+                    )],
+                )
+                .await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+
+    let states = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = states.clone();
+    let admin2 = server.login("admin").await;
+    wait_for("the alert to fire", async || {
+        let a = admin2.alerts().await.unwrap();
+        let s = a.first()?.state.clone();
+        let mut st = seen.lock().unwrap();
+        if st.last() != Some(&s) {
+            st.push(s.clone());
+        }
+        (s == "firing").then_some(())
+    })
+    .await;
+    assert_eq!(
+        *states.lock().unwrap(),
+        vec!["pending", "firing"],
+        "pending first, then firing after `for`"
+    );
+    // A firing notification and then a repeat, same group, distinct dedup keys.
+    let notes = wait_for("a repeat notification", async || {
+        let n = received.lock().unwrap().clone();
+        (n.len() >= 2).then_some(n)
+    })
+    .await;
+    assert_eq!(notes[0]["status"], "firing");
+    assert_eq!(notes[0]["alerts"][0]["labels"]["alertname"], "Hot");
+    assert_eq!(
+        notes[0]["alerts"][0]["annotations"]["summary"],
+        "lab is at 35 degrees"
+    );
+    assert_eq!(notes[0]["groupKey"], notes[1]["groupKey"]);
+    assert_ne!(notes[0]["dedupKey"], notes[1]["dedupKey"]);
+    // The recording rule stores its series.
+    let rec = admin
+        .prometheus_api("/api/v1/query", &[("query", "room:temp:max")])
+        .await
+        .unwrap();
+    assert_eq!(vector(&rec)[0].1, 35.0);
+    let rules_api = admin.prometheus_api("/api/v1/rules", &[]).await.unwrap();
+    assert_eq!(
+        rules_api["groups"][0]["rules"][0]["alerts"][0]["state"],
+        "firing"
+    );
+
+    // Silenced: no notification for several repeat intervals.
+    let silence = admin
+        .create_silence(&sb_proto::SilenceCreate {
+            matchers: vec!["alertname=Hot".into()],
+            starts_at_ms: None,
+            ends_at_ms: None,
+            duration_secs: Some(3600),
+            comment: "maintenance".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(silence.state, "active");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = received.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        received.lock().unwrap().len(),
+        before,
+        "nothing while silenced"
+    );
+    assert!(admin.alerts().await.unwrap()[0].silenced);
+    admin.expire_silence(&silence.id).await.unwrap();
+    assert_eq!(admin.silences().await.unwrap()[0].state, "expired");
+
+    // Cooling down resolves it, and the resolution is notified.
+    feeder.abort();
+    write(
+        &admin,
+        &[(
+            l(&[("__name__", "temp"), ("room", "lab")]),
+            vec![(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as i64,
+                20.0,
+            )],
+        )],
+    )
+    .await;
+    let resolved = wait_for("the resolved notification", async || {
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|n| n["status"] == "resolved")
+            .cloned()
+    })
+    .await;
+    assert_eq!(resolved["alerts"][0]["status"], "resolved");
+    let keys: Vec<String> = received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|n| n["dedupKey"].as_str().unwrap().to_string())
+        .collect();
+    let unique: std::collections::BTreeSet<&String> = keys.iter().collect();
+    assert_eq!(unique.len(), keys.len(), "each notification once: {keys:?}");
+
+    // A changed rule file takes effect on `sb alerts reload` (admins) and on SIGHUP.
+    std::fs::write(&rules, RULES.replace("temp > 30", "temp > 10")).unwrap();
+    let r = admin.reload_rules().await.unwrap();
+    assert_eq!((r.groups, r.rules), (1, 2));
+    let rules_api = admin.prometheus_api("/api/v1/rules", &[]).await.unwrap();
+    assert_eq!(rules_api["groups"][0]["rules"][0]["query"], "temp > 10");
+    std::fs::write(&rules, RULES.replace("temp > 30", "temp > 99")).unwrap();
+    std::process::Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    wait_for("the SIGHUP reload", async || {
+        let r = admin.prometheus_api("/api/v1/rules", &[]).await.unwrap();
+        (r["groups"][0]["rules"][0]["query"] == "temp > 99").then_some(())
+    })
+    .await;
+    std::fs::write(
+        &rules,
+        "groups: [{name: x, rules: [{alert: A, expr: 'sum('}]}]",
+    )
+    .unwrap();
+    let e = admin.reload_rules().await.unwrap_err();
+    assert!(e.to_string().contains("could not parse"), "{e}");
+    let rules_api = admin.prometheus_api("/api/v1/rules", &[]).await.unwrap();
+    assert_eq!(
+        rules_api["groups"][0]["rules"][0]["query"], "temp > 99",
+        "a bad file leaves the rules in force"
+    );
+}
+
+#[test]
+fn query_and_alerts_from_the_cli() {
+    let server = TestServer::start();
+    let home = tempfile::tempdir().unwrap();
+    register_admin_cli(&server, home.path());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    rt.block_on(async {
+        let admin = server.login("admin").await;
+        let points: Vec<(i64, f64)> = (0..30)
+            .map(|i| (now - 290_000 + i * 10_000, (i % 10) as f64))
+            .collect();
+        let (s, _) = write(
+            &admin,
+            &[(l(&[("__name__", "load"), ("host", "a")]), points)],
+        )
+        .await;
+        assert_eq!(s, 204);
+    });
+    let out = sb(home.path(), &["query", "load"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("SERIES") && text.contains("load{host=\"a\"}") && text.contains(" 9"),
+        "{text}"
+    );
+    let out = sb(
+        home.path(),
+        &["query", "load", "--range", "5m", "--step", "10s"],
+        "",
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains('▁') && text.contains('█'),
+        "a sparkline: {text}"
+    );
+    assert!(text.contains("min 0") && text.contains("max 9"), "{text}");
+    let out = sb(home.path(), &["query", "sum("], "");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("bad_data"), "{}", stderr(&out));
+
+    assert!(stdout(&sb(home.path(), &["alerts", "list"], "")).contains("No alerts"));
+    let s = json(&sb(
+        home.path(),
+        &[
+            "alerts",
+            "silence",
+            "alertname=DiskFull",
+            "host=~a.*",
+            "--for",
+            "2h",
+            "--comment",
+            "disk swap",
+            "--json",
+        ],
+        "",
+    ));
+    assert_eq!(s["state"], "active");
+    let id = s["id"].as_str().unwrap().to_string();
+    let list = json(&sb(home.path(), &["alerts", "silences", "--json"], ""));
+    assert_eq!(list[0]["comment"], "disk swap");
+    let out = sb(
+        home.path(),
+        &["alerts", "silence", "host=~.*", "--for", "1h"],
+        "",
+    );
+    assert!(
+        stderr(&out).contains("silence everything"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        sb(home.path(), &["alerts", "expire", &id], "")
+            .status
+            .success()
+    );
+    let list = json(&sb(home.path(), &["alerts", "silences", "--json"], ""));
+    assert_eq!(list[0]["state"], "expired");
+    let out = sb(home.path(), &["alerts", "reload", "--json"], "");
+    assert_eq!(json(&out)["groups"], 0);
+}

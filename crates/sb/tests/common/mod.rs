@@ -30,6 +30,8 @@ pub struct ServerOptions<'a> {
     pub env: Vec<(&'a str, String)>,
     /// Capture the server's stderr (its logs) in this file instead of inheriting it.
     pub log_file: Option<PathBuf>,
+    /// `sb serve --config FILE`.
+    pub config: Option<PathBuf>,
 }
 
 impl Default for ServerOptions<'_> {
@@ -39,6 +41,7 @@ impl Default for ServerOptions<'_> {
             data_dir: None,
             env: Vec::new(),
             log_file: None,
+            config: None,
         }
     }
 }
@@ -87,6 +90,9 @@ impl TestServer {
             .stderr(Stdio::inherit());
         for (k, v) in &opts.env {
             cmd.env(k, v);
+        }
+        if let Some(c) = &opts.config {
+            cmd.arg("--config").arg(c);
         }
         if let Some(path) = &opts.log_file {
             cmd.stderr(std::fs::File::create(path).expect("log file"));
