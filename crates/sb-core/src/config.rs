@@ -303,6 +303,17 @@ pub struct MonitoringConfig {
     pub label_bytes_max: usize,
     /// Size at which the time-series log starts a new segment file.
     pub wal_segment_bytes: u64,
+    /// Samples older than this are dropped (0: kept forever).
+    pub retention_ms: u64,
+    /// Time-series files are kept under this size by dropping the oldest data (0: no limit).
+    pub retention_bytes: u64,
+    /// How often sealed chunks are written out, retention applied and the log replaced by a
+    /// checkpoint (also done at shutdown).
+    pub checkpoint_interval_ms: u64,
+    /// Size of one chunk file.
+    pub chunk_file_bytes: u64,
+    /// A series' open chunk with no sample for this long is sealed and written out.
+    pub head_chunk_max_age_ms: u64,
     /// How far back an instant selector looks for a sample (PromQL lookback delta).
     pub lookback_ms: u64,
     /// Samples one query may load into memory.
@@ -338,6 +349,11 @@ impl Default for MonitoringConfig {
             labels_per_series_max: 64,
             label_bytes_max: 8 * 1024,
             wal_segment_bytes: 128 * 1024 * 1024,
+            retention_ms: 15 * 24 * 3_600_000,
+            retention_bytes: 0,
+            checkpoint_interval_ms: 10 * 60 * 1000,
+            chunk_file_bytes: 128 * 1024 * 1024,
+            head_chunk_max_age_ms: 3_600_000,
             lookback_ms: 5 * 60 * 1000,
             query_samples_max: 50_000_000,
             query_range_points_max: 11_000,
@@ -477,6 +493,14 @@ labels_per_series_max = 64
 label_bytes_max = 8192
 # The time-series write-ahead log starts a new segment file at this size.
 wal_segment_bytes = 134217728
+# Samples older than retention_ms are dropped; retention_bytes (0: no limit) caps the files.
+retention_ms = 1296000000
+retention_bytes = 0
+# Sealed chunks go to chunk files and a checkpoint replaces the log this often (and at shutdown).
+checkpoint_interval_ms = 600000
+chunk_file_bytes = 134217728
+# A series silent this long has its open chunk sealed and written out.
+head_chunk_max_age_ms = 3600000
 # PromQL: how far back an instant selector looks for a sample.
 lookback_ms = 300000
 # Samples one query may load, points per series a range query may return, and its time limit.

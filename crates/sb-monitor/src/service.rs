@@ -104,6 +104,10 @@ impl Monitor {
                 labels_per_series_max: cfg.labels_per_series_max,
                 label_bytes_max: cfg.label_bytes_max,
                 sync,
+                retention_ms: cfg.retention_ms as i64,
+                retention_bytes: cfg.retention_bytes,
+                chunk_file_bytes: cfg.chunk_file_bytes,
+                head_chunk_max_age_ms: cfg.head_chunk_max_age_ms as i64,
             },
         )?;
         let budget = Mutex::new(SampleBudget {
@@ -138,6 +142,15 @@ impl Monitor {
             },
             recovery,
         ))
+    }
+
+    /// Writes sealed chunks out, applies retention and replaces the log with a checkpoint.
+    pub async fn checkpoint(&self, now: i64) -> Result<sb_tsdb::CheckpointStats> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.checkpoint(now))
+            .await
+            .map_err(|e| MonitorError::Internal(e.to_string()))?
+            .map_err(MonitorError::from)
     }
 
     /// Evaluates the rule groups due at `now`: stores what recording rules produce and returns
@@ -320,10 +333,26 @@ impl Monitor {
 
     /// Stores samples; durable when this returns. Rejected samples (out of order, over the
     /// series limit) are listed in the outcome; the rest is stored.
-    pub async fn write(&self, cx: Ctx<'_>, batch: Batch) -> Result<AppendOutcome> {
+    pub async fn write(&self, cx: Ctx<'_>, mut batch: Batch) -> Result<AppendOutcome> {
         self.auth
             .authorize(cx, Action::Create, &Resource::Metrics)
             .await?;
+        // Samples retention would drop at once are refused by name, as Prometheus does.
+        let mut too_old = Vec::new();
+        if self.cfg.retention_ms > 0 {
+            let cutoff = cx.now.0.saturating_sub(self.cfg.retention_ms as i64);
+            for (labels, points) in &mut batch {
+                if points.first().is_some_and(|p| p.0 < cutoff) {
+                    for p in points.iter().filter(|p| p.0 < cutoff) {
+                        too_old.push(sb_tsdb::Rejection::TooOld {
+                            series: labels.to_string(),
+                            t: p.0,
+                        });
+                    }
+                    points.retain(|p| p.0 >= cutoff);
+                }
+            }
+        }
         let n: u64 = batch.iter().map(|(_, p)| p.len() as u64).sum();
         {
             let mut b = self.budget.lock().unwrap_or_else(|e| e.into_inner());
@@ -335,10 +364,11 @@ impl Monitor {
             }
         }
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.append(&batch))
+        let mut out = tokio::task::spawn_blocking(move || db.append(&batch))
             .await
-            .map_err(|e| MonitorError::Internal(e.to_string()))?
-            .map_err(MonitorError::from)
+            .map_err(|e| MonitorError::Internal(e.to_string()))??;
+        out.rejected.extend(too_old);
+        Ok(out)
     }
 
     fn engine_config(&self) -> EngineConfig {

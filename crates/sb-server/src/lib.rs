@@ -255,6 +255,32 @@ async fn prune_sessions_periodically(st: Arc<AppState>) {
     }
 }
 
+async fn checkpoint(st: &AppState) {
+    match st.monitor.checkpoint(now().0).await {
+        Ok(s) => tracing::info!(
+            chunks_written = s.chunks_written,
+            bytes_written = s.chunk_bytes_written,
+            series_dropped = s.series_dropped,
+            chunks_dropped = s.chunks_dropped,
+            disk_bytes = s.disk_bytes,
+            "time-series checkpoint"
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "time-series checkpoint failed; the log keeps everything")
+        }
+    }
+}
+
+async fn checkpoint_periodically(st: Arc<AppState>) {
+    let period = Duration::from_millis(st.config.monitoring.checkpoint_interval_ms.max(1000));
+    loop {
+        tokio::select! {
+            _ = st.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(period) => checkpoint(&st).await,
+        }
+    }
+}
+
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match (
@@ -363,6 +389,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let router = app(state.clone());
     tokio::spawn(prune_sessions_periodically(state.clone()));
     alerting::spawn(state.clone())?;
+    tokio::spawn(checkpoint_periodically(state.clone()));
     alerting::reload_on_sighup(state.clone());
 
     // The banner goes to stdout, for the person who started the server; logs go to stderr and
@@ -401,6 +428,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         tracing::warn!("websockets still open after the grace period");
     }
     store.flush().await.context("flushing the store")?;
+    checkpoint(&state).await;
     tracing::info!("stopped");
     Ok(())
 }

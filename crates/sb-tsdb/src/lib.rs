@@ -8,13 +8,16 @@
 //!
 //! No network and no clock: callers pass timestamps and "now".
 
+pub mod checkpoint;
 pub mod chunk;
+pub mod chunkfile;
 pub mod labels;
 pub mod wal;
 
 pub use labels::{Labels, METRIC_NAME, MatchOp, Matcher};
 
 use chunk::{Chunk, ChunkWriter};
+use chunkfile::{ChunkFiles, DiskRef};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::Path;
@@ -38,6 +41,15 @@ pub struct TsdbConfig {
     pub label_bytes_max: usize,
     /// Sync the log before an append returns (durable before acknowledged).
     pub sync: bool,
+    /// Samples older than this are dropped at checkpoints (0: kept forever).
+    pub retention_ms: i64,
+    /// Chunk files, log and checkpoint together are kept under this many bytes by dropping the
+    /// oldest chunk files at checkpoints (0: no limit).
+    pub retention_bytes: u64,
+    /// Size at which a new chunk file is started.
+    pub chunk_file_bytes: u64,
+    /// An open chunk with no sample newer than this is sealed at a checkpoint.
+    pub head_chunk_max_age_ms: i64,
 }
 
 impl Default for TsdbConfig {
@@ -48,6 +60,10 @@ impl Default for TsdbConfig {
             labels_per_series_max: 64,
             label_bytes_max: 8 << 10,
             sync: true,
+            retention_ms: 15 * 24 * 3_600_000,
+            retention_bytes: 0,
+            chunk_file_bytes: 128 << 20,
+            head_chunk_max_age_ms: 3_600_000,
         }
     }
 }
@@ -67,6 +83,8 @@ pub enum Rejection {
     SeriesLimit { series: String, limit: usize },
     /// No metric name, too many labels, or too many label bytes.
     InvalidLabels { series: String, reason: String },
+    /// Older than the retention period: it would be dropped at once.
+    TooOld { series: String, t: i64 },
 }
 
 impl std::fmt::Display for Rejection {
@@ -80,6 +98,10 @@ impl std::fmt::Display for Rejection {
                 "series limit of {limit} reached; {series} was not created (raise tsdb.series_max)"
             ),
             Rejection::InvalidLabels { series, reason } => write!(f, "{series}: {reason}"),
+            Rejection::TooOld { series, t } => write!(
+                f,
+                "sample at {t} for {series} is older than the retention period (monitoring.retention_ms)"
+            ),
         }
     }
 }
@@ -104,13 +126,50 @@ pub struct SeriesSamples {
 pub struct Stats {
     pub series: usize,
     pub chunks: usize,
+    /// Chunk bytes held in memory (open chunks and sealed ones not yet written out).
     pub chunk_bytes: usize,
+    /// Chunks on disk.
+    pub disk_chunks: usize,
     pub samples: u64,
+}
+
+/// What one checkpoint did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CheckpointStats {
+    pub chunks_written: usize,
+    pub chunk_bytes_written: u64,
+    pub series_dropped: usize,
+    pub chunks_dropped: usize,
+    pub files_removed: usize,
+    /// Chunk files, log and checkpoint afterwards.
+    pub disk_bytes: u64,
+}
+
+#[derive(Clone, Debug)]
+enum Sealed {
+    Mem(Chunk),
+    Disk(DiskRef),
+}
+
+impl Sealed {
+    fn min_t(&self) -> i64 {
+        match self {
+            Sealed::Mem(c) => c.min_t,
+            Sealed::Disk(d) => d.min_t,
+        }
+    }
+
+    fn max_t(&self) -> i64 {
+        match self {
+            Sealed::Mem(c) => c.max_t,
+            Sealed::Disk(d) => d.max_t,
+        }
+    }
 }
 
 struct MemSeries {
     labels: Labels,
-    sealed: Vec<Chunk>,
+    sealed: Vec<Sealed>,
     open: ChunkWriter,
     last: Option<(i64, f64)>,
 }
@@ -158,13 +217,34 @@ impl Head {
             return false;
         }
         if s.open.is_full() {
-            s.sealed.push(s.open.seal());
+            s.sealed.push(Sealed::Mem(s.open.seal()));
             s.open = ChunkWriter::default();
         }
         s.open.push(t, v);
         s.last = Some((t, v));
         self.samples += 1;
         true
+    }
+
+    fn remove_series(&mut self, id: u32) {
+        let Some(slot) = self.series.get_mut(id as usize) else {
+            return;
+        };
+        let Some(s) = slot.take() else { return };
+        self.by_labels.remove(&s.labels);
+        for (n, v) in s.labels.iter() {
+            if let Some(values) = self.postings.get_mut(n) {
+                if let Some(list) = values.get_mut(v) {
+                    list.retain(|x| *x != id);
+                    if list.is_empty() {
+                        values.remove(v);
+                    }
+                }
+                if values.is_empty() {
+                    self.postings.remove(n);
+                }
+            }
+        }
     }
 
     /// Series ids matching every matcher, ascending.
@@ -243,10 +323,14 @@ struct Writer {
 
 pub struct Tsdb {
     cfg: TsdbConfig,
+    dir: std::path::PathBuf,
     writer: Mutex<Writer>,
     head: RwLock<Head>,
     /// Appends known to be on disk.
     synced: Mutex<u64>,
+    files: RwLock<ChunkFiles>,
+    /// One checkpoint at a time.
+    checkpointing: Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -266,26 +350,51 @@ pub struct Recovery {
 impl Tsdb {
     /// Opens (or creates) the database in `dir`, replaying its log into memory.
     pub fn open(dir: &Path, cfg: TsdbConfig) -> Result<(Self, Recovery), TsdbError> {
+        std::fs::create_dir_all(dir)?;
         let mut head = Head::default();
         let mut recovery = Recovery::default();
-        let (wal, repair) = Wal::open(&dir.join("wal"), cfg.wal_segment_bytes, |r| match r {
-            Record::Series { id, labels } => {
-                if let Ok(id) = u32::try_from(id) {
-                    head.add_series(id, labels);
-                    recovery.series += 1;
+        let files = ChunkFiles::open(&dir.join("chunks"), cfg.chunk_file_bytes)?;
+        let mut wal_from = 0;
+        if let Some(snap) = checkpoint::read(dir)? {
+            wal_from = snap.wal_from;
+            for se in snap.series {
+                head.add_series(se.id, se.labels);
+                if let Some(Some(s)) = head.series.get_mut(se.id as usize) {
+                    s.sealed = se.chunks.into_iter().map(Sealed::Disk).collect();
+                    s.last = s.sealed.last().map(|c| (c.max_t(), f64::NAN));
                 }
-            }
-            Record::Samples(samples) => {
-                for (id, t, v) in samples {
-                    let known = u32::try_from(id).is_ok_and(|id| head.push(id, t, v));
-                    if known {
+                recovery.series += 1;
+                if let Some((bytes, count)) = se.open {
+                    for (t, v) in chunk::ChunkIter::new(&bytes, count).map_while(Result::ok) {
+                        head.push(se.id, t, v);
                         recovery.samples += 1;
-                    } else {
-                        recovery.orphan_samples += 1;
                     }
                 }
             }
-        })?;
+        }
+        let (wal, repair) = Wal::open_from(
+            &dir.join("wal"),
+            cfg.wal_segment_bytes,
+            wal_from,
+            |r| match r {
+                Record::Series { id, labels } => {
+                    if let Ok(id) = u32::try_from(id) {
+                        head.add_series(id, labels);
+                        recovery.series += 1;
+                    }
+                }
+                Record::Samples(samples) => {
+                    for (id, t, v) in samples {
+                        let known = u32::try_from(id).is_ok_and(|id| head.push(id, t, v));
+                        if known {
+                            recovery.samples += 1;
+                        } else {
+                            recovery.orphan_samples += 1;
+                        }
+                    }
+                }
+            },
+        )?;
         if let Some(r) = &repair {
             tracing::warn!(
                 segment = %r.segment.display(), offset = r.offset, bytes_dropped = r.bytes_dropped,
@@ -297,9 +406,12 @@ impl Tsdb {
         Ok((
             Self {
                 cfg,
+                dir: dir.to_path_buf(),
                 writer: Mutex::new(Writer { wal, written: 0 }),
                 head: RwLock::new(head),
                 synced: Mutex::new(0),
+                files: RwLock::new(files),
+                checkpointing: Mutex::new(()),
             },
             recovery,
         ))
@@ -447,25 +559,38 @@ impl Tsdb {
     /// Series matching every matcher with their samples in `[mint, maxt]`.
     pub fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<SeriesSamples> {
         let head = self.read();
+        let files = self.files.read().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::new();
         for id in head.matching(matchers) {
             let Some(Some(s)) = head.series.get(id as usize) else {
                 continue;
             };
             let mut samples = Vec::new();
-            let chunks = s
+            let mut keep = |t: i64, v: f64| {
+                if t >= mint && t <= maxt {
+                    samples.push((t, v));
+                }
+            };
+            for c in s
                 .sealed
                 .iter()
-                .filter(|c| c.max_t >= mint && c.min_t <= maxt)
-                .map(|c| c.iter());
-            let open = (s.open.count() > 0 && s.open.max_t() >= mint && s.open.min_t() <= maxt)
-                .then(|| s.open.iter());
-            for it in chunks.chain(open) {
-                for (t, v) in it.map_while(Result::ok) {
-                    if t >= mint && t <= maxt {
-                        samples.push((t, v));
-                    }
+                .filter(|c| c.max_t() >= mint && c.min_t() <= maxt)
+            {
+                match c {
+                    Sealed::Mem(c) => c.iter().map_while(Result::ok).for_each(|(t, v)| keep(t, v)),
+                    Sealed::Disk(d) => match files.read(d) {
+                        Ok(c) => c.iter().map_while(Result::ok).for_each(|(t, v)| keep(t, v)),
+                        Err(e) => {
+                            tracing::error!(error = %e, series = %s.labels, "a chunk could not be read; its samples are left out")
+                        }
+                    },
                 }
+            }
+            if s.open.count() > 0 && s.open.max_t() >= mint && s.open.min_t() <= maxt {
+                s.open
+                    .iter()
+                    .map_while(Result::ok)
+                    .for_each(|(t, v)| keep(t, v));
             }
             if !samples.is_empty() {
                 out.push(SeriesSamples {
@@ -539,10 +664,190 @@ impl Tsdb {
         for s in head.series.iter().flatten() {
             st.series += 1;
             st.chunks += s.sealed.len() + usize::from(s.open.count() > 0);
-            st.chunk_bytes +=
-                s.sealed.iter().map(|c| c.bytes.len()).sum::<usize>() + s.open.bytes_len();
+            for c in &s.sealed {
+                match c {
+                    Sealed::Mem(c) => st.chunk_bytes += c.bytes.len(),
+                    Sealed::Disk(_) => st.disk_chunks += 1,
+                }
+            }
+            st.chunk_bytes += s.open.bytes_len();
         }
         st
+    }
+
+    /// Bytes on disk: chunk files, log and checkpoint.
+    pub fn disk_bytes(&self) -> Result<u64, TsdbError> {
+        let files: u64 = self
+            .files
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .files()?
+            .iter()
+            .map(|f| f.1)
+            .sum();
+        let wal = lock(&self.writer).wal.disk_bytes()?;
+        Ok(files + wal + checkpoint::size(&self.dir))
+    }
+
+    /// Writes sealed chunks to chunk files, drops what retention no longer keeps, records the
+    /// head in a checkpoint and deletes the log it replaces. `now` is the retention reference.
+    pub fn checkpoint(&self, now: i64) -> Result<CheckpointStats, TsdbError> {
+        let _one = lock(&self.checkpointing);
+        let mut st = CheckpointStats::default();
+        let cutoff = if self.cfg.retention_ms > 0 {
+            now.saturating_sub(self.cfg.retention_ms)
+        } else {
+            i64::MIN
+        };
+        // 1. With appends held: seal idle open chunks, roll the log, copy what the checkpoint
+        //    must describe (the head as of the roll).
+        type SnapRow = (u32, Labels, Vec<Sealed>, Option<(Vec<u8>, u16)>);
+        let (wal_from, mut snap, to_write) = {
+            let mut writer = lock(&self.writer);
+            let mut head = self.write();
+            let idle = now.saturating_sub(self.cfg.head_chunk_max_age_ms);
+            for s in head.series.iter_mut().flatten() {
+                if s.open.count() > 0 && s.open.max_t() < idle {
+                    s.sealed.push(Sealed::Mem(s.open.seal()));
+                    s.open = ChunkWriter::default();
+                }
+            }
+            let wal_from = writer.wal.roll()?;
+            let mut snap: Vec<SnapRow> = Vec::new();
+            let mut to_write: Vec<(u32, usize, Chunk)> = Vec::new();
+            for (id, s) in head.series.iter().enumerate() {
+                let Some(s) = s else { continue };
+                for (i, c) in s.sealed.iter().enumerate() {
+                    if let Sealed::Mem(c) = c {
+                        to_write.push((id as u32, i, c.clone()));
+                    }
+                }
+                let open = (s.open.count() > 0).then(|| {
+                    let c = s.open.seal();
+                    (c.bytes, c.count)
+                });
+                snap.push((id as u32, s.labels.clone(), s.sealed.clone(), open));
+            }
+            (wal_from, snap, to_write)
+        };
+        // 2. Write the new sealed chunks out.
+        let mut written: HashMap<(u32, usize), DiskRef> = HashMap::new();
+        {
+            let mut files = self.files.write().unwrap_or_else(|e| e.into_inner());
+            for (id, i, c) in &to_write {
+                if c.max_t < cutoff {
+                    continue;
+                }
+                written.insert((*id, *i), files.append(*id, c)?);
+                st.chunk_bytes_written += c.bytes.len() as u64;
+            }
+            files.flush()?;
+        }
+        st.chunks_written = written.len();
+        // 3. Retention by size: the oldest whole chunk files go first (never the newest).
+        let mut dropped_files: Vec<u32> = Vec::new();
+        if self.cfg.retention_bytes > 0 {
+            let files = self
+                .files
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .files()?;
+            let wal = lock(&self.writer).wal.disk_bytes()?;
+            let mut total: u64 =
+                files.iter().map(|f| f.1).sum::<u64>() + wal + checkpoint::size(&self.dir);
+            for (n, size) in &files[..files.len().saturating_sub(1)] {
+                if total <= self.cfg.retention_bytes {
+                    break;
+                }
+                dropped_files.push(*n);
+                total = total.saturating_sub(*size);
+            }
+        }
+        let keep = |d: &DiskRef| d.max_t >= cutoff && !dropped_files.contains(&d.file);
+        // 4. The live head takes the disk references and loses what retention drops.
+        {
+            let mut head = self.write();
+            let mut empty = Vec::new();
+            for (id, s) in head.series.iter_mut().enumerate() {
+                let Some(s) = s else { continue };
+                for (i, c) in s.sealed.iter_mut().enumerate() {
+                    if let Some(d) = written.get(&(id as u32, i)) {
+                        *c = Sealed::Disk(*d);
+                    }
+                }
+                let before = s.sealed.len();
+                s.sealed.retain(|c| match c {
+                    Sealed::Disk(d) => keep(d),
+                    Sealed::Mem(c) => c.max_t >= cutoff,
+                });
+                st.chunks_dropped += before - s.sealed.len();
+                if s.open.count() > 0 && s.open.max_t() < cutoff {
+                    s.open = ChunkWriter::default();
+                }
+                if s.sealed.is_empty() && s.open.count() == 0 {
+                    empty.push(id as u32);
+                }
+            }
+            st.series_dropped = empty.len();
+            for id in empty {
+                head.remove_series(id);
+            }
+        }
+        // 5. The checkpoint: the head as of the roll, with disk references, minus what
+        //    retention dropped.
+        let series = snap
+            .drain(..)
+            .filter_map(|(id, labels, sealed, open)| {
+                let chunks: Vec<DiskRef> = sealed
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, c)| match c {
+                        Sealed::Disk(d) => Some(*d),
+                        Sealed::Mem(_) => written.get(&(id, i)).copied(),
+                    })
+                    .filter(|d| keep(d))
+                    .collect();
+                let open = open.filter(|(bytes, count)| {
+                    chunk::ChunkIter::new(bytes, *count)
+                        .map_while(Result::ok)
+                        .last()
+                        .is_some_and(|(t, _)| t >= cutoff)
+                });
+                (!chunks.is_empty() || open.is_some()).then_some(checkpoint::SnapSeries {
+                    id,
+                    labels,
+                    chunks,
+                    open,
+                })
+            })
+            .collect();
+        checkpoint::write(&self.dir, &checkpoint::Snapshot { wal_from, series })?;
+        lock(&self.writer).wal.remove_before(wal_from)?;
+        // 6. Chunk files nothing refers to any more.
+        let referenced: std::collections::HashSet<u32> = {
+            let head = self.read();
+            head.series
+                .iter()
+                .flatten()
+                .flat_map(|s| s.sealed.iter())
+                .filter_map(|c| match c {
+                    Sealed::Disk(d) => Some(d.file),
+                    Sealed::Mem(_) => None,
+                })
+                .collect()
+        };
+        {
+            let mut files = self.files.write().unwrap_or_else(|e| e.into_inner());
+            let current = files.current_file();
+            for (n, _) in files.files()? {
+                if !referenced.contains(&n) && Some(n) != current {
+                    files.remove(n)?;
+                    st.files_removed += 1;
+                }
+            }
+        }
+        st.disk_bytes = self.disk_bytes()?;
+        Ok(st)
     }
 }
 
@@ -623,5 +928,121 @@ mod tests {
         assert_eq!(out.duplicates, 1);
         let out = db.append(&[(l(&[("job", "x")]), vec![(1, 1.0)])]).unwrap();
         assert!(matches!(out.rejected[0], Rejection::InvalidLabels { .. }));
+    }
+
+    fn count(db: &Tsdb, name: &str) -> usize {
+        db.select(&[Matcher::equal("__name__", name)], i64::MIN, i64::MAX)
+            .iter()
+            .map(|s| s.samples.len())
+            .sum()
+    }
+
+    #[test]
+    fn checkpoints_move_chunks_to_disk_replace_the_log_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = TsdbConfig {
+            retention_ms: 0,
+            ..TsdbConfig::default()
+        };
+        let batch = |from: i64, n: i64| -> Batch {
+            (0..20)
+                .map(|k| {
+                    let labels = l(&[("__name__", "m"), ("k", &k.to_string())]);
+                    let pts = (from..from + n)
+                        .map(|i| (i * 1000, (i * k) as f64))
+                        .collect();
+                    (labels, pts)
+                })
+                .collect()
+        };
+        {
+            let (db, _) = Tsdb::open(dir.path(), cfg.clone()).unwrap();
+            db.append(&batch(0, 500)).unwrap();
+            let before = db.disk_bytes().unwrap();
+            let st = db.checkpoint(500_000).unwrap();
+            assert_eq!(
+                st.chunks_written,
+                20 * 4,
+                "four sealed chunks of 120 per series"
+            );
+            assert!(
+                st.disk_bytes < before / 4,
+                "{} after vs {before} of log before",
+                st.disk_bytes
+            );
+            assert_eq!(db.stats().disk_chunks, 80);
+            assert_eq!(count(&db, "m"), 20 * 500);
+            db.append(&batch(500, 100)).unwrap();
+        }
+        let (db, rec) = Tsdb::open(dir.path(), cfg.clone()).unwrap();
+        assert!(rec.repair.is_none());
+        assert_eq!(
+            count(&db, "m"),
+            20 * 600,
+            "checkpoint plus the log after it"
+        );
+        let s = db.select(&[Matcher::equal("k", "3")], 100_000, 100_000);
+        assert_eq!(s[0].samples, vec![(100_000, 300.0)]);
+        // A second checkpoint after reopening keeps everything too.
+        db.checkpoint(600_000).unwrap();
+        drop(db);
+        let (db, _) = Tsdb::open(dir.path(), cfg).unwrap();
+        assert_eq!(count(&db, "m"), 20 * 600);
+    }
+
+    #[test]
+    fn retention_by_age_and_by_size_drops_the_oldest_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = TsdbConfig {
+            retention_ms: 200_000,
+            chunk_file_bytes: 4096,
+            ..TsdbConfig::default()
+        };
+        let (db, _) = Tsdb::open(dir.path(), cfg.clone()).unwrap();
+        let old = l(&[("__name__", "old")]);
+        let live = l(&[("__name__", "live")]);
+        db.append(&[
+            (old.clone(), (0..130).map(|i| (i * 1000, 1.0)).collect()),
+            (
+                live.clone(),
+                (0..600).map(|i| (i * 1000, i as f64)).collect(),
+            ),
+        ])
+        .unwrap();
+        let st = db.checkpoint(600_000).unwrap();
+        assert_eq!(st.series_dropped, 1, "`old` ended before the cutoff");
+        assert!(db.series(&[Matcher::equal("__name__", "old")]).is_empty());
+        let kept = count(&db, "live");
+        assert!(
+            (200..600).contains(&kept),
+            "only chunks reaching past the cutoff: {kept}"
+        );
+        drop(db);
+        let (db, _) = Tsdb::open(dir.path(), cfg).unwrap();
+        assert_eq!(count(&db, "live"), kept);
+        assert_eq!(count(&db, "old"), 0);
+
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = TsdbConfig {
+            retention_ms: 0,
+            retention_bytes: 6_000,
+            chunk_file_bytes: 1_000,
+            ..TsdbConfig::default()
+        };
+        let (db, _) = Tsdb::open(dir.path(), cfg).unwrap();
+        let pts: Vec<(i64, f64)> = (0..5000)
+            .map(|i| (i * 1000, (i * 7919 % 1000) as f64))
+            .collect();
+        db.append(&[(live, pts)]).unwrap();
+        let st = db.checkpoint(5_000_000).unwrap();
+        assert!(
+            st.files_removed > 0 && st.disk_bytes <= 6_000 + 1_500,
+            "{st:?}"
+        );
+        let left = count(&db, "live");
+        assert!(left > 0 && left < 5000, "{left}");
+        let first =
+            db.select(&[Matcher::equal("__name__", "live")], i64::MIN, i64::MAX)[0].samples[0].0;
+        assert!(first > 0, "the oldest went first");
     }
 }

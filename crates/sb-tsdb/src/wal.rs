@@ -33,7 +33,7 @@ pub struct Repair {
     pub reason: String,
 }
 
-fn put_uvarint(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn put_uvarint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -41,17 +41,17 @@ fn put_uvarint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn put_varint(out: &mut Vec<u8>, v: i64) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, v: i64) {
     put_uvarint(out, ((v << 1) ^ (v >> 63)) as u64);
 }
 
-struct Cursor<'a> {
-    b: &'a [u8],
-    pos: usize,
+pub(crate) struct Cursor<'a> {
+    pub(crate) b: &'a [u8],
+    pub(crate) pos: usize,
 }
 
 impl Cursor<'_> {
-    fn uvarint(&mut self) -> Option<u64> {
+    pub(crate) fn uvarint(&mut self) -> Option<u64> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let byte = *self.b.get(self.pos)?;
@@ -64,19 +64,19 @@ impl Cursor<'_> {
         None
     }
 
-    fn varint(&mut self) -> Option<i64> {
+    pub(crate) fn varint(&mut self) -> Option<i64> {
         let u = self.uvarint()?;
         Some(((u >> 1) as i64) ^ -((u & 1) as i64))
     }
 
-    fn bytes(&mut self, n: usize) -> Option<&[u8]> {
+    pub(crate) fn bytes(&mut self, n: usize) -> Option<&[u8]> {
         let end = self.pos.checked_add(n)?;
         let s = self.b.get(self.pos..end)?;
         self.pos = end;
         Some(s)
     }
 
-    fn string(&mut self) -> Option<String> {
+    pub(crate) fn string(&mut self) -> Option<String> {
         let n = usize::try_from(self.uvarint()?).ok()?;
         String::from_utf8(self.bytes(n)?.to_vec()).ok()
     }
@@ -217,9 +217,25 @@ impl Wal {
     pub fn open(
         dir: &Path,
         segment_bytes: u64,
+        replay: impl FnMut(Record),
+    ) -> io::Result<(Self, Option<Repair>)> {
+        Self::open_from(dir, segment_bytes, 0, replay)
+    }
+
+    /// Like [`Wal::open`], replaying only segments from `from` on (older ones are removed:
+    /// a checkpoint holds them).
+    pub fn open_from(
+        dir: &Path,
+        segment_bytes: u64,
+        from: u64,
         mut replay: impl FnMut(Record),
     ) -> io::Result<(Self, Option<Repair>)> {
         std::fs::create_dir_all(dir)?;
+        for n in segments(dir)? {
+            if n < from {
+                std::fs::remove_file(segment_path(dir, n))?;
+            }
+        }
         let list = segments(dir)?;
         let mut repair = None;
         let mut last = None;
@@ -249,7 +265,7 @@ impl Wal {
                 break;
             }
         }
-        let segment = last.unwrap_or(1);
+        let segment = last.unwrap_or(from.max(1));
         let path = segment_path(dir, segment);
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         let size = file.metadata()?.len();
@@ -280,6 +296,30 @@ impl Wal {
         }
         self.file.write_all(encoded)?;
         self.size += encoded.len() as u64;
+        Ok(())
+    }
+
+    /// Closes the current segment (synced) and starts the next; returns the new segment's
+    /// number: everything written from now on is in it or later ones.
+    pub fn roll(&mut self) -> io::Result<u64> {
+        self.file.sync_data()?;
+        self.segment += 1;
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(segment_path(&self.dir, self.segment))?;
+        self.size = 0;
+        sync_dir(&self.dir)?;
+        Ok(self.segment)
+    }
+
+    /// Deletes the segments before `segment` (a checkpoint now holds what they held).
+    pub fn remove_before(&self, segment: u64) -> io::Result<()> {
+        for n in segments(&self.dir)? {
+            if n < segment {
+                std::fs::remove_file(segment_path(&self.dir, n))?;
+            }
+        }
         Ok(())
     }
 

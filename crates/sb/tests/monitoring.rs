@@ -15,6 +15,13 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 async fn write(c: &Client, series: &[(Labels, Vec<(i64, f64)>)]) -> (u16, String) {
+    try_write(c, series).await.unwrap()
+}
+
+async fn try_write(
+    c: &Client,
+    series: &[(Labels, Vec<(i64, f64)>)],
+) -> Result<(u16, String), sb_client::ClientError> {
     let resp = c
         .raw_with_headers(
             Method::POST,
@@ -26,9 +33,16 @@ async fn write(c: &Client, series: &[(Labels, Vec<(i64, f64)>)]) -> (u16, String
             ],
             remote_write::encode(series),
         )
-        .await
-        .unwrap();
-    (resp.status().as_u16(), resp.text().await.unwrap())
+        .await?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.text().await.unwrap_or_default()))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 fn l(pairs: &[(&str, &str)]) -> Labels {
@@ -54,7 +68,8 @@ fn vector(data: &Value) -> Vec<(Value, f64)> {
 async fn remote_write_and_line_protocol_feed_the_prometheus_query_api() {
     let server = TestServer::start();
     let admin = server.admin().await;
-    let t0 = 1_700_000_000_000i64;
+    // An hour ago, on a whole minute: recent enough for retention.
+    let t0 = (now_ms() - 3_600_000) / 60_000 * 60_000;
     let points: Vec<(i64, f64)> = (0..60)
         .map(|i| (t0 + i * 15_000, (i * 10) as f64))
         .collect();
@@ -220,42 +235,55 @@ async fn bad_payloads_get_a_400_with_the_reason_and_store_nothing() {
 
     // Out-of-order samples are refused by name; the in-order rest is stored.
     let a = l(&[("__name__", "a")]);
-    assert_eq!(
-        write(&admin, &[(a.clone(), vec![(2000, 1.0)])]).await.0,
-        204
-    );
-    let (s, why) = write(&admin, &[(a.clone(), vec![(1000, 0.0), (3000, 2.0)])]).await;
+    let t = now_ms();
+    assert_eq!(write(&admin, &[(a.clone(), vec![(t, 1.0)])]).await.0, 204);
+    let (s, why) = write(
+        &admin,
+        &[(a.clone(), vec![(t - 1000, 0.0), (t + 1000, 2.0)])],
+    )
+    .await;
     assert_eq!(s, 400);
     assert!(
         why.contains("out of order") && why.contains("1 stored"),
         "{why}"
     );
+    // So are samples older than the retention period.
+    let (s, why) = write(&admin, &[(l(&[("__name__", "b")]), vec![(1000, 1.0)])]).await;
+    assert_eq!(s, 400);
+    assert!(why.contains("older than the retention period"), "{why}");
 }
 
 #[test]
 fn acknowledged_samples_survive_sigkill_and_a_torn_log_tail_is_reported() {
     let tmp = tempfile::tempdir().unwrap();
     let data_dir = tmp.path().join("data");
+    // Checkpoints run every second, so the kill can land during or between them.
     let server = TestServer::start_with(ServerOptions {
         data_dir: Some(data_dir.clone()),
+        env: vec![("SB_MONITORING__CHECKPOINT_INTERVAL_MS", "1000".into())],
         ..Default::default()
     });
     let rt = tokio::runtime::Runtime::new().unwrap();
+    // Recent timestamps, one millisecond apart, so retention keeps them all.
+    let base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     let acked = rt.block_on(async {
         let admin = server.admin().await;
         let pid = server.pid();
         let writer = tokio::spawn(async move {
             let mut acked = 0i64;
             for i in 0..1_000_000i64 {
-                let batch = [(l(&[("__name__", "seq")]), vec![(i * 1000, i as f64)])];
-                match write(&admin, &batch).await {
-                    (204, _) => acked = i + 1,
+                let batch = [(l(&[("__name__", "seq")]), vec![(base + i, i as f64)])];
+                match try_write(&admin, &batch).await {
+                    Ok((204, _)) => acked = i + 1,
                     _ => break,
                 }
             }
             acked
         });
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
         std::process::Command::new("kill")
             .args(["-KILL", &pid.to_string()])
             .status()
@@ -264,6 +292,10 @@ fn acknowledged_samples_survive_sigkill_and_a_torn_log_tail_is_reported() {
     });
     drop(server);
     assert!(acked > 10, "the writer got going before the kill ({acked})");
+    assert!(
+        data_dir.join("tsdb").join("checkpoint").exists(),
+        "a checkpoint was written while the writer ran"
+    );
 
     // Tear the log's tail, as a crash in the middle of a write would.
     let wal_dir = data_dir.join("tsdb").join("wal");
@@ -290,11 +322,11 @@ fn acknowledged_samples_survive_sigkill_and_a_torn_log_tail_is_reported() {
     );
     rt.block_on(async {
         let admin = restarted.login("admin").await;
-        let at = (acked as f64).to_string();
+        let at = ((base + acked) as f64 / 1000.0).to_string();
         let data = admin
             .prometheus_api(
                 "/api/v1/query",
-                &[("query", "count_over_time(seq[1000000s])"), ("time", &at)],
+                &[("query", "count_over_time(seq[1h])"), ("time", &at)],
             )
             .await
             .unwrap();
