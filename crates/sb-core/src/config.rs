@@ -337,6 +337,50 @@ pub struct MonitoringConfig {
     pub alert_delivery_attempts_max: u32,
     /// Notifications waiting for delivery at most; beyond it the oldest are dropped and logged.
     pub alert_queue_max: usize,
+    /// Store the server's own metrics (job `switchboard`) this often (0: never).
+    pub self_scrape_interval_ms: u64,
+    /// Prometheus exposition endpoints to scrape (`[[monitoring.scrape]]` tables).
+    pub scrape: Vec<ScrapeJob>,
+}
+
+/// One scrape job: targets that serve Prometheus metrics over HTTP(S).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScrapeJob {
+    /// The `job` label of every series scraped.
+    pub job: String,
+    /// `host:port` of each target (its `instance` label).
+    pub targets: Vec<String>,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// `http` or `https`.
+    pub scheme: String,
+    pub metrics_path: String,
+    /// Sent as `Authorization: Bearer …` when set.
+    pub bearer_token: Option<Secret<String>>,
+    /// Skip certificate verification for `https` targets (self-signed exporters).
+    pub tls_insecure_skip_verify: bool,
+    /// A scrape with more samples than this fails (`up` is 0).
+    pub sample_limit: usize,
+    /// Largest response body.
+    pub body_bytes_max: usize,
+}
+
+impl Default for ScrapeJob {
+    fn default() -> Self {
+        Self {
+            job: String::new(),
+            targets: Vec::new(),
+            interval_ms: 15_000,
+            timeout_ms: 10_000,
+            scheme: "http".into(),
+            metrics_path: "/metrics".into(),
+            bearer_token: None,
+            tls_insecure_skip_verify: false,
+            sample_limit: 50_000,
+            body_bytes_max: 32 * 1024 * 1024,
+        }
+    }
 }
 
 impl Default for MonitoringConfig {
@@ -365,6 +409,8 @@ impl Default for MonitoringConfig {
             alert_webhooks: Vec::new(),
             alert_delivery_attempts_max: 10,
             alert_queue_max: 1_000,
+            self_scrape_interval_ms: 15_000,
+            scrape: Vec::new(),
         }
     }
 }
@@ -519,6 +565,14 @@ alert_repeat_interval_ms = 14400000
 alert_webhooks = []
 alert_delivery_attempts_max = 10
 alert_queue_max = 1000
+# The server's own metrics are stored (job "switchboard") this often; 0 turns it off.
+self_scrape_interval_ms = 15000
+# Scrape jobs; each is a table like this (interval_ms, timeout_ms, scheme, metrics_path,
+# bearer_token, tls_insecure_skip_verify, sample_limit and body_bytes_max are optional):
+#   [[monitoring.scrape]]
+#   job = "node"
+#   targets = ["127.0.0.1:9100"]
+scrape = []
 "#;
 
 #[cfg(test)]

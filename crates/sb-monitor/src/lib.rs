@@ -2,6 +2,7 @@
 //! over sb-tsdb, and the [`Monitor`] service the server routes to.
 
 pub mod alerts;
+pub mod exposition;
 pub mod line_protocol;
 pub mod promql;
 pub mod remote_write;

@@ -371,6 +371,15 @@ impl Monitor {
         Ok(out)
     }
 
+    /// Stores samples the server collected itself (scrapes, its own metrics): no caller to
+    /// authorize and no budget to charge.
+    pub async fn append_internal(&self, batch: Batch) -> Result<AppendOutcome> {
+        let db = self.db.clone();
+        Ok(tokio::task::spawn_blocking(move || db.append(&batch))
+            .await
+            .map_err(|e| MonitorError::Internal(e.to_string()))??)
+    }
+
     fn engine_config(&self) -> EngineConfig {
         EngineConfig {
             lookback_ms: self.cfg.lookback_ms as i64,

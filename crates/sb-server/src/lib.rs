@@ -14,6 +14,7 @@ mod routes;
 mod routes_alerts;
 mod routes_chat;
 mod routes_monitor;
+mod scrape;
 pub mod tls;
 mod ws;
 
@@ -390,6 +391,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     tokio::spawn(prune_sessions_periodically(state.clone()));
     alerting::spawn(state.clone())?;
     tokio::spawn(checkpoint_periodically(state.clone()));
+    scrape::spawn(state.clone())?;
     alerting::reload_on_sighup(state.clone());
 
     // The banner goes to stdout, for the person who started the server; logs go to stderr and

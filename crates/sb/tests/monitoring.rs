@@ -948,3 +948,99 @@ fn query_and_alerts_from_the_cli() {
     let out = sb(home.path(), &["alerts", "reload", "--json"], "");
     assert_eq!(json(&out)["groups"], 0);
 }
+
+/// A scrape target whose body the test sets; `None` answers 500.
+fn scrape_target() -> (String, std::sync::Arc<std::sync::Mutex<Option<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let body = std::sync::Arc::new(std::sync::Mutex::new(Some(String::new())));
+    let source = body.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+            }
+            let reply = match source.lock().unwrap().clone() {
+                Some(b) => format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{b}",
+                    b.len()
+                ),
+                None => "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".into(),
+            };
+            let _ = stream.write_all(reply.as_bytes());
+        }
+    });
+    (addr, body)
+}
+
+#[tokio::test]
+async fn scraped_targets_and_the_server_itself_are_stored_with_staleness() {
+    let (target, body) = scrape_target();
+    *body.lock().unwrap() = Some(
+        "# TYPE jobs_done counter\njobs_done_total{queue=\"a\"} 5\njobs_done_total{queue=\"b\"} 7\n".into(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sb.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[monitoring]\nself_scrape_interval_ms = 200\n\n[[monitoring.scrape]]\njob = \"worker\"\ntargets = [{target:?}]\ninterval_ms = 200\n"
+        ),
+    )
+    .unwrap();
+    let server = TestServer::start_with(ServerOptions {
+        config: Some(config),
+        ..Default::default()
+    });
+    let admin = server.admin().await;
+    let query = async |q: &str| {
+        vector(
+            &admin
+                .prometheus_api("/api/v1/query", &[("query", q)])
+                .await
+                .unwrap(),
+        )
+    };
+    wait_for("the first scrape", async || {
+        (query(r#"up{job="worker"}"#).await.first()?.1 == 1.0).then_some(())
+    })
+    .await;
+    let got = query("jobs_done_total").await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        got[0].0,
+        json!({"__name__": "jobs_done_total", "instance": target, "job": "worker", "queue": "a"})
+    );
+    assert_eq!(got[1].1, 7.0);
+
+    // A series that disappears from the target is gone at once (a staleness marker), not
+    // after the five-minute lookback.
+    *body.lock().unwrap() = Some("jobs_done_total{queue=\"a\"} 6\n".into());
+    wait_for("queue b to go stale", async || {
+        (query("jobs_done_total").await.len() == 1).then_some(())
+    })
+    .await;
+    // A target that fails is `up` 0 and its series go stale.
+    *body.lock().unwrap() = None;
+    wait_for("up to drop to 0", async || {
+        (query(r#"up{job="worker"}"#).await.first()?.1 == 0.0).then_some(())
+    })
+    .await;
+    wait_for("every series to go stale", async || {
+        query("jobs_done_total").await.is_empty().then_some(())
+    })
+    .await;
+
+    // The server's own metrics, as job "switchboard".
+    wait_for("the server's own metrics", async || {
+        let v = query(r#"sb_http_requests_total{job="switchboard"}"#).await;
+        (!v.is_empty()).then_some(())
+    })
+    .await;
+}
