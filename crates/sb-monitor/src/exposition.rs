@@ -35,8 +35,10 @@ fn metric_name_ok(s: &str) -> bool {
         && c.all(|x| x.is_ascii_alphanumeric() || x == '_' || x == ':')
 }
 
+type Pairs = Vec<(String, String)>;
+
 /// Parses `{a="x",b="y"}` starting after the `{`; returns the pairs and the rest after `}`.
-fn parse_labels(mut s: &str) -> Result<(Vec<(String, String)>, &str), String> {
+fn parse_labels(mut s: &str) -> Result<(Pairs, &str), String> {
     let mut out = Vec::new();
     loop {
         s = s.trim_start();
