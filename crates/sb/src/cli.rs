@@ -56,6 +56,32 @@ pub enum Command {
     /// Alerts, silences and rule reloads.
     #[command(subcommand)]
     Alerts(AlertsCmd),
+    /// Send this host's CPU, memory, disk, filesystem, network and load figures to a server.
+    Agent(AgentArgs),
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// Server URL [default: the one you are logged in to].
+    #[arg(long)]
+    pub server: Option<String>,
+    /// API token [default: your login's]; also read from SB_TOKEN.
+    #[arg(long, env = "SB_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// How often to send, e.g. 15s.
+    #[arg(long, default_value = "15s")]
+    pub interval: String,
+    /// The `job` label.
+    #[arg(long, default_value = "agent")]
+    pub job: String,
+    /// The `instance` label [default: this host's name].
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// Send once and exit (for cron and tests).
+    #[arg(long)]
+    pub once: bool,
+    #[command(flatten)]
+    pub trust: TrustArgs,
 }
 
 #[derive(Args)]

@@ -36,6 +36,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Chat(c) => crate::chat_cmds::chat(c, json).await,
         Command::Query(a) => crate::monitor_cmds::query(a, json).await,
         Command::Alerts(c) => crate::monitor_cmds::alerts(c, json).await,
+        Command::Agent(a) => agent(a).await,
     }
 }
 
@@ -119,6 +120,33 @@ fn ask(question: &str) -> anyhow::Result<String> {
 
 /// Decides how to trust `url`: a CA file, the pinned fingerprint, or (first contact) the
 /// fingerprint the server presents, confirmed by the user or `--yes`.
+async fn agent(a: crate::cli::AgentArgs) -> anyhow::Result<()> {
+    let login = state()?.login()?;
+    let client = match (&a.server, login) {
+        (Some(url), login) => {
+            let trust = trust_for(url, &a.trust).await?;
+            let token = match (&a.token, login) {
+                (Some(t), _) => Secret::new(t.clone()),
+                (None, Some(l)) if l.server.trim_end_matches('/') == url.trim_end_matches('/') => {
+                    l.token
+                }
+                _ => bail!(
+                    "no token for {url}: pass --token (an API token from `sb token create`) or log in to it"
+                ),
+            };
+            Client::new(url, &trust)?.with_token(token)
+        }
+        (None, _) => {
+            let (_, client) = logged_in()?;
+            match &a.token {
+                Some(t) => client.with_token(Secret::new(t.clone())),
+                None => client,
+            }
+        }
+    };
+    crate::agent::run(a, client).await
+}
+
 async fn trust_for(url: &str, t: &TrustArgs) -> anyhow::Result<Trust> {
     if let Some(ca) = &t.ca {
         return Ok(Trust::CaFile(ca.clone()));

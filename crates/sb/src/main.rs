@@ -1,5 +1,6 @@
 //! `sb`: the Switchboard server (`sb serve`) and its command-line client.
 
+mod agent;
 mod chat_cmds;
 mod chat_tui;
 mod cli;

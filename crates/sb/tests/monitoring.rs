@@ -1044,3 +1044,77 @@ async fn scraped_targets_and_the_server_itself_are_stored_with_staleness() {
     })
     .await;
 }
+
+#[test]
+fn the_agent_sends_this_hosts_figures() {
+    let server = TestServer::start();
+    let home = tempfile::tempdir().unwrap();
+    register_admin_cli(&server, home.path());
+    let out = sb(home.path(), &["agent", "--once", "--instance", "box1"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("as instance box1"),
+        "progress is shown: {}",
+        stderr(&out)
+    );
+    let rows = json(&sb(
+        home.path(),
+        &[
+            "query",
+            r#"node_memory_MemTotal_bytes{instance="box1", job="agent"}"#,
+            "--json",
+        ],
+        "",
+    ));
+    let v: f64 = rows["result"][0]["value"][1]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(v > 0.0);
+    let cpus = json(&sb(
+        home.path(),
+        &[
+            "query",
+            r#"count(node_cpu_seconds_total{mode="idle"})"#,
+            "--json",
+        ],
+        "",
+    ));
+    assert!(
+        cpus["result"][0]["value"][1]
+            .as_str()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+            >= 1.0
+    );
+    // With an API token for another server URL, and a clear error without one.
+    let token = json(&sb(
+        home.path(),
+        &["token", "create", "agent", "--json"],
+        "",
+    ));
+    let other = tempfile::tempdir().unwrap();
+    let out = sb(
+        other.path(),
+        &[
+            "agent",
+            "--once",
+            "--server",
+            &server.url,
+            "--yes",
+            "--token",
+            token["token"].as_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = sb(
+        other.path(),
+        &["agent", "--once", "--server", &server.url, "--yes"],
+        "",
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--token"), "{}", stderr(&out));
+}
