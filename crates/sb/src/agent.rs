@@ -246,7 +246,7 @@ pub async fn run(a: AgentArgs, client: Client) -> anyhow::Result<()> {
             Ok(resp) if resp.status().is_success() => {
                 pushes += 1;
                 backoff = Duration::from_secs(1);
-                if a.once || pushes == 1 || pushes % 20 == 0 {
+                if a.once || pushes == 1 || pushes.is_multiple_of(20) {
                     eprintln!("sent {n} samples as instance {instance} ({pushes} pushes so far)");
                 }
                 if a.once {
