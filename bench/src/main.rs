@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod chat;
+mod metrics;
 mod store;
 
 #[derive(Parser)]
@@ -36,6 +37,8 @@ enum Scenarios {
     Chat(chat::ChatArgs),
     /// The store's durable write path, with and without group commit.
     Store(store::StoreArgs),
+    /// Monitoring side by side with Prometheus: ingest, memory, disk, queries.
+    Metrics(metrics::MetricsArgs),
 }
 
 #[derive(clap::Args)]
@@ -213,6 +216,7 @@ async fn main() -> anyhow::Result<()> {
         Scenarios::Auth(args) => auth(&cli.sb, args).await,
         Scenarios::Chat(args) => chat::run(&cli.sb, args).await,
         Scenarios::Store(args) => store::run(args).await,
+        Scenarios::Metrics(args) => metrics::run(&cli.sb, args).await,
     }
 }
 

@@ -99,12 +99,22 @@ impl Value {
     }
 }
 
+/// A window `[lo, hi]` loaded for a selector, and its series.
+type Loaded = (i64, i64, Vec<sb_tsdb::SeriesSamples>);
+
 pub struct Engine<'a> {
     db: &'a Tsdb,
     cfg: EngineConfig,
     /// Set from outside to stop a query (its time limit ran out).
     cancel: Option<&'a std::sync::atomic::AtomicBool>,
     loaded: std::cell::Cell<usize>,
+    /// A range query loads each selector's data once for the whole range: selector (by its
+    /// address in the AST) → the window loaded and the series in it.
+    cache: std::cell::RefCell<HashMap<usize, Loaded>>,
+    /// Label sets without their metric name, worked out once per query.
+    name_dropped: std::cell::RefCell<HashMap<Labels, Labels>>,
+    /// Aggregation group of a label set, per aggregation (by its address in the AST).
+    group_keys: std::cell::RefCell<HashMap<(usize, Labels), Labels>>,
     /// Query start and end, for `@ start()` / `@ end()`.
     start: i64,
     end: i64,
@@ -140,9 +150,29 @@ impl<'a> Engine<'a> {
             cfg,
             cancel: None,
             loaded: std::cell::Cell::new(0),
+            cache: std::cell::RefCell::new(HashMap::new()),
+            name_dropped: std::cell::RefCell::new(HashMap::new()),
+            group_keys: std::cell::RefCell::new(HashMap::new()),
             start: 0,
             end: 0,
         }
+    }
+
+    /// `l` without its metric name (remembered for the rest of the query).
+    fn drop_name(&self, l: &Labels) -> Labels {
+        if l.metric_name().is_none() {
+            return l.clone();
+        }
+        if self.start == self.end {
+            // One evaluation: nothing to reuse.
+            return drop_name(l);
+        }
+        if let Some(v) = self.name_dropped.borrow().get(l) {
+            return v.clone();
+        }
+        let v = drop_name(l);
+        self.name_dropped.borrow_mut().insert(l.clone(), v.clone());
+        v
     }
 
     /// Stops evaluation with an error once `flag` is set.
@@ -267,7 +297,51 @@ impl<'a> Engine<'a> {
         base - offset_ms(&vs.offset)
     }
 
+    /// The selector's series with their samples in `[mint, maxt]`. In a range query the data
+    /// is loaded once, for every step, and sliced per step.
     fn select(
+        &self,
+        vs: &VectorSelector,
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<sb_tsdb::SeriesSamples>> {
+        if self.start == self.end {
+            return self.load(vs, mint, maxt);
+        }
+        let key = vs as *const VectorSelector as usize;
+        let covered = self
+            .cache
+            .borrow()
+            .get(&key)
+            .is_some_and(|(lo, hi, _)| *lo <= mint && maxt <= *hi);
+        if !covered {
+            // Load through the last step: later steps read from the same window, shifted.
+            let (mut lo, mut hi) = (mint, maxt.saturating_add(self.end - self.start));
+            if let Some((clo, chi, _)) = self.cache.borrow().get(&key) {
+                lo = lo.min(*clo);
+                hi = hi.max(*chi);
+            }
+            let data = self.load(vs, lo, hi)?;
+            self.cache.borrow_mut().insert(key, (lo, hi, data));
+        }
+        let cache = self.cache.borrow();
+        let Some((_, _, data)) = cache.get(&key) else {
+            return Ok(Vec::new());
+        };
+        Ok(data
+            .iter()
+            .filter_map(|s| {
+                let from = s.samples.partition_point(|p| p.0 < mint);
+                let to = s.samples.partition_point(|p| p.0 <= maxt);
+                (from < to).then(|| sb_tsdb::SeriesSamples {
+                    labels: s.labels.clone(),
+                    samples: s.samples[from..to].to_vec(),
+                })
+            })
+            .collect())
+    }
+
+    fn load(
         &self,
         vs: &VectorSelector,
         mint: i64,
@@ -294,6 +368,26 @@ impl<'a> Engine<'a> {
     fn instant_selector(&self, vs: &VectorSelector, t: i64) -> Result<Vec<Sample>> {
         let at = self.selector_time(vs, t);
         let mut out = Vec::new();
+        if self.start == self.end {
+            // One evaluation: only each series' newest sample in the window is needed.
+            let mut seen = HashSet::new();
+            for ms in Self::selector_matchers(vs)? {
+                if ms.iter().all(|m| m.matches("")) {
+                    return Err(QueryError::Parse(
+                        "vector selector must contain at least one non-empty matcher".into(),
+                    ));
+                }
+                for (labels, (_, v)) in self.db.select_last(&ms, at - self.cfg.lookback_ms, at) {
+                    if seen.insert(labels.clone()) {
+                        self.count(1)?;
+                        if !is_stale(v) {
+                            out.push(Sample { labels, v });
+                        }
+                    }
+                }
+            }
+            return Ok(out);
+        }
         for s in self.select(vs, at - self.cfg.lookback_ms, at)? {
             if let Some(&(_, v)) = s.samples.last()
                 && !is_stale(v)
@@ -335,7 +429,7 @@ impl<'a> Engine<'a> {
                 Value::Vector(v) => Ok(Value::Vector(
                     v.into_iter()
                         .map(|s| Sample {
-                            labels: drop_name(&s.labels),
+                            labels: self.drop_name(&s.labels),
                             v: -s.v,
                         })
                         .collect(),
@@ -457,9 +551,29 @@ impl<'a> Engine<'a> {
                 }
             }
         };
+        let key = a as *const AggregateExpr as usize;
         let mut groups: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
         for s in input {
-            groups.entry(group_of(&s.labels)).or_default().push(s);
+            if self.start == self.end {
+                groups.entry(group_of(&s.labels)).or_default().push(s);
+                continue;
+            }
+            let cached = self
+                .group_keys
+                .borrow()
+                .get(&(key, s.labels.clone()))
+                .cloned();
+            let g = match cached {
+                Some(g) => g,
+                None => {
+                    let g = group_of(&s.labels);
+                    self.group_keys
+                        .borrow_mut()
+                        .insert((key, s.labels.clone()), g.clone());
+                    g
+                }
+            };
+            groups.entry(g).or_default().push(s);
         }
         let k = |p: &Option<Value>| -> Result<usize> {
             match p {
@@ -581,7 +695,7 @@ impl<'a> Engine<'a> {
                             names.push(METRIC_NAME);
                             l.without(&names)
                         }
-                        None => drop_name(l),
+                        None => self.drop_name(l),
                     }
                 };
                 match op {
@@ -669,7 +783,7 @@ impl<'a> Engine<'a> {
             // The result's labels, as Prometheus' resultMetric builds them.
             let mut labels = m.labels.clone();
             if drop_metric {
-                labels = drop_name(&labels);
+                labels = self.drop_name(&labels);
             }
             if one_to_one {
                 labels = match matching {
@@ -714,7 +828,7 @@ impl<'a> Engine<'a> {
                             labels: if keep_name {
                                 s.labels
                             } else {
-                                drop_name(&s.labels)
+                                self.drop_name(&s.labels)
                             },
                             v,
                         })
@@ -727,7 +841,7 @@ impl<'a> Engine<'a> {
                 self.vector_arg(arg(0)?, t)?
                     .into_iter()
                     .map(|s| Sample {
-                        labels: drop_name(&s.labels),
+                        labels: self.drop_name(&s.labels),
                         v: f(s.v),
                     })
                     .collect(),
@@ -835,7 +949,7 @@ impl<'a> Engine<'a> {
                 Ok(Value::Vector(
                     m.into_iter()
                         .map(|s| Sample {
-                            labels: drop_name(&s.labels),
+                            labels: self.drop_name(&s.labels),
                             v: quantile(q, vals(&s.points)),
                         })
                         .collect(),
@@ -919,7 +1033,7 @@ impl<'a> Engine<'a> {
                         && !is_stale(v)
                     {
                         out.push(Sample {
-                            labels: drop_name(&s.labels),
+                            labels: self.drop_name(&s.labels),
                             v: ts as f64 / 1000.0,
                         });
                     }
@@ -939,7 +1053,7 @@ impl<'a> Engine<'a> {
                     input
                         .into_iter()
                         .map(|s| Sample {
-                            labels: drop_name(&s.labels),
+                            labels: self.drop_name(&s.labels),
                             v: calendar(name, s.v),
                         })
                         .collect(),
@@ -954,7 +1068,7 @@ impl<'a> Engine<'a> {
                         continue;
                     };
                     groups
-                        .entry(drop_name(&s.labels.without(&["le"])))
+                        .entry(self.drop_name(&s.labels.without(&["le"])))
                         .or_default()
                         .push((le, s.v));
                 }

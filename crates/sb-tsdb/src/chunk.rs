@@ -26,32 +26,74 @@ impl BitWriter {
         self.used = (self.used + 1) % 8;
     }
 
+    /// Writes the low `n` bits of `value`, most significant first, a byte's worth at a time.
     fn bits(&mut self, value: u64, n: u8) {
-        for i in (0..n).rev() {
-            self.bit((value >> i) & 1 == 1);
+        let mut remaining = u32::from(n);
+        while remaining > 0 {
+            if self.used == 0 {
+                self.bytes.push(0);
+            }
+            let free = 8 - u32::from(self.used);
+            let take = free.min(remaining);
+            let part = ((value >> (remaining - take)) & ((1u64 << take) - 1)) as u8;
+            if let Some(last) = self.bytes.last_mut() {
+                *last |= part << (free - take);
+            }
+            self.used = ((u32::from(self.used) + take) % 8) as u8;
+            remaining -= take;
         }
     }
 }
 
+/// Reads bits most significant first through a 128-bit buffer refilled a byte at a time (wide
+/// enough for a 64-bit read on top of leftover bits).
 struct BitReader<'a> {
     bytes: &'a [u8],
-    pos: usize,
+    next: usize,
+    buf: u128,
+    /// Valid bits at the bottom of `buf`.
+    n: u32,
 }
 
-impl BitReader<'_> {
-    fn bit(&mut self) -> Option<bool> {
-        let byte = *self.bytes.get(self.pos / 8)?;
-        let b = byte & (0x80 >> (self.pos % 8)) != 0;
-        self.pos += 1;
-        Some(b)
+impl<'a> BitReader<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Self {
+            bytes,
+            next: 0,
+            buf: 0,
+            n: 0,
+        }
     }
 
-    fn bits(&mut self, n: u8) -> Option<u64> {
-        let mut v = 0u64;
-        for _ in 0..n {
-            v = (v << 1) | u64::from(self.bit()?);
+    fn refill(&mut self) {
+        while self.n <= 120 {
+            let Some(&b) = self.bytes.get(self.next) else {
+                return;
+            };
+            self.buf = (self.buf << 8) | u128::from(b);
+            self.n += 8;
+            self.next += 1;
         }
-        Some(v)
+    }
+
+    fn bit(&mut self) -> Option<bool> {
+        Some(self.bits(1)? == 1)
+    }
+
+    fn bits(&mut self, k: u8) -> Option<u64> {
+        let k = u32::from(k);
+        if k == 0 {
+            return Some(0);
+        }
+        if self.n < k {
+            self.refill();
+            if self.n < k {
+                return None;
+            }
+        }
+        let v = (self.buf >> (self.n - k)) & ((1u128 << k) - 1);
+        self.n -= k;
+        Some(v as u64)
     }
 }
 
@@ -214,7 +256,7 @@ pub struct CorruptChunk;
 impl<'a> ChunkIter<'a> {
     pub fn new(bytes: &'a [u8], count: u16) -> Self {
         Self {
-            r: BitReader { bytes, pos: 0 },
+            r: BitReader::new(bytes),
             remaining: count,
             read: 0,
             t: 0,

@@ -6,8 +6,9 @@ use std::fmt;
 pub const METRIC_NAME: &str = "__name__";
 
 /// Labels sorted by name, names unique, no empty values (an empty value means "absent").
+/// Shared: cloning a label set is a reference count, which queries do a great deal.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Labels(Vec<(String, String)>);
+pub struct Labels(std::sync::Arc<Vec<(String, String)>>);
 
 impl Labels {
     /// Sorts, drops empty values; the last of duplicate names wins.
@@ -21,7 +22,7 @@ impl Labels {
                 _ => out.push((n, v)),
             }
         }
-        Self(out)
+        Self(std::sync::Arc::new(out))
     }
 
     pub fn from_pairs(pairs: &[(&str, &str)]) -> Self {
@@ -62,12 +63,12 @@ impl Labels {
     }
 
     pub fn into_pairs(self) -> Vec<(String, String)> {
-        self.0
+        std::sync::Arc::try_unwrap(self.0).unwrap_or_else(|shared| (*shared).clone())
     }
 
     /// A copy with `name` set to `value` (removed when `value` is empty).
     pub fn with(&self, name: &str, value: &str) -> Self {
-        let mut pairs = self.0.clone();
+        let mut pairs = (*self.0).clone();
         pairs.retain(|(n, _)| n != name);
         pairs.push((name.to_string(), value.to_string()));
         Self::new(pairs)
@@ -75,24 +76,27 @@ impl Labels {
 
     /// A copy without these names.
     pub fn without(&self, names: &[&str]) -> Self {
-        Self(
+        if !self.0.iter().any(|(n, _)| names.contains(&n.as_str())) {
+            return self.clone();
+        }
+        Self(std::sync::Arc::new(
             self.0
                 .iter()
                 .filter(|(n, _)| !names.contains(&n.as_str()))
                 .cloned()
                 .collect(),
-        )
+        ))
     }
 
     /// A copy with only these names.
     pub fn keep(&self, names: &[&str]) -> Self {
-        Self(
+        Self(std::sync::Arc::new(
             self.0
                 .iter()
                 .filter(|(n, _)| names.contains(&n.as_str()))
                 .cloned()
                 .collect(),
-        )
+        ))
     }
 }
 
@@ -101,7 +105,7 @@ impl serde::Serialize for Labels {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let mut m = s.serialize_map(Some(self.0.len()))?;
-        for (n, v) in &self.0 {
+        for (n, v) in self.0.iter() {
             m.serialize_entry(n, v)?;
         }
         m.end()

@@ -603,6 +603,42 @@ impl Tsdb {
         out
     }
 
+    /// For each matching series, its newest sample in `[mint, maxt]`. When `maxt` is at or
+    /// after a series' newest sample (a query at "now") nothing is decoded.
+    pub fn select_last(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<(Labels, Point)> {
+        let head = self.read();
+        let mut out = Vec::new();
+        let mut slow = Vec::new();
+        for id in head.matching(matchers) {
+            let Some(Some(s)) = head.series.get(id as usize) else {
+                continue;
+            };
+            match s.last {
+                Some((t, v)) if t <= maxt && (s.open.count() > 0 || !v.is_nan()) => {
+                    if t >= mint {
+                        out.push((s.labels.clone(), (t, v)));
+                    }
+                }
+                Some((t, _)) if t < mint => {}
+                _ => slow.push(s.labels.clone()),
+            }
+        }
+        drop(head);
+        for labels in slow {
+            let all: Vec<Matcher> = labels.iter().map(|(n, v)| Matcher::equal(n, v)).collect();
+            if let Some(s) = self
+                .select(&all, mint, maxt)
+                .into_iter()
+                .find(|s| s.labels == labels)
+                && let Some(&p) = s.samples.last()
+            {
+                out.push((labels, p));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// Labels of the series matching every matcher (all series when there are none).
     pub fn series(&self, matchers: &[Matcher]) -> Vec<Labels> {
         let head = self.read();

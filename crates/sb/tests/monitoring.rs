@@ -66,7 +66,11 @@ fn vector(data: &Value) -> Vec<(Value, f64)> {
 
 #[tokio::test]
 async fn remote_write_and_line_protocol_feed_the_prometheus_query_api() {
-    let server = TestServer::start();
+    // Without the server's own metrics, so the store holds only what the test writes.
+    let server = TestServer::start_with(ServerOptions {
+        env: vec![("SB_MONITORING__SELF_SCRAPE_INTERVAL_MS", "0".into())],
+        ..Default::default()
+    });
     let admin = server.admin().await;
     // An hour ago, on a whole minute: recent enough for retention.
     let t0 = (now_ms() - 3_600_000) / 60_000 * 60_000;
@@ -198,7 +202,11 @@ async fn remote_write_and_line_protocol_feed_the_prometheus_query_api() {
 
 #[tokio::test]
 async fn bad_payloads_get_a_400_with_the_reason_and_store_nothing() {
-    let server = TestServer::start();
+    // Without the server's own metrics, so the store holds only what the test writes.
+    let server = TestServer::start_with(ServerOptions {
+        env: vec![("SB_MONITORING__SELF_SCRAPE_INTERVAL_MS", "0".into())],
+        ..Default::default()
+    });
     let admin = server.admin().await;
     let post = |path: &'static str, body: Vec<u8>| {
         let admin = &admin;
