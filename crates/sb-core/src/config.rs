@@ -337,6 +337,10 @@ pub struct MonitoringConfig {
     pub alert_delivery_attempts_max: u32,
     /// Notifications waiting for delivery at most; beyond it the oldest are dropped and logged.
     pub alert_queue_max: usize,
+    /// A chat room (its id) that gets each notification as a message ("" for none), posted
+    /// with `alert_chat_token`: an API token of a member of that room (a bot account, say).
+    pub alert_chat_room: String,
+    pub alert_chat_token: Option<Secret<String>>,
     /// Store the server's own metrics (job `switchboard`) this often (0: never).
     pub self_scrape_interval_ms: u64,
     /// Prometheus exposition endpoints to scrape (`[[monitoring.scrape]]` tables).
@@ -409,6 +413,8 @@ impl Default for MonitoringConfig {
             alert_webhooks: Vec::new(),
             alert_delivery_attempts_max: 10,
             alert_queue_max: 1_000,
+            alert_chat_room: String::new(),
+            alert_chat_token: None,
             self_scrape_interval_ms: 15_000,
             scrape: Vec::new(),
         }
@@ -565,6 +571,10 @@ alert_repeat_interval_ms = 14400000
 alert_webhooks = []
 alert_delivery_attempts_max = 10
 alert_queue_max = 1000
+# Also post each notification in this chat room (its id), as the member whose API token
+# this is; the message id is the notification's dedup key, so a retry never posts twice.
+alert_chat_room = ""
+# alert_chat_token = "sbt_…"
 # The server's own metrics are stored (job "switchboard") this often; 0 turns it off.
 self_scrape_interval_ms = 15000
 # Scrape jobs; each is a table like this (interval_ms, timeout_ms, scheme, metrics_path,
@@ -590,7 +600,7 @@ mod tests {
     #[test]
     fn annotated_default_mentions_every_field() {
         let value = toml::Value::try_from(Config::default()).expect("serializes");
-        let optional = ["cert_file", "key_file", "bearer_token"];
+        let optional = ["cert_file", "key_file", "bearer_token", "alert_chat_token"];
         let toml::Value::Table(sections) = value else {
             panic!("config is a table")
         };

@@ -77,8 +77,80 @@ pub fn spawn(st: Arc<AppState>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Posts the notification in the configured chat room, as the token's owner. The dedup key is
+/// the message id, so a retry after an unclear outcome stores nothing twice.
+async fn post_to_chat(st: &AppState, n: &Notification) -> Result<(), String> {
+    let m = &st.config.monitoring;
+    let Some(token) = &m.alert_chat_token else {
+        return Err("alert_chat_room is set but alert_chat_token is not".into());
+    };
+    let room: sb_core::RoomId = m
+        .alert_chat_room
+        .parse()
+        .map_err(|_| format!("alert_chat_room {:?} is not a room id", m.alert_chat_room))?;
+    let now = crate::now();
+    let origin = sb_auth::Origin {
+        ip: std::net::Ipv4Addr::LOCALHOST.into(),
+        client: "switchboard alerting".into(),
+    };
+    let subject = st
+        .auth
+        .authenticate(token.expose(), origin.ip, now)
+        .await
+        .map_err(|e| e.to_string())?;
+    let max = st.config.chat.message_size_bytes_max;
+    let mut body = n.summary();
+    if body.len() > max {
+        let mut cut = max.saturating_sub(3);
+        while !body.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        body.truncate(cut);
+        body.push_str("...");
+    }
+    let cx = sb_auth::Ctx {
+        subject: &subject,
+        origin: &origin,
+        now,
+    };
+    st.chat
+        .send(
+            cx,
+            room,
+            sb_chat::Outgoing {
+                message_id: &n.dedup_key,
+                body: &body,
+                reply_to: None,
+                kind: Default::default(),
+                target: None,
+                attachments: &[],
+            },
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 async fn deliver(client: &reqwest::Client, st: &AppState, n: &Notification) {
     let attempts = st.config.monitoring.alert_delivery_attempts_max.max(1);
+    if !st.config.monitoring.alert_chat_room.is_empty() {
+        let mut delay = RETRY_DELAY;
+        for attempt in 1..=attempts {
+            match post_to_chat(st, n).await {
+                Ok(()) => break,
+                Err(e) if attempt == attempts => {
+                    tracing::warn!(error = %e, dedup_key = %n.dedup_key, "could not post the notification in the chat room; giving up");
+                }
+                Err(_) => {
+                    tokio::select! {
+                        _ = st.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(RETRY_DELAY_MAX);
+                }
+            }
+        }
+    }
     for url in &st.config.monitoring.alert_webhooks {
         let mut delay = RETRY_DELAY;
         for attempt in 1..=attempts {

@@ -181,6 +181,24 @@ async fn remote_write_and_line_protocol_feed_the_prometheus_query_api() {
         ])
     );
 
+    // Grafana posts its queries as a form.
+    let resp = admin
+        .raw_with_headers(
+            Method::POST,
+            "/api/v1/query",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            format!("query=sum%28http_requests_total%29&time={at}").into_bytes(),
+        )
+        .await
+        .unwrap();
+    let posted: Value = resp.json().await.unwrap();
+    assert_eq!(posted["data"]["result"][0]["value"][1], "400");
+    let info = admin
+        .prometheus_api("/api/v1/status/buildinfo", &[])
+        .await
+        .unwrap();
+    assert!(info["version"].as_str().unwrap().starts_with('2'));
+
     // Errors come back in Prometheus' shape with a reason.
     let e = admin
         .prometheus_api("/api/v1/query", &[("query", "sum(")])
@@ -1125,4 +1143,101 @@ fn the_agent_sends_this_hosts_figures() {
     );
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--token"), "{}", stderr(&out));
+}
+
+#[tokio::test]
+async fn alert_notifications_are_posted_once_in_a_chat_room() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let mut server = TestServer::start_with(ServerOptions {
+        data_dir: Some(data_dir.clone()),
+        ..Default::default()
+    });
+    // A bot account, a room it belongs to, and its API token.
+    let admin = server.admin().await;
+    let bot = server.user(&admin, "alertbot").await;
+    let room = admin
+        .create_room(&sb_proto::RoomCreate {
+            name: "ops".into(),
+            topic: String::new(),
+            public: false,
+            encrypted: false,
+        })
+        .await
+        .unwrap();
+    admin.add_member(&room.id, "alertbot").await.unwrap();
+    let token = bot
+        .create_token(&sb_proto::TokenCreate {
+            name: "alerts".into(),
+            scopes: vec![],
+            expires_in_secs: None,
+        })
+        .await
+        .unwrap();
+    assert!(server.stop());
+
+    let rules = tmp.path().join("rules.yml");
+    std::fs::write(&rules, RULES).unwrap();
+    let config = tmp.path().join("sb.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[monitoring]\nrule_files = [{:?}]\nalert_chat_room = {:?}\nalert_chat_token = {:?}\n",
+            rules.display().to_string(),
+            room.id,
+            token.token.expose()
+        ),
+    )
+    .unwrap();
+    let server = TestServer::start_with(ServerOptions {
+        data_dir: Some(data_dir),
+        config: Some(config),
+        ..Default::default()
+    });
+    let admin = server.login("admin").await;
+    let feeder = {
+        let c = server.login("admin").await;
+        tokio::spawn(async move {
+            loop {
+                write(
+                    &c,
+                    &[(
+                        l(&[("__name__", "temp"), ("room", "lab")]),
+                        vec![(now_ms(), 35.0)],
+                    )],
+                )
+                .await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let message = wait_for("the alert in the chat room", async || {
+        let h = admin
+            .history(
+                &room.id,
+                &sb_proto::HistoryQuery {
+                    after: Some(0),
+                    before: None,
+                    limit: None,
+                },
+            )
+            .await
+            .unwrap();
+        h.into_iter().find(|m| m.body.contains("[FIRING] Hot"))
+    })
+    .await;
+    feeder.abort();
+    assert!(
+        message.body.contains("lab is at 35 degrees"),
+        "{}",
+        message.body
+    );
+    let members = admin.members(&room.id).await.unwrap();
+    let bot_id = members
+        .iter()
+        .find(|m| m.username == "alertbot")
+        .unwrap()
+        .user_id
+        .clone();
+    assert_eq!(message.sender, bot_id, "posted as the token's owner");
 }
