@@ -99,6 +99,9 @@ impl Value {
     }
 }
 
+/// Called with a series' labels and its samples in a window.
+type WindowFn<'f> = dyn FnMut(&Labels, &[(i64, f64)]) + 'f;
+
 /// A window `[lo, hi]` loaded for a selector, and its series.
 type Loaded = (i64, i64, Vec<sb_tsdb::SeriesSamples>);
 
@@ -112,9 +115,11 @@ pub struct Engine<'a> {
     /// address in the AST) → the window loaded and the series in it.
     cache: std::cell::RefCell<HashMap<usize, Loaded>>,
     /// Label sets without their metric name, worked out once per query.
-    name_dropped: std::cell::RefCell<HashMap<Labels, Labels>>,
+    /// Keyed by [`Labels::shared_id`]; the keys' label sets stay alive in `keep_alive`.
+    name_dropped: std::cell::RefCell<HashMap<usize, Labels>>,
+    keep_alive: std::cell::RefCell<Vec<Labels>>,
     /// Aggregation group of a label set, per aggregation (by its address in the AST).
-    group_keys: std::cell::RefCell<HashMap<(usize, Labels), Labels>>,
+    group_keys: std::cell::RefCell<HashMap<(usize, usize), Labels>>,
     /// Query start and end, for `@ start()` / `@ end()`.
     start: i64,
     end: i64,
@@ -152,6 +157,7 @@ impl<'a> Engine<'a> {
             loaded: std::cell::Cell::new(0),
             cache: std::cell::RefCell::new(HashMap::new()),
             name_dropped: std::cell::RefCell::new(HashMap::new()),
+            keep_alive: std::cell::RefCell::new(Vec::new()),
             group_keys: std::cell::RefCell::new(HashMap::new()),
             start: 0,
             end: 0,
@@ -167,11 +173,14 @@ impl<'a> Engine<'a> {
             // One evaluation: nothing to reuse.
             return drop_name(l);
         }
-        if let Some(v) = self.name_dropped.borrow().get(l) {
+        if let Some(v) = self.name_dropped.borrow().get(&l.shared_id()) {
             return v.clone();
         }
         let v = drop_name(l);
-        self.name_dropped.borrow_mut().insert(l.clone(), v.clone());
+        self.name_dropped
+            .borrow_mut()
+            .insert(l.shared_id(), v.clone());
+        self.keep_alive.borrow_mut().push(l.clone());
         v
     }
 
@@ -308,6 +317,64 @@ impl<'a> Engine<'a> {
         if self.start == self.end {
             return self.load(vs, mint, maxt);
         }
+        let key = self.ensure_cached(vs, mint, maxt)?;
+        let cache = self.cache.borrow();
+        let Some((_, _, data)) = cache.get(&key) else {
+            return Ok(Vec::new());
+        };
+        Ok(data
+            .iter()
+            .filter_map(|s| {
+                let from = s.samples.partition_point(|p| p.0 < mint);
+                let to = s.samples.partition_point(|p| p.0 <= maxt);
+                (from < to).then(|| sb_tsdb::SeriesSamples {
+                    labels: s.labels.clone(),
+                    samples: s.samples[from..to].to_vec(),
+                })
+            })
+            .collect())
+    }
+
+    /// Calls `f` with each series' samples in `[mint, maxt]`, staleness markers removed; in a
+    /// range query the windows are borrowed from the data loaded once.
+    fn for_each_window(
+        &self,
+        vs: &VectorSelector,
+        mint: i64,
+        maxt: i64,
+        f: &mut WindowFn,
+    ) -> Result<()> {
+        let mut call = |labels: &Labels, window: &[(i64, f64)]| {
+            if window.iter().any(|p| is_stale(p.1)) {
+                let clean: Vec<(i64, f64)> =
+                    window.iter().copied().filter(|p| !is_stale(p.1)).collect();
+                if !clean.is_empty() {
+                    f(labels, &clean);
+                }
+            } else if !window.is_empty() {
+                f(labels, window);
+            }
+        };
+        if self.start == self.end {
+            for s in self.load(vs, mint, maxt)? {
+                call(&s.labels, &s.samples);
+            }
+            return Ok(());
+        }
+        let key = self.ensure_cached(vs, mint, maxt)?;
+        let cache = self.cache.borrow();
+        if let Some((_, _, data)) = cache.get(&key) {
+            for s in data {
+                let from = s.samples.partition_point(|p| p.0 < mint);
+                let to = s.samples.partition_point(|p| p.0 <= maxt);
+                call(&s.labels, &s.samples[from..to]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes sure the selector's data covering `[mint, maxt]` is loaded; returns its key.
+    fn ensure_cached(&self, vs: &VectorSelector, mint: i64, maxt: i64) -> Result<usize> {
         let key = vs as *const VectorSelector as usize;
         let covered = self
             .cache
@@ -324,21 +391,7 @@ impl<'a> Engine<'a> {
             let data = self.load(vs, lo, hi)?;
             self.cache.borrow_mut().insert(key, (lo, hi, data));
         }
-        let cache = self.cache.borrow();
-        let Some((_, _, data)) = cache.get(&key) else {
-            return Ok(Vec::new());
-        };
-        Ok(data
-            .iter()
-            .filter_map(|s| {
-                let from = s.samples.partition_point(|p| p.0 < mint);
-                let to = s.samples.partition_point(|p| p.0 <= maxt);
-                (from < to).then(|| sb_tsdb::SeriesSamples {
-                    labels: s.labels.clone(),
-                    samples: s.samples[from..to].to_vec(),
-                })
-            })
-            .collect())
+        Ok(key)
     }
 
     fn load(
@@ -561,7 +614,7 @@ impl<'a> Engine<'a> {
             let cached = self
                 .group_keys
                 .borrow()
-                .get(&(key, s.labels.clone()))
+                .get(&(key, s.labels.shared_id()))
                 .cloned();
             let g = match cached {
                 Some(g) => g,
@@ -569,7 +622,9 @@ impl<'a> Engine<'a> {
                     let g = group_of(&s.labels);
                     self.group_keys
                         .borrow_mut()
-                        .insert((key, s.labels.clone()), g.clone());
+                        .insert((key, s.labels.shared_id()), g.clone());
+                    // Kept alive so its address is not reused by another set in this query.
+                    self.keep_alive.borrow_mut().push(s.labels.clone());
                     g
                 }
             };
@@ -820,6 +875,23 @@ impl<'a> Engine<'a> {
                 .ok_or_else(|| QueryError::Parse(format!("{name}: missing argument {}", i + 1)))
         };
         let per_series = |f: &RangeFn, keep_name: bool| -> Result<Value> {
+            if let Expr::MatrixSelector(ms) = arg(0)? {
+                // A plain range selector: work on the windows in place, no copies.
+                let range = millis(&ms.range);
+                let at = self.selector_time(&ms.vs, t);
+                let mut out = Vec::new();
+                self.for_each_window(&ms.vs, at - range, at, &mut |labels, window| {
+                    if let Some(v) = f(window, range) {
+                        let labels = if keep_name {
+                            labels.clone()
+                        } else {
+                            self.drop_name(labels)
+                        };
+                        out.push(Sample { labels, v });
+                    }
+                })?;
+                return Ok(Value::Vector(out));
+            }
             let (m, range) = self.matrix_arg(arg(0)?, t)?;
             Ok(Value::Vector(
                 m.into_iter()

@@ -34,6 +34,12 @@ impl Labels {
         )
     }
 
+    /// The address of this shared label set: equal for clones of one set, so a cache can key
+    /// on it while the set is alive (it says nothing about sets built separately).
+    pub fn shared_id(&self) -> usize {
+        std::sync::Arc::as_ptr(&self.0) as usize
+    }
+
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0
             .binary_search_by(|(n, _)| n.as_str().cmp(name))
