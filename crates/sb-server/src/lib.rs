@@ -58,7 +58,7 @@ pub struct AppState {
     /// Attachment transfers in progress (`chat.attachment_transfers_concurrent_max`).
     transfers: tokio::sync::Semaphore,
     pub config: Arc<Config>,
-    metrics: Arc<metrics::Metrics>,
+    pub(crate) metrics: Arc<metrics::Metrics>,
     pub shutdown: CancellationToken,
     ws_tasks: TaskTracker,
     ws_per_user: Mutex<HashMap<UserId, usize>>,

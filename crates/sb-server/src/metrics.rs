@@ -43,6 +43,11 @@ pub struct Metrics {
     pub tls_handshake_failures: Counter,
     pub websockets_open: Gauge,
     pub store_duration: HistogramFamily<StoreLabels>,
+    pub samples_ingested: Counter,
+    pub samples_rejected: Counter,
+    tsdb_series: Gauge,
+    tsdb_memory_chunk_bytes: Gauge,
+    tsdb_disk_chunks: Gauge,
 }
 
 impl Metrics {
@@ -92,6 +97,35 @@ impl Metrics {
             "Store operation latency, queueing included",
             store_duration.clone(),
         );
+        let samples_ingested = Counter::default();
+        let samples_rejected = Counter::default();
+        let (tsdb_series, tsdb_memory_chunk_bytes, tsdb_disk_chunks) =
+            (Gauge::default(), Gauge::default(), Gauge::default());
+        registry.register(
+            "samples_ingested",
+            "Samples stored from remote_write and line protocol",
+            samples_ingested.clone(),
+        );
+        registry.register(
+            "samples_rejected",
+            "Samples or series refused (out of order, too old, over a limit)",
+            samples_rejected.clone(),
+        );
+        registry.register(
+            "tsdb_series",
+            "Series in the time-series head",
+            tsdb_series.clone(),
+        );
+        registry.register(
+            "tsdb_memory_chunk_bytes",
+            "Chunk bytes held in memory (open chunks and chunks not yet written out)",
+            tsdb_memory_chunk_bytes.clone(),
+        );
+        registry.register(
+            "tsdb_disk_chunks",
+            "Sealed chunks in chunk files",
+            tsdb_disk_chunks.clone(),
+        );
         Self {
             registry,
             requests,
@@ -101,7 +135,20 @@ impl Metrics {
             tls_handshake_failures,
             websockets_open,
             store_duration,
+            samples_ingested,
+            samples_rejected,
+            tsdb_series,
+            tsdb_memory_chunk_bytes,
+            tsdb_disk_chunks,
         }
+    }
+
+    /// Sets the time-series gauges from the store's current figures.
+    pub fn observe_tsdb(&self, s: sb_tsdb::Stats) {
+        let g = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        self.tsdb_series.set(g(s.series));
+        self.tsdb_memory_chunk_bytes.set(g(s.chunk_bytes));
+        self.tsdb_disk_chunks.set(g(s.disk_chunks));
     }
 
     pub fn observe_store(&self, op: &'static str, took: Duration) {

@@ -402,6 +402,7 @@ pub async fn metrics(
             ));
         }
     }
+    st.metrics.observe_tsdb(st.monitor.db().stats());
     Ok((
         [(
             header::CONTENT_TYPE,

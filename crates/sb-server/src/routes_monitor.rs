@@ -142,7 +142,11 @@ fn success(data: serde_json::Value) -> Response {
 
 /// What a write stored and refused: 204 when everything was stored, else 400 naming the first
 /// refusals (what was valid is stored).
-fn write_outcome(out: sb_tsdb::AppendOutcome) -> Response {
+fn write_outcome(st: &AppState, out: sb_tsdb::AppendOutcome) -> Response {
+    st.metrics.samples_ingested.inc_by(out.samples as u64);
+    st.metrics
+        .samples_rejected
+        .inc_by(out.rejected.len() as u64);
     if out.rejected.is_empty() {
         return StatusCode::NO_CONTENT.into_response();
     }
@@ -188,7 +192,7 @@ async fn remote_write_handler(
         now,
     };
     match monitor(&st).write(cx, batch).await {
-        Ok(out) => write_outcome(out),
+        Ok(out) => write_outcome(&st, out),
         Err(e) => write_error(e),
     }
 }
@@ -253,7 +257,7 @@ async fn line_write(
         now,
     };
     match monitor(st).write(cx, batch).await {
-        Ok(out) => write_outcome(out),
+        Ok(out) => write_outcome(&st, out),
         Err(e) => write_error(e),
     }
 }

@@ -211,6 +211,7 @@ async fn self_scrape(st: Arc<AppState>, every: Duration) {
             _ = tick.tick() => {}
         }
         let t = now_ms();
+        st.metrics.observe_tsdb(st.monitor.db().stats());
         let text = st.metrics.encode();
         let samples = match exposition::parse(&text, usize::MAX) {
             Ok(s) => s,

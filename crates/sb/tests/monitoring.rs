@@ -181,6 +181,17 @@ async fn remote_write_and_line_protocol_feed_the_prometheus_query_api() {
         ])
     );
 
+    // The server reports on its store.
+    let text = admin
+        .raw(Method::GET, "/metrics", None)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("sb_samples_ingested_total 63"), "{text}");
+    assert!(text.contains("sb_tsdb_series 4"), "{text}");
+
     // Grafana posts its queries as a form.
     let resp = admin
         .raw_with_headers(
