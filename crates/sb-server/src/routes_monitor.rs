@@ -257,7 +257,7 @@ async fn line_write(
         now,
     };
     match monitor(st).write(cx, batch).await {
-        Ok(out) => write_outcome(&st, out),
+        Ok(out) => write_outcome(st, out),
         Err(e) => write_error(e),
     }
 }
