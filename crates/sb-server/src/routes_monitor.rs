@@ -5,15 +5,15 @@
 //! `/v1/openapi.json`, which documents the native API.
 
 use crate::AppState;
-use crate::extract::ClientOrigin;
+use crate::extract::{Caller, ClientOrigin};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use sb_auth::{AuthError, Ctx, Origin, Subject};
-use sb_core::{ErrorCode, UnixMillis};
+use sb_auth::{AuthError, Origin};
+use sb_core::ErrorCode;
 use sb_monitor::promql::{Series, Value, fmt_float};
 use sb_monitor::time::{parse_duration, parse_time};
 use sb_monitor::{Monitor, MonitorError, line_protocol, remote_write};
@@ -46,7 +46,7 @@ async fn caller(
     st: &AppState,
     headers: &HeaderMap,
     origin: Origin,
-) -> Result<(Subject, Origin, UnixMillis), MonitorError> {
+) -> Result<Caller, MonitorError> {
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -58,7 +58,11 @@ async fn caller(
     }
     let now = crate::now();
     let subject = st.auth.authenticate(token.trim(), origin.ip, now).await?;
-    Ok((subject, origin, now))
+    Ok(Caller {
+        subject,
+        origin,
+        now,
+    })
 }
 
 fn monitor(st: &AppState) -> &Monitor {
@@ -177,7 +181,7 @@ async fn remote_write_handler(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (subject, origin, now) = match caller(&st, &headers, origin).await {
+    let c = match caller(&st, &headers, origin).await {
         Ok(c) => c,
         Err(e) => return write_error(e),
     };
@@ -186,12 +190,7 @@ async fn remote_write_handler(
         Ok(b) => b,
         Err(e) => return write_error(MonitorError::BadData(e.to_string())),
     };
-    let cx = Ctx {
-        subject: &subject,
-        origin: &origin,
-        now,
-    };
-    match monitor(&st).write(cx, batch).await {
+    match monitor(&st).write(c.cx(), batch).await {
         Ok(out) => write_outcome(&st, out),
         Err(e) => write_error(e),
     }
@@ -216,7 +215,7 @@ async fn line_write(
     precision: Option<&str>,
     body: &[u8],
 ) -> Response {
-    let (subject, origin, now) = match caller(st, headers, origin).await {
+    let c = match caller(st, headers, origin).await {
         Ok(c) => c,
         Err(e) => return write_error(e),
     };
@@ -234,7 +233,7 @@ async fn line_write(
     let Ok(text) = std::str::from_utf8(body) else {
         return write_error(MonitorError::BadData("the body is not UTF-8".into()));
     };
-    let points = match line_protocol::parse(text, precision, now.0) {
+    let points = match line_protocol::parse(text, precision, c.now.0) {
         Ok(p) => p,
         Err(e) => return write_error(MonitorError::BadData(e.to_string())),
     };
@@ -251,12 +250,7 @@ async fn line_write(
             (l, p)
         })
         .collect();
-    let cx = Ctx {
-        subject: &subject,
-        origin: &origin,
-        now,
-    };
-    match monitor(st).write(cx, batch).await {
+    match monitor(st).write(c.cx(), batch).await {
         Ok(out) => write_outcome(st, out),
         Err(e) => write_error(e),
     }
@@ -325,7 +319,7 @@ async fn query(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (subject, origin, now) = match caller(&st, &headers, origin).await {
+    let c = match caller(&st, &headers, origin).await {
         Ok(c) => c,
         Err(e) => return api_error(e),
     };
@@ -338,14 +332,9 @@ async fn query(
             Ok(t) => t,
             Err(e) => return api_error(e),
         },
-        None => now.0,
+        None => c.now.0,
     };
-    let cx = Ctx {
-        subject: &subject,
-        origin: &origin,
-        now,
-    };
-    match monitor(&st).query(cx, q, t).await {
+    match monitor(&st).query(c.cx(), q, t).await {
         Ok(v) => success(value_json(v, t)),
         Err(e) => api_error(e),
     }
@@ -358,7 +347,7 @@ async fn query_range(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (subject, origin, now) = match caller(&st, &headers, origin).await {
+    let c = match caller(&st, &headers, origin).await {
         Ok(c) => c,
         Err(e) => return api_error(e),
     };
@@ -378,12 +367,7 @@ async fn query_range(
         Ok(v) => v,
         Err(e) => return api_error(e),
     };
-    let cx = Ctx {
-        subject: &subject,
-        origin: &origin,
-        now,
-    };
-    match monitor(&st).query_range(cx, &q, start, end, step).await {
+    match monitor(&st).query_range(c.cx(), &q, start, end, step).await {
         Ok(m) => success(matrix_json(m)),
         Err(e) => api_error(e),
     }
@@ -403,7 +387,7 @@ async fn series(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (subject, origin, now) = match caller(&st, &headers, origin).await {
+    let c = match caller(&st, &headers, origin).await {
         Ok(c) => c,
         Err(e) => return api_error(e),
     };
@@ -414,12 +398,7 @@ async fn series(
             "no match[] parameter provided".into(),
         ));
     }
-    let cx = Ctx {
-        subject: &subject,
-        origin: &origin,
-        now,
-    };
-    match monitor(&st).series(cx, &m).await {
+    match monitor(&st).series(c.cx(), &m).await {
         Ok(list) => success(json!(list.iter().map(labels_json).collect::<Vec<_>>())),
         Err(e) => api_error(e),
     }
@@ -432,17 +411,12 @@ async fn labels(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (subject, origin, now) = match caller(&st, &headers, origin).await {
+    let c = match caller(&st, &headers, origin).await {
         Ok(c) => c,
         Err(e) => return api_error(e),
     };
     let p = params(raw.as_deref(), &body);
-    let cx = Ctx {
-        subject: &subject,
-        origin: &origin,
-        now,
-    };
-    match monitor(&st).label_names(cx, &matches(&p)).await {
+    match monitor(&st).label_names(c.cx(), &matches(&p)).await {
         Ok(list) => success(json!(list)),
         Err(e) => api_error(e),
     }
@@ -455,33 +429,23 @@ async fn label_values(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let (subject, origin, now) = match caller(&st, &headers, origin).await {
+    let c = match caller(&st, &headers, origin).await {
         Ok(c) => c,
         Err(e) => return api_error(e),
     };
     let p = params(raw.as_deref(), b"");
-    let cx = Ctx {
-        subject: &subject,
-        origin: &origin,
-        now,
-    };
-    match monitor(&st).label_values(cx, &name, &matches(&p)).await {
+    match monitor(&st).label_values(c.cx(), &name, &matches(&p)).await {
         Ok(list) => success(json!(list)),
         Err(e) => api_error(e),
     }
 }
 
 async fn rules(State(st): St, ClientOrigin(origin): ClientOrigin, headers: HeaderMap) -> Response {
-    let (subject, origin, now) = match caller(&st, &headers, origin).await {
+    let c = match caller(&st, &headers, origin).await {
         Ok(c) => c,
         Err(e) => return api_error(e),
     };
-    let cx = Ctx {
-        subject: &subject,
-        origin: &origin,
-        now,
-    };
-    let list = match monitor(&st).rules(cx).await {
+    let list = match monitor(&st).rules(c.cx()).await {
         Ok(l) => l,
         Err(e) => return api_error(e),
     };
@@ -518,16 +482,11 @@ fn prom_alert(a: &sb_monitor::alerts::Alert) -> serde_json::Value {
 }
 
 async fn alerts(State(st): St, ClientOrigin(origin): ClientOrigin, headers: HeaderMap) -> Response {
-    let (subject, origin, now) = match caller(&st, &headers, origin).await {
+    let c = match caller(&st, &headers, origin).await {
         Ok(c) => c,
         Err(e) => return api_error(e),
     };
-    let cx = Ctx {
-        subject: &subject,
-        origin: &origin,
-        now,
-    };
-    match monitor(&st).alerts(cx).await {
+    match monitor(&st).alerts(c.cx()).await {
         Ok(list) => success(
             json!({"alerts": list.iter().filter(|(a, _)| a.state != sb_monitor::alerts::AlertState::Resolved).map(|(a, _)| prom_alert(a)).collect::<Vec<_>>()}),
         ),
