@@ -312,32 +312,41 @@ fn matrix_json(m: Vec<Series>) -> serde_json::Value {
     })
 }
 
+/// A query-API answer: `{"status":"success","data":…}`, or the error in Prometheus' shape.
+struct Api(Result<serde_json::Value, MonitorError>);
+
+impl IntoResponse for Api {
+    fn into_response(self) -> Response {
+        match self.0 {
+            Ok(data) => success(data),
+            Err(e) => api_error(e),
+        }
+    }
+}
+
+fn required<'a>(p: &'a [(String, String)], name: &str) -> Result<&'a str, MonitorError> {
+    param(p, name).ok_or_else(|| MonitorError::BadData(format!("missing parameter {name}")))
+}
+
 async fn query(
     State(st): St,
     ClientOrigin(origin): ClientOrigin,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let c = match caller(&st, &headers, origin).await {
-        Ok(c) => c,
-        Err(e) => return api_error(e),
-    };
-    let p = params(raw.as_deref(), &body);
-    let Some(q) = param(&p, "query") else {
-        return api_error(MonitorError::BadData("missing parameter query".into()));
-    };
-    let t = match param(&p, "time") {
-        Some(t) => match parse_time(t) {
-            Ok(t) => t,
-            Err(e) => return api_error(e),
-        },
-        None => c.now.0,
-    };
-    match monitor(&st).query(c.cx(), q, t).await {
-        Ok(v) => success(value_json(v, t)),
-        Err(e) => api_error(e),
+) -> Api {
+    Api(async {
+        let c = caller(&st, &headers, origin).await?;
+        let p = params(raw.as_deref(), &body);
+        let q = required(&p, "query")?;
+        let t = param(&p, "time")
+            .map(parse_time)
+            .transpose()?
+            .unwrap_or(c.now.0);
+        let v = monitor(&st).query(c.cx(), q, t).await?;
+        Ok(value_json(v, t))
     }
+    .await)
 }
 
 async fn query_range(
@@ -346,31 +355,20 @@ async fn query_range(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let c = match caller(&st, &headers, origin).await {
-        Ok(c) => c,
-        Err(e) => return api_error(e),
-    };
-    let p = params(raw.as_deref(), &body);
-    let parsed = (|| -> Result<(String, i64, i64, i64), MonitorError> {
-        let need = |n: &str| {
-            param(&p, n).ok_or_else(|| MonitorError::BadData(format!("missing parameter {n}")))
-        };
-        Ok((
-            need("query")?.to_string(),
-            parse_time(need("start")?)?,
-            parse_time(need("end")?)?,
-            parse_duration(need("step")?)?,
-        ))
-    })();
-    let (q, start, end, step) = match parsed {
-        Ok(v) => v,
-        Err(e) => return api_error(e),
-    };
-    match monitor(&st).query_range(c.cx(), &q, start, end, step).await {
-        Ok(m) => success(matrix_json(m)),
-        Err(e) => api_error(e),
+) -> Api {
+    Api(async {
+        let c = caller(&st, &headers, origin).await?;
+        let p = params(raw.as_deref(), &body);
+        let q = required(&p, "query")?;
+        let start = parse_time(required(&p, "start")?)?;
+        let end = parse_time(required(&p, "end")?)?;
+        let step = parse_duration(required(&p, "step")?)?;
+        let m = monitor(&st)
+            .query_range(c.cx(), q, start, end, step)
+            .await?;
+        Ok(matrix_json(m))
     }
+    .await)
 }
 
 fn matches(p: &[(String, String)]) -> Vec<String> {
@@ -386,22 +384,19 @@ async fn series(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let c = match caller(&st, &headers, origin).await {
-        Ok(c) => c,
-        Err(e) => return api_error(e),
-    };
-    let p = params(raw.as_deref(), &body);
-    let m = matches(&p);
-    if m.is_empty() {
-        return api_error(MonitorError::BadData(
-            "no match[] parameter provided".into(),
-        ));
+) -> Api {
+    Api(async {
+        let c = caller(&st, &headers, origin).await?;
+        let m = matches(&params(raw.as_deref(), &body));
+        if m.is_empty() {
+            return Err(MonitorError::BadData(
+                "no match[] parameter provided".into(),
+            ));
+        }
+        let list = monitor(&st).series(c.cx(), &m).await?;
+        Ok(json!(list.iter().map(labels_json).collect::<Vec<_>>()))
     }
-    match monitor(&st).series(c.cx(), &m).await {
-        Ok(list) => success(json!(list.iter().map(labels_json).collect::<Vec<_>>())),
-        Err(e) => api_error(e),
-    }
+    .await)
 }
 
 async fn labels(
@@ -410,16 +405,13 @@ async fn labels(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let c = match caller(&st, &headers, origin).await {
-        Ok(c) => c,
-        Err(e) => return api_error(e),
-    };
-    let p = params(raw.as_deref(), &body);
-    match monitor(&st).label_names(c.cx(), &matches(&p)).await {
-        Ok(list) => success(json!(list)),
-        Err(e) => api_error(e),
+) -> Api {
+    Api(async {
+        let c = caller(&st, &headers, origin).await?;
+        let m = matches(&params(raw.as_deref(), &body));
+        Ok(json!(monitor(&st).label_names(c.cx(), &m).await?))
     }
+    .await)
 }
 
 async fn label_values(
@@ -428,47 +420,42 @@ async fn label_values(
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
-) -> Response {
-    let c = match caller(&st, &headers, origin).await {
-        Ok(c) => c,
-        Err(e) => return api_error(e),
-    };
-    let p = params(raw.as_deref(), b"");
-    match monitor(&st).label_values(c.cx(), &name, &matches(&p)).await {
-        Ok(list) => success(json!(list)),
-        Err(e) => api_error(e),
+) -> Api {
+    Api(async {
+        let c = caller(&st, &headers, origin).await?;
+        let m = matches(&params(raw.as_deref(), b""));
+        Ok(json!(monitor(&st).label_values(c.cx(), &name, &m).await?))
     }
+    .await)
 }
 
-async fn rules(State(st): St, ClientOrigin(origin): ClientOrigin, headers: HeaderMap) -> Response {
-    let c = match caller(&st, &headers, origin).await {
-        Ok(c) => c,
-        Err(e) => return api_error(e),
-    };
-    let list = match monitor(&st).rules(c.cx()).await {
-        Ok(l) => l,
-        Err(e) => return api_error(e),
-    };
-    let mut groups: Vec<(String, String, Vec<serde_json::Value>)> = Vec::new();
-    for r in list {
-        let rule = json!({
-            "name": r.name,
-            "query": r.query,
-            "duration": r.for_ms as f64 / 1000.0,
-            "labels": r.labels,
-            "annotations": r.annotations,
-            "alerts": r.alerts.iter().map(prom_alert).collect::<Vec<_>>(),
-            "health": "ok",
-            "type": r.kind,
-        });
-        match groups.last_mut() {
-            Some(g) if g.0 == r.group && g.1 == r.file => g.2.push(rule),
-            _ => groups.push((r.group, r.file, vec![rule])),
+async fn rules(State(st): St, ClientOrigin(origin): ClientOrigin, headers: HeaderMap) -> Api {
+    Api(async {
+        let c = caller(&st, &headers, origin).await?;
+        let mut groups: Vec<(String, String, Vec<serde_json::Value>)> = Vec::new();
+        for r in monitor(&st).rules(c.cx()).await? {
+            let rule = json!({
+                "name": r.name,
+                "query": r.query,
+                "duration": r.for_ms as f64 / 1000.0,
+                "labels": r.labels,
+                "annotations": r.annotations,
+                "alerts": r.alerts.iter().map(prom_alert).collect::<Vec<_>>(),
+                "health": "ok",
+                "type": r.kind,
+            });
+            match groups.last_mut() {
+                Some(g) if g.0 == r.group && g.1 == r.file => g.2.push(rule),
+                _ => groups.push((r.group, r.file, vec![rule])),
+            }
         }
+        let groups: Vec<_> = groups
+            .into_iter()
+            .map(|(name, file, rules)| json!({"name": name, "file": file, "rules": rules}))
+            .collect();
+        Ok(json!({ "groups": groups }))
     }
-    success(
-        json!({"groups": groups.into_iter().map(|(name, file, rules)| json!({"name": name, "file": file, "rules": rules})).collect::<Vec<_>>()}),
-    )
+    .await)
 }
 
 fn prom_alert(a: &sb_monitor::alerts::Alert) -> serde_json::Value {
@@ -481,17 +468,19 @@ fn prom_alert(a: &sb_monitor::alerts::Alert) -> serde_json::Value {
     })
 }
 
-async fn alerts(State(st): St, ClientOrigin(origin): ClientOrigin, headers: HeaderMap) -> Response {
-    let c = match caller(&st, &headers, origin).await {
-        Ok(c) => c,
-        Err(e) => return api_error(e),
-    };
-    match monitor(&st).alerts(c.cx()).await {
-        Ok(list) => success(
-            json!({"alerts": list.iter().filter(|(a, _)| a.state != sb_monitor::alerts::AlertState::Resolved).map(|(a, _)| prom_alert(a)).collect::<Vec<_>>()}),
-        ),
-        Err(e) => api_error(e),
+async fn alerts(State(st): St, ClientOrigin(origin): ClientOrigin, headers: HeaderMap) -> Api {
+    Api(async {
+        let c = caller(&st, &headers, origin).await?;
+        let active: Vec<_> = monitor(&st)
+            .alerts(c.cx())
+            .await?
+            .iter()
+            .filter(|(a, _)| a.state != sb_monitor::alerts::AlertState::Resolved)
+            .map(|(a, _)| prom_alert(a))
+            .collect();
+        Ok(json!({ "alerts": active }))
     }
+    .await)
 }
 
 /// Grafana reads this to learn what it talks to.
