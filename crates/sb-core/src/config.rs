@@ -296,6 +296,12 @@ pub struct MonitoringConfig {
     pub write_decompressed_bytes_max: usize,
     /// Samples per second accepted across all writers; beyond it writes get 429.
     pub samples_per_second_max: u64,
+    /// Samples per second accepted from one tenant (the writing account); beyond it its
+    /// writes get 429 while other tenants' go on.
+    pub tenant_samples_per_second_max: u64,
+    /// Active series (written in the last `head_chunk_max_age_ms`) of one tenant at most;
+    /// samples of its new series beyond it are refused with a clear error.
+    pub tenant_series_max: usize,
     /// Series held at most (the active-series limit); samples of new series beyond it are refused.
     pub series_max: usize,
     pub labels_per_series_max: usize,
@@ -343,8 +349,21 @@ pub struct MonitoringConfig {
     pub alert_chat_token: Option<Secret<String>>,
     /// Store the server's own metrics (job `switchboard`) this often (0: never).
     pub self_scrape_interval_ms: u64,
+    /// Downsampled tiers (`[[monitoring.rollups]]`): every series' min, max, sum and count per
+    /// bucket, kept longer than the raw samples.
+    pub rollups: Vec<RollupTier>,
     /// Prometheus exposition endpoints to scrape (`[[monitoring.scrape]]` tables).
     pub scrape: Vec<ScrapeJob>,
+}
+
+/// One rollup tier.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollupTier {
+    /// Bucket width, e.g. 300000 (5 minutes).
+    pub resolution_ms: u64,
+    /// Buckets older than this are dropped (0: kept forever).
+    pub retention_ms: u64,
 }
 
 /// One scrape job: targets that serve Prometheus metrics over HTTP(S).
@@ -393,6 +412,8 @@ impl Default for MonitoringConfig {
             write_body_bytes_max: 16 * 1024 * 1024,
             write_decompressed_bytes_max: 64 * 1024 * 1024,
             samples_per_second_max: 1_000_000,
+            tenant_samples_per_second_max: 1_000_000,
+            tenant_series_max: 500_000,
             series_max: 1_000_000,
             labels_per_series_max: 64,
             label_bytes_max: 8 * 1024,
@@ -416,6 +437,16 @@ impl Default for MonitoringConfig {
             alert_chat_room: String::new(),
             alert_chat_token: None,
             self_scrape_interval_ms: 15_000,
+            rollups: vec![
+                RollupTier {
+                    resolution_ms: 5 * 60 * 1000,
+                    retention_ms: 90 * 24 * 3_600_000,
+                },
+                RollupTier {
+                    resolution_ms: 3_600_000,
+                    retention_ms: 730 * 24 * 3_600_000,
+                },
+            ],
             scrape: Vec::new(),
         }
     }
@@ -539,6 +570,10 @@ write_body_bytes_max = 16777216
 write_decompressed_bytes_max = 67108864
 # Samples per second accepted across all writers; beyond it writes are answered 429.
 samples_per_second_max = 1000000
+# Limits per tenant (the account that writes): samples per second, and active series (those
+# written in the last head_chunk_max_age_ms). Over either, that tenant gets a clear error.
+tenant_samples_per_second_max = 1000000
+tenant_series_max = 500000
 # Active series at most; samples of new series beyond it are refused with a clear error.
 series_max = 1000000
 labels_per_series_max = 64
@@ -577,6 +612,12 @@ alert_chat_room = ""
 # alert_chat_token = "sbt_…"
 # The server's own metrics are stored (job "switchboard") this often; 0 turns it off.
 self_scrape_interval_ms = 15000
+# Downsampled tiers: every series' min, max, sum and count per bucket, kept longer than raw
+# samples. Query them with the query API's `resolution` parameter (5m, 1h or auto).
+rollups = [
+  { resolution_ms = 300000, retention_ms = 7776000000 },
+  { resolution_ms = 3600000, retention_ms = 63072000000 },
+]
 # Scrape jobs; each is a table like this (interval_ms, timeout_ms, scheme, metrics_path,
 # bearer_token, tls_insecure_skip_verify, sample_limit and body_bytes_max are optional):
 #   [[monitoring.scrape]]

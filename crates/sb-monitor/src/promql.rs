@@ -14,6 +14,7 @@ use promql_parser::parser::{
     AggregateExpr, AtModifier, BinaryExpr, Call, Expr, LabelModifier, Offset,
     VectorMatchCardinality, VectorSelector,
 };
+use sb_tsdb::rollup::ROLLUP_LABEL;
 use sb_tsdb::{Labels, METRIC_NAME, MatchOp, Matcher, Tsdb};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -35,6 +36,10 @@ pub struct EngineConfig {
     pub range_points_max: i64,
     /// Step of a subquery without one.
     pub subquery_step_ms: i64,
+    /// The database is a rollup tier (see [`sb_tsdb::rollup`]): a selector with a
+    /// `__rollup__` matcher reads that aggregate, one without reads the bucket average
+    /// (sum / count); the label is not shown.
+    pub rollup: bool,
 }
 
 impl Default for EngineConfig {
@@ -44,6 +49,7 @@ impl Default for EngineConfig {
             samples_max: 50_000_000,
             range_points_max: 11_000,
             subquery_step_ms: 60_000,
+            rollup: false,
         }
     }
 }
@@ -408,7 +414,12 @@ impl<'a> Engine<'a> {
                     "vector selector must contain at least one non-empty matcher".into(),
                 ));
             }
-            for s in self.db.select(&ms, mint, maxt) {
+            let found = if self.cfg.rollup {
+                self.select_rollup(ms, mint, maxt)
+            } else {
+                self.db.select(&ms, mint, maxt)
+            };
+            for s in found {
                 if seen.insert(s.labels.clone()) {
                     self.count(s.samples.len())?;
                     out.push(s);
@@ -418,10 +429,56 @@ impl<'a> Engine<'a> {
         Ok(out)
     }
 
+    /// A selection from a rollup tier: the aggregate a `__rollup__` matcher names, or else
+    /// the average of each bucket. The label is dropped from the result.
+    fn select_rollup(
+        &self,
+        mut ms: Vec<Matcher>,
+        mint: i64,
+        maxt: i64,
+    ) -> Vec<sb_tsdb::SeriesSamples> {
+        let strip = |mut list: Vec<sb_tsdb::SeriesSamples>| {
+            for s in &mut list {
+                s.labels = s.labels.without(&[ROLLUP_LABEL]);
+            }
+            list.sort_by(|a, b| a.labels.cmp(&b.labels));
+            list
+        };
+        if ms.iter().any(|m| m.name == ROLLUP_LABEL) {
+            return strip(self.db.select(&ms, mint, maxt));
+        }
+        ms.push(Matcher::equal(ROLLUP_LABEL, "sum"));
+        let sums = strip(self.db.select(&ms, mint, maxt));
+        if let Some(last) = ms.last_mut() {
+            *last = Matcher::equal(ROLLUP_LABEL, "count");
+        }
+        let counts: HashMap<Labels, Vec<(i64, f64)>> = strip(self.db.select(&ms, mint, maxt))
+            .into_iter()
+            .map(|s| (s.labels, s.samples))
+            .collect();
+        sums.into_iter()
+            .filter_map(|s| {
+                let count = counts.get(&s.labels)?;
+                let samples: Vec<(i64, f64)> = s
+                    .samples
+                    .iter()
+                    .filter_map(|&(t, sum)| {
+                        let i = count.binary_search_by_key(&t, |p| p.0).ok()?;
+                        (count[i].1 > 0.0).then(|| (t, sum / count[i].1))
+                    })
+                    .collect();
+                (!samples.is_empty()).then_some(sb_tsdb::SeriesSamples {
+                    labels: s.labels,
+                    samples,
+                })
+            })
+            .collect()
+    }
+
     fn instant_selector(&self, vs: &VectorSelector, t: i64) -> Result<Vec<Sample>> {
         let at = self.selector_time(vs, t);
         let mut out = Vec::new();
-        if self.start == self.end {
+        if self.start == self.end && !self.cfg.rollup {
             // One evaluation: only each series' newest sample in the window is needed.
             let mut seen = HashSet::new();
             for ms in Self::selector_matchers(vs)? {

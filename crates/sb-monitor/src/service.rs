@@ -58,8 +58,36 @@ impl SampleBudget {
     }
 }
 
+/// A rollup tier: its own database of per-bucket aggregates.
+struct Tier {
+    /// As written in a query's `resolution` parameter: `5m`, `1h`.
+    name: String,
+    resolution_ms: i64,
+    retention_ms: i64,
+    db: Arc<Tsdb>,
+}
+
+/// Which data a query reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    Raw,
+    Tier(usize),
+}
+
+/// `300000` → `5m`, `3600000` → `1h`.
+fn duration_name(ms: i64) -> String {
+    match ms {
+        ms if ms % 86_400_000 == 0 => format!("{}d", ms / 86_400_000),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
+}
+
 pub struct Monitor {
     db: Arc<Tsdb>,
+    tiers: Vec<Tier>,
     auth: Arc<Auth>,
     cfg: MonitoringConfig,
     budget: Mutex<SampleBudget>,
@@ -96,20 +124,56 @@ impl Monitor {
         sync: bool,
         auth: Arc<Auth>,
     ) -> Result<(Self, Recovery)> {
-        let (db, recovery) = Tsdb::open(
-            dir,
-            TsdbConfig {
-                wal_segment_bytes: cfg.wal_segment_bytes,
-                series_max: cfg.series_max,
-                labels_per_series_max: cfg.labels_per_series_max,
-                label_bytes_max: cfg.label_bytes_max,
-                sync,
-                retention_ms: cfg.retention_ms as i64,
-                retention_bytes: cfg.retention_bytes,
-                chunk_file_bytes: cfg.chunk_file_bytes,
-                head_chunk_max_age_ms: cfg.head_chunk_max_age_ms as i64,
-            },
-        )?;
+        let tsdb_cfg = TsdbConfig {
+            wal_segment_bytes: cfg.wal_segment_bytes,
+            series_max: cfg.series_max,
+            labels_per_series_max: cfg.labels_per_series_max,
+            label_bytes_max: cfg.label_bytes_max,
+            sync,
+            retention_ms: cfg.retention_ms as i64,
+            retention_bytes: cfg.retention_bytes,
+            chunk_file_bytes: cfg.chunk_file_bytes,
+            head_chunk_max_age_ms: cfg.head_chunk_max_age_ms as i64,
+        };
+        let (db, recovery) = Tsdb::open(dir, tsdb_cfg.clone())?;
+        let mut tiers: Vec<Tier> = Vec::new();
+        for t in &cfg.rollups {
+            let res = t.resolution_ms as i64;
+            if res < 1000 || tiers.iter().any(|x| x.resolution_ms == res) {
+                return Err(MonitorError::BadData(format!(
+                    "monitoring.rollups: resolution_ms {res} must be at least 1000 and appear once"
+                )));
+            }
+            let name = duration_name(res);
+            // Rollups are rebuilt from raw samples after a crash, so their log is not synced;
+            // each aggregate of a series is its own series, hence the larger series limit.
+            let (tier_db, tier_rec) = Tsdb::open(
+                &dir.join(format!("rollup-{name}")),
+                TsdbConfig {
+                    sync: false,
+                    series_max: cfg
+                        .series_max
+                        .saturating_mul(sb_tsdb::rollup::AGGREGATES.len()),
+                    labels_per_series_max: cfg.labels_per_series_max + 1,
+                    label_bytes_max: cfg.label_bytes_max + 16,
+                    retention_ms: t.retention_ms as i64,
+                    retention_bytes: 0,
+                    // A bucket a few times an hour: an open chunk fills in hours, not minutes.
+                    head_chunk_max_age_ms: tsdb_cfg.head_chunk_max_age_ms.max(res * 120),
+                    ..tsdb_cfg.clone()
+                },
+            )?;
+            if let Some(r) = tier_rec.repair {
+                tracing::warn!(tier = %name, reason = %r.reason, "rollup log cut; the lost buckets are rebuilt from raw samples where they are still kept");
+            }
+            tiers.push(Tier {
+                name,
+                resolution_ms: res,
+                retention_ms: t.retention_ms as i64,
+                db: Arc::new(tier_db),
+            });
+        }
+        tiers.sort_by_key(|t| t.resolution_ms);
         let budget = Mutex::new(SampleBudget {
             per_second: cfg.samples_per_second_max.max(1),
             tokens: cfg.samples_per_second_max.max(1) as f64,
@@ -133,6 +197,7 @@ impl Monitor {
         Ok((
             Self {
                 db: Arc::new(db),
+                tiers,
                 auth,
                 cfg,
                 budget,
@@ -144,13 +209,72 @@ impl Monitor {
         ))
     }
 
-    /// Writes sealed chunks out, applies retention and replaces the log with a checkpoint.
+    /// Rolls complete buckets up into each tier, then writes sealed chunks out, applies
+    /// retention and replaces the logs with checkpoints. Rollups go first, so raw samples are
+    /// summarised before retention drops them.
     pub async fn checkpoint(&self, now: i64) -> Result<sb_tsdb::CheckpointStats> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.checkpoint(now))
-            .await
-            .map_err(|e| MonitorError::Internal(e.to_string()))?
-            .map_err(MonitorError::from)
+        let tiers: Vec<(String, i64, Arc<Tsdb>)> = self
+            .tiers
+            .iter()
+            .map(|t| (t.name.clone(), t.resolution_ms, t.db.clone()))
+            .collect();
+        let settle = self.cfg.head_chunk_max_age_ms as i64;
+        tokio::task::spawn_blocking(move || {
+            for (name, res, tier) in &tiers {
+                let st = sb_tsdb::rollup::roll_up(&db, tier, *res, now, settle)?;
+                tier.checkpoint(now)?;
+                tracing::debug!(tier = %name, series = st.series, buckets = st.buckets, "rolled up");
+            }
+            db.checkpoint(now)
+        })
+        .await
+        .map_err(|e| MonitorError::Internal(e.to_string()))?
+        .map_err(MonitorError::from)
+    }
+
+    /// Bytes on disk of the rollup tiers.
+    pub fn rollup_disk_bytes(&self) -> Result<u64> {
+        let mut total = 0;
+        for t in &self.tiers {
+            total += t.db.disk_bytes()?;
+        }
+        Ok(total)
+    }
+
+    /// The data a query from `start` reads, given its `resolution` parameter: `raw` (the
+    /// default), a tier's name (`5m`, `1h`), or `auto` — raw samples while retention still
+    /// holds them at `start`, else the finest tier that does.
+    fn source(&self, resolution: Option<&str>, start: i64, now: i64) -> Result<Source> {
+        let keeps = |retention: i64| retention <= 0 || start >= now.saturating_sub(retention);
+        match resolution.map(str::trim) {
+            None | Some("" | "raw" | "0" | "0s") => Ok(Source::Raw),
+            Some("auto") => {
+                if keeps(self.cfg.retention_ms as i64) || self.tiers.is_empty() {
+                    return Ok(Source::Raw);
+                }
+                let i = self
+                    .tiers
+                    .iter()
+                    .position(|t| keeps(t.retention_ms))
+                    .unwrap_or(self.tiers.len() - 1);
+                Ok(Source::Tier(i))
+            }
+            Some(r) => {
+                let ms = crate::time::parse_duration(r).ok();
+                self.tiers
+                    .iter()
+                    .position(|t| t.name == r || Some(t.resolution_ms) == ms)
+                    .map(Source::Tier)
+                    .ok_or_else(|| {
+                        let names: Vec<&str> = self.tiers.iter().map(|t| t.name.as_str()).collect();
+                        MonitorError::BadData(format!(
+                            "resolution {r:?} is not a rollup tier; use raw, auto or one of [{}] (monitoring.rollups)",
+                            names.join(", ")
+                        ))
+                    })
+            }
+        }
     }
 
     /// Evaluates the rule groups due at `now`: stores what recording rules produce and returns
@@ -389,13 +513,23 @@ impl Monitor {
         }
     }
 
-    /// Runs `f` on the blocking pool with the query timeout.
+    /// Runs `f` on the blocking pool with the query timeout, over raw samples or a tier.
     async fn run<T: Send + 'static>(
         &self,
+        source: Source,
         f: impl FnOnce(&Tsdb, EngineConfig, &AtomicBool) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let db = self.db.clone();
-        let cfg = self.engine_config();
+        let mut cfg = self.engine_config();
+        let db = match source {
+            Source::Raw => self.db.clone(),
+            Source::Tier(i) => {
+                let tier = &self.tiers[i];
+                cfg.rollup = true;
+                // The newest complete bucket starts up to two widths back.
+                cfg.lookback_ms = cfg.lookback_ms.max(2 * tier.resolution_ms);
+                tier.db.clone()
+            }
+        };
         let cancel = Arc::new(AtomicBool::new(false));
         let flag = cancel.clone();
         let task = tokio::task::spawn_blocking(move || f(&db, cfg, &flag));
@@ -409,32 +543,40 @@ impl Monitor {
         }
     }
 
-    /// An instant query at `t` (ms).
-    pub async fn query(&self, cx: Ctx<'_>, q: &str, t: i64) -> Result<Value> {
+    /// An instant query at `t` (ms); `resolution` picks raw samples or a rollup tier.
+    pub async fn query(
+        &self,
+        cx: Ctx<'_>,
+        q: &str,
+        t: i64,
+        resolution: Option<&str>,
+    ) -> Result<Value> {
         self.auth
             .authorize(cx, Action::Read, &Resource::Metrics)
             .await?;
         let expr = promql::parse(q)?;
-        self.run(move |db, cfg, cancel| {
+        let source = self.source(resolution, t, cx.now.0)?;
+        self.run(source, move |db, cfg, cancel| {
             Ok(Engine::new(db, cfg).with_cancel(cancel).instant(&expr, t)?)
         })
         .await
     }
 
-    /// A range query from `start` to `end` every `step` (ms).
+    /// A range query from `start` to `end` every `step` (ms); `resolution` as for
+    /// [`Monitor::query`].
     pub async fn query_range(
         &self,
         cx: Ctx<'_>,
         q: &str,
-        start: i64,
-        end: i64,
-        step: i64,
+        (start, end, step): (i64, i64, i64),
+        resolution: Option<&str>,
     ) -> Result<Vec<Series>> {
         self.auth
             .authorize(cx, Action::Read, &Resource::Metrics)
             .await?;
         let expr = promql::parse(q)?;
-        self.run(move |db, cfg, cancel| {
+        let source = self.source(resolution, start, cx.now.0)?;
+        self.run(source, move |db, cfg, cancel| {
             Ok(Engine::new(db, cfg)
                 .with_cancel(cancel)
                 .range(&expr, start, end, step)?)
@@ -448,7 +590,7 @@ impl Monitor {
             .authorize(cx, Action::Read, &Resource::Metrics)
             .await?;
         let sets = selector_matchers(selectors)?;
-        self.run(move |db, _, _| {
+        self.run(Source::Raw, move |db, _, _| {
             let mut out: Vec<Labels> = Vec::new();
             if sets.is_empty() {
                 out = db.series(&[]);
@@ -468,7 +610,7 @@ impl Monitor {
             .authorize(cx, Action::Read, &Resource::Metrics)
             .await?;
         let sets = selector_matchers(selectors)?;
-        self.run(move |db, _, _| {
+        self.run(Source::Raw, move |db, _, _| {
             let mut out = if sets.is_empty() {
                 db.label_names(&[])
             } else {
@@ -495,7 +637,7 @@ impl Monitor {
             .await?;
         let sets = selector_matchers(selectors)?;
         let name = name.to_string();
-        self.run(move |db, _, _| {
+        self.run(Source::Raw, move |db, _, _| {
             let mut out = if sets.is_empty() {
                 db.label_values(&name, &[])
             } else {

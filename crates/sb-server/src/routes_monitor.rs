@@ -324,6 +324,12 @@ impl IntoResponse for Api {
     }
 }
 
+/// The `resolution` parameter (Thanos' `max_source_resolution` also works): raw, auto or a
+/// rollup tier such as 5m.
+fn resolution(p: &[(String, String)]) -> Option<&str> {
+    param(p, "resolution").or_else(|| param(p, "max_source_resolution"))
+}
+
 fn required<'a>(p: &'a [(String, String)], name: &str) -> Result<&'a str, MonitorError> {
     param(p, name).ok_or_else(|| MonitorError::BadData(format!("missing parameter {name}")))
 }
@@ -343,7 +349,7 @@ async fn query(
             .map(parse_time)
             .transpose()?
             .unwrap_or(c.now.0);
-        let v = monitor(&st).query(c.cx(), q, t).await?;
+        let v = monitor(&st).query(c.cx(), q, t, resolution(&p)).await?;
         Ok(value_json(v, t))
     }
     .await)
@@ -364,7 +370,7 @@ async fn query_range(
         let end = parse_time(required(&p, "end")?)?;
         let step = parse_duration(required(&p, "step")?)?;
         let m = monitor(&st)
-            .query_range(c.cx(), q, start, end, step)
+            .query_range(c.cx(), q, (start, end, step), resolution(&p))
             .await?;
         Ok(matrix_json(m))
     }

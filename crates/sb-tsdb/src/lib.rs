@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod chunk;
 pub mod chunkfile;
 pub mod labels;
+pub mod rollup;
 pub mod wal;
 
 pub use labels::{Labels, METRIC_NAME, MatchOp, Matcher};
@@ -299,6 +300,46 @@ impl Head {
     }
 }
 
+/// One series' samples in `[mint, maxt]`, from memory and chunk files; `None` when it has none.
+fn series_samples(
+    s: &MemSeries,
+    files: &ChunkFiles,
+    mint: i64,
+    maxt: i64,
+) -> Option<SeriesSamples> {
+    let mut samples = Vec::new();
+    let mut keep = |t: i64, v: f64| {
+        if t >= mint && t <= maxt {
+            samples.push((t, v));
+        }
+    };
+    for c in s
+        .sealed
+        .iter()
+        .filter(|c| c.max_t() >= mint && c.min_t() <= maxt)
+    {
+        match c {
+            Sealed::Mem(c) => c.iter().map_while(Result::ok).for_each(|(t, v)| keep(t, v)),
+            Sealed::Disk(d) => match files.read(d) {
+                Ok(c) => c.iter().map_while(Result::ok).for_each(|(t, v)| keep(t, v)),
+                Err(e) => {
+                    tracing::error!(error = %e, series = %s.labels, "a chunk could not be read; its samples are left out")
+                }
+            },
+        }
+    }
+    if s.open.count() > 0 && s.open.max_t() >= mint && s.open.min_t() <= maxt {
+        s.open
+            .iter()
+            .map_while(Result::ok)
+            .for_each(|(t, v)| keep(t, v));
+    }
+    (!samples.is_empty()).then(|| SeriesSamples {
+        labels: s.labels.clone(),
+        samples,
+    })
+}
+
 fn intersect(a: &[u32], b: &[u32]) -> Vec<u32> {
     let (mut i, mut j, mut out) = (0, 0, Vec::new());
     while i < a.len() && j < b.len() {
@@ -560,47 +601,53 @@ impl Tsdb {
     pub fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<SeriesSamples> {
         let head = self.read();
         let files = self.files.read().unwrap_or_else(|e| e.into_inner());
-        let mut out = Vec::new();
-        for id in head.matching(matchers) {
-            let Some(Some(s)) = head.series.get(id as usize) else {
-                continue;
-            };
-            let mut samples = Vec::new();
-            let mut keep = |t: i64, v: f64| {
-                if t >= mint && t <= maxt {
-                    samples.push((t, v));
-                }
-            };
-            for c in s
-                .sealed
-                .iter()
-                .filter(|c| c.max_t() >= mint && c.min_t() <= maxt)
-            {
-                match c {
-                    Sealed::Mem(c) => c.iter().map_while(Result::ok).for_each(|(t, v)| keep(t, v)),
-                    Sealed::Disk(d) => match files.read(d) {
-                        Ok(c) => c.iter().map_while(Result::ok).for_each(|(t, v)| keep(t, v)),
-                        Err(e) => {
-                            tracing::error!(error = %e, series = %s.labels, "a chunk could not be read; its samples are left out")
-                        }
-                    },
-                }
-            }
-            if s.open.count() > 0 && s.open.max_t() >= mint && s.open.min_t() <= maxt {
-                s.open
-                    .iter()
-                    .map_while(Result::ok)
-                    .for_each(|(t, v)| keep(t, v));
-            }
-            if !samples.is_empty() {
-                out.push(SeriesSamples {
-                    labels: s.labels.clone(),
-                    samples,
-                });
-            }
-        }
+        let mut out: Vec<SeriesSamples> = head
+            .matching(matchers)
+            .into_iter()
+            .filter_map(|id| {
+                series_samples(head.series.get(id as usize)?.as_ref()?, &files, mint, maxt)
+            })
+            .collect();
         out.sort_by(|a, b| a.labels.cmp(&b.labels));
         out
+    }
+
+    /// Id, labels and newest sample time of every series, for walking the whole database one
+    /// series at a time (see [`Tsdb::read_series`]).
+    pub fn series_heads(&self) -> Vec<(u32, Labels, Option<i64>)> {
+        let head = self.read();
+        head.series
+            .iter()
+            .enumerate()
+            .filter_map(|(id, s)| {
+                let s = s.as_ref()?;
+                Some((id as u32, s.labels.clone(), s.last.map(|p| p.0)))
+            })
+            .collect()
+    }
+
+    /// Samples in `[mint, maxt]` of series `id`, if it still has these labels.
+    pub fn read_series(
+        &self,
+        id: u32,
+        labels: &Labels,
+        mint: i64,
+        maxt: i64,
+    ) -> Option<SeriesSamples> {
+        let head = self.read();
+        let s = head.series.get(id as usize)?.as_ref()?;
+        if &s.labels != labels {
+            return None;
+        }
+        let files = self.files.read().unwrap_or_else(|e| e.into_inner());
+        series_samples(s, &files, mint, maxt)
+    }
+
+    /// Time of the newest sample of the series with exactly these labels.
+    pub fn last_time(&self, labels: &Labels) -> Option<i64> {
+        let head = self.read();
+        let id = *head.by_labels.get(labels)?;
+        head.series.get(id as usize)?.as_ref()?.last.map(|p| p.0)
     }
 
     /// For each matching series, its newest sample in `[mint, maxt]`. When `maxt` is at or

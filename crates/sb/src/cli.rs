@@ -97,6 +97,11 @@ pub struct QueryArgs {
     /// Step of a range query (e.g. 30s) [default: range / 60].
     #[arg(long, requires = "range")]
     pub step: Option<String>,
+    /// Read raw samples (raw), a rollup tier of per-bucket aggregates (5m, 1h), or whichever
+    /// still holds the data (auto). On a tier, select an aggregate with
+    /// {__rollup__="min|max|sum|count"}; without one, each bucket's average.
+    #[arg(long)]
+    pub resolution: Option<String>,
 }
 
 #[derive(Subcommand)]

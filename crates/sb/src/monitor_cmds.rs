@@ -76,6 +76,9 @@ pub async fn query(a: QueryArgs, json: bool) -> anyhow::Result<()> {
         if let Some(t) = &a.time {
             params.push(("time", t));
         }
+        if let Some(r) = &a.resolution {
+            params.push(("resolution", r));
+        }
         let data = client.prometheus_api("/api/v1/query", &params).await?;
         return output(json, &data, || print_instant(&data));
     };
@@ -96,16 +99,17 @@ pub async fn query(a: QueryArgs, json: bool) -> anyhow::Result<()> {
     };
     let secs = |ms: i64| format!("{:.3}", ms as f64 / 1000.0);
     let (start, end, step) = (secs(end_ms - range_ms), secs(end_ms), secs(step_ms));
+    let mut params = vec![
+        ("query", a.expr.as_str()),
+        ("start", &start),
+        ("end", &end),
+        ("step", &step),
+    ];
+    if let Some(r) = &a.resolution {
+        params.push(("resolution", r));
+    }
     let data = client
-        .prometheus_api(
-            "/api/v1/query_range",
-            &[
-                ("query", &a.expr),
-                ("start", &start),
-                ("end", &end),
-                ("step", &step),
-            ],
-        )
+        .prometheus_api("/api/v1/query_range", &params)
         .await?;
     output(json, &data, || {
         let result = data["result"].as_array().cloned().unwrap_or_default();

@@ -1252,3 +1252,105 @@ async fn alert_notifications_are_posted_once_in_a_chat_room() {
         .clone();
     assert_eq!(message.sender, bot_id, "posted as the token's owner");
 }
+
+#[tokio::test]
+async fn rollups_outlive_raw_samples_and_answer_at_their_resolution() {
+    // Raw samples kept 10 s; a 5 s rollup tier kept forever; checkpoints (which roll up and
+    // apply retention) every 300 ms; a quiet series' bucket counts as complete after 1 s.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sb.toml");
+    std::fs::write(
+        &config,
+        "[monitoring]\nself_scrape_interval_ms = 0\nretention_ms = 10000\ncheckpoint_interval_ms = 300\nhead_chunk_max_age_ms = 1000\nrollups = [{ resolution_ms = 5000, retention_ms = 0 }]\n",
+    )
+    .unwrap();
+    let server = TestServer::start_with(ServerOptions {
+        config: Some(config),
+        ..Default::default()
+    });
+    let admin = server.admin().await;
+    // Ten samples, 0..9, half a second apart: exactly one 5 s bucket.
+    let base = (now_ms() - 4_000) / 5_000 * 5_000;
+    let points: Vec<(i64, f64)> = (0..10).map(|i| (base + i * 500, i as f64)).collect();
+    let (s, body) = write(
+        &admin,
+        &[(l(&[("__name__", "temp"), ("room", "lab")]), points)],
+    )
+    .await;
+    assert_eq!(s, 204, "{body}");
+
+    let at = |t: i64| format!("{:.3}", t as f64 / 1000.0);
+    let instant = |q: &'static str, res: &'static str| {
+        let admin = admin.clone();
+        async move {
+            let t = at(now_ms());
+            let data = admin
+                .prometheus_api(
+                    "/api/v1/query",
+                    &[("query", q), ("time", &t), ("resolution", res)],
+                )
+                .await
+                .unwrap();
+            vector(&data)
+        }
+    };
+    // Raw retention drops the samples…
+    wait_for("raw samples to pass retention", async || {
+        instant("count_over_time(temp[1m])", "raw")
+            .await
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    // …while the bucket's summary stays, queryable per aggregate and as the bucket average.
+    let one = |v: Vec<(Value, f64)>| {
+        assert_eq!(v.len(), 1, "{v:?}");
+        v[0].1
+    };
+    assert_eq!(
+        one(instant(r#"sum_over_time(temp{__rollup__="count"}[1m])"#, "5s").await),
+        10.0
+    );
+    assert_eq!(
+        one(instant(r#"max_over_time(temp{__rollup__="max"}[1m])"#, "5s").await),
+        9.0
+    );
+    assert_eq!(
+        one(instant(r#"min_over_time(temp{__rollup__="min"}[1m])"#, "5s").await),
+        0.0
+    );
+    let avg = instant("temp", "5s").await;
+    assert_eq!(avg.len(), 1);
+    assert_eq!(avg[0].0, json!({"__name__": "temp", "room": "lab"}));
+    assert_eq!(avg[0].1, 4.5);
+    // `auto` reads the tier for a time raw retention no longer covers.
+    let data = admin
+        .prometheus_api(
+            "/api/v1/query_range",
+            &[
+                ("query", "temp"),
+                ("start", &at(base)),
+                ("end", &at(base + 4_000)),
+                ("step", "1"),
+                ("max_source_resolution", "auto"),
+            ],
+        )
+        .await
+        .unwrap();
+    let values = data["result"][0]["values"].as_array().unwrap();
+    assert_eq!(values.len(), 5);
+    assert!(values.iter().all(|v| v[1] == "4.5"), "{values:?}");
+    // A resolution with no tier is a clear 400.
+    let err = admin
+        .prometheus_api("/api/v1/query", &[("query", "temp"), ("resolution", "7m")])
+        .await
+        .unwrap_err();
+    let sb_client::ClientError::Api {
+        status, message, ..
+    } = err
+    else {
+        panic!("{err:?}")
+    };
+    assert_eq!(status, 400);
+    assert!(message.contains("not a rollup tier"), "{message}");
+}
