@@ -3,6 +3,7 @@
 
 pub mod alerts;
 pub mod exposition;
+mod limits;
 pub mod line_protocol;
 pub mod promql;
 pub mod remote_write;

@@ -2,6 +2,7 @@
 //! over it. Transport-free: `sb-server` maps HTTP onto these calls.
 
 use crate::alerts::{self, Alerting, Notification, RoutingConfig, RuleStatus, Silence};
+use crate::limits::{SampleBudget, TenantLimits};
 use crate::promql::{self, Engine, EngineConfig, QueryError, Series, Value};
 use sb_auth::{Action, Auth, AuthError, Ctx, Resource};
 use sb_core::config::MonitoringConfig;
@@ -19,8 +20,14 @@ pub enum MonitorError {
     BadData(String),
     #[error(transparent)]
     Query(#[from] QueryError),
-    #[error("over monitoring.samples_per_second_max ({limit}/s); retry in {retry_after_secs}s")]
-    RateLimited { limit: u64, retry_after_secs: u64 },
+    #[error("over {setting} ({limit} samples/s){who}; retry in {retry_after_secs}s")]
+    RateLimited {
+        setting: &'static str,
+        /// ` for tenant NAME` when the limit is the tenant's.
+        who: String,
+        limit: u64,
+        retry_after_secs: u64,
+    },
     #[error("the query ran longer than monitoring.query_timeout_ms and was cancelled")]
     Timeout,
     #[error(transparent)]
@@ -30,33 +37,6 @@ pub enum MonitorError {
 }
 
 pub type Result<T, E = MonitorError> = std::result::Result<T, E>;
-
-/// A token bucket over samples, with time passed in.
-struct SampleBudget {
-    per_second: u64,
-    tokens: f64,
-    at_ms: i64,
-}
-
-impl SampleBudget {
-    fn take(&mut self, n: u64, now_ms: i64) -> Result<(), u64> {
-        let elapsed = (now_ms - self.at_ms).max(0) as f64 / 1000.0;
-        let cap = self.per_second as f64;
-        self.tokens = (self.tokens + elapsed * cap).min(cap);
-        self.at_ms = now_ms;
-        if n as f64 <= self.tokens {
-            self.tokens -= n as f64;
-            return Ok(());
-        }
-        // A batch larger than a second's budget waits for a full bucket, then goes through.
-        let missing = (n as f64).min(cap) - self.tokens;
-        if missing <= 0.0 {
-            self.tokens = 0.0;
-            return Ok(());
-        }
-        Err((missing / cap).ceil().max(1.0) as u64)
-    }
-}
 
 /// A rollup tier: its own database of per-bucket aggregates.
 struct Tier {
@@ -91,6 +71,7 @@ pub struct Monitor {
     auth: Arc<Auth>,
     cfg: MonitoringConfig,
     budget: Mutex<SampleBudget>,
+    tenants: Mutex<TenantLimits>,
     alerting: Arc<Mutex<Alerting>>,
     silences: Mutex<Vec<Silence>>,
     silences_path: std::path::PathBuf,
@@ -174,11 +155,12 @@ impl Monitor {
             });
         }
         tiers.sort_by_key(|t| t.resolution_ms);
-        let budget = Mutex::new(SampleBudget {
-            per_second: cfg.samples_per_second_max.max(1),
-            tokens: cfg.samples_per_second_max.max(1) as f64,
-            at_ms: 0,
-        });
+        let budget = Mutex::new(SampleBudget::new(cfg.samples_per_second_max));
+        let tenants = Mutex::new(TenantLimits::new(
+            cfg.tenant_samples_per_second_max,
+            cfg.tenant_series_max,
+            cfg.head_chunk_max_age_ms as i64,
+        ));
         let groups = read_rule_files(&cfg).map_err(MonitorError::BadData)?;
         let alerting = Alerting::new(
             groups,
@@ -201,6 +183,7 @@ impl Monitor {
                 auth,
                 cfg,
                 budget,
+                tenants,
                 alerting: Arc::new(Mutex::new(alerting)),
                 silences: Mutex::new(silences),
                 silences_path,
@@ -478,20 +461,36 @@ impl Monitor {
             }
         }
         let n: u64 = batch.iter().map(|(_, p)| p.len() as u64).sum();
-        {
-            let mut b = self.budget.lock().unwrap_or_else(|e| e.into_inner());
-            if let Err(retry_after_secs) = b.take(n, cx.now.0) {
+        let (tenant, now) = (cx.subject.user_id, cx.now.0);
+        let tenant_name = &cx.subject.username;
+        // The tenant's own limits first, so one tenant over its share never spends the
+        // server's budget.
+        let over_quota = {
+            let mut tenants = lock(&self.tenants);
+            if let Err(over) = tenants.charge(tenant, n, now) {
                 return Err(MonitorError::RateLimited {
+                    setting: "monitoring.tenant_samples_per_second_max",
+                    who: format!(" for tenant {tenant_name}"),
+                    limit: over.limit,
+                    retry_after_secs: over.retry_after_secs,
+                });
+            }
+            if let Err(retry_after_secs) = lock(&self.budget).take(n, now) {
+                return Err(MonitorError::RateLimited {
+                    setting: "monitoring.samples_per_second_max",
+                    who: String::new(),
                     limit: self.cfg.samples_per_second_max,
                     retry_after_secs,
                 });
             }
-        }
+            tenants.admit_series(tenant, tenant_name, &mut batch, now)
+        };
         let db = self.db.clone();
         let mut out = tokio::task::spawn_blocking(move || db.append(&batch))
             .await
             .map_err(|e| MonitorError::Internal(e.to_string()))??;
         out.rejected.extend(too_old);
+        out.rejected.extend(over_quota);
         Ok(out)
     }
 

@@ -86,6 +86,12 @@ pub enum Rejection {
     InvalidLabels { series: String, reason: String },
     /// Older than the retention period: it would be dropped at once.
     TooOld { series: String, t: i64 },
+    /// The writing tenant is at its active-series limit.
+    TenantSeriesLimit {
+        tenant: String,
+        series: String,
+        limit: usize,
+    },
 }
 
 impl std::fmt::Display for Rejection {
@@ -99,6 +105,14 @@ impl std::fmt::Display for Rejection {
                 "series limit of {limit} reached; {series} was not created (raise tsdb.series_max)"
             ),
             Rejection::InvalidLabels { series, reason } => write!(f, "{series}: {reason}"),
+            Rejection::TenantSeriesLimit {
+                tenant,
+                series,
+                limit,
+            } => write!(
+                f,
+                "tenant {tenant} has {limit} active series (monitoring.tenant_series_max); {series} was not created"
+            ),
             Rejection::TooOld { series, t } => write!(
                 f,
                 "sample at {t} for {series} is older than the retention period (monitoring.retention_ms)"

@@ -1354,3 +1354,78 @@ async fn rollups_outlive_raw_samples_and_answer_at_their_resolution() {
     assert_eq!(status, 400);
     assert!(message.contains("not a rollup tier"), "{message}");
 }
+
+#[tokio::test]
+async fn each_tenant_has_its_own_series_and_rate_limits() {
+    let server = TestServer::start_with(ServerOptions {
+        env: vec![
+            ("SB_MONITORING__SELF_SCRAPE_INTERVAL_MS", "0".into()),
+            ("SB_MONITORING__TENANT_SERIES_MAX", "2".into()),
+            ("SB_MONITORING__TENANT_SAMPLES_PER_SECOND_MAX", "100".into()),
+        ],
+        ..Default::default()
+    });
+    let admin = server.admin().await;
+    let bob = server.user(&admin, "bob").await;
+    let t = now_ms() - 60_000;
+    let series = |name: &str, n: i64| {
+        (
+            l(&[("__name__", name)]),
+            (0..n).map(|i| (t + i, 1.0)).collect::<Vec<_>>(),
+        )
+    };
+
+    // Three new series from one tenant: two fit, the third is refused by name.
+    let (s, body) = write(&admin, &[series("a", 1), series("b", 1), series("c", 1)]).await;
+    assert_eq!(s, 400, "{body}");
+    assert!(
+        body.contains(
+            "tenant admin has 2 active series (monitoring.tenant_series_max); c{} was not created"
+        ),
+        "{body}"
+    );
+    let stored = admin
+        .prometheus_api("/api/v1/series", &[("match[]", "{__name__=~\"a|b|c\"}")])
+        .await
+        .unwrap();
+    assert_eq!(stored.as_array().unwrap().len(), 2, "{stored}");
+    // Bob has his own two.
+    let (s, body) = write(&bob, &[series("c", 1), series("d", 1)]).await;
+    assert_eq!(s, 204, "{body}");
+
+    // Over its samples per second, a tenant gets 429 with Retry-After; the other goes on.
+    let resp = admin
+        .raw_with_headers(
+            Method::POST,
+            "/api/v1/write",
+            &[
+                ("content-type", "application/x-protobuf"),
+                ("content-encoding", "snappy"),
+            ],
+            remote_write::encode(&[series("a", 90)]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    let resp = admin
+        .raw_with_headers(
+            Method::POST,
+            "/api/v1/write",
+            &[
+                ("content-type", "application/x-protobuf"),
+                ("content-encoding", "snappy"),
+            ],
+            remote_write::encode(&[series("b", 50)]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 429);
+    assert!(resp.headers().contains_key("retry-after"));
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.contains("monitoring.tenant_samples_per_second_max (100 samples/s) for tenant admin"),
+        "{text}"
+    );
+    let (s, body) = write(&bob, &[(l(&[("__name__", "d")]), vec![(t + 1_000, 2.0)])]).await;
+    assert_eq!(s, 204, "{body}");
+}
