@@ -4,7 +4,7 @@
 use sb_core::UserId;
 use sb_tsdb::{Batch, Rejection};
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 
 /// A token bucket over samples.
 pub(crate) struct SampleBudget {
@@ -123,9 +123,7 @@ impl TenantLimits {
             if points.is_empty() {
                 return true;
             }
-            let mut h = hasher.build_hasher();
-            labels.hash(&mut h);
-            let key = h.finish();
+            let key = hasher.hash_one(labels);
             let full = usage.series.len() >= max;
             match usage.series.get_mut(&key) {
                 Some(last) => *last = now,
