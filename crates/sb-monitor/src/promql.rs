@@ -108,8 +108,66 @@ impl Value {
 /// Called with a series' labels and its samples in a window.
 type WindowFn<'f> = dyn FnMut(&Labels, &[(i64, f64)]) + 'f;
 
-/// A window `[lo, hi]` loaded for a selector, and its series.
-type Loaded = (i64, i64, Vec<sb_tsdb::SeriesSamples>);
+/// A window `[lo, hi]` loaded for a selector, its series, and per series where the last
+/// window sliced from it began and ended (steps move forward, so the next slice is found by
+/// stepping on from there instead of searching the whole series again).
+struct Loaded {
+    lo: i64,
+    hi: i64,
+    data: Vec<sb_tsdb::SeriesSamples>,
+    cursors: Vec<std::cell::Cell<(usize, usize)>>,
+}
+
+/// `[from, to)` of the samples in `[mint, maxt]`, starting from the previous slice `cur`.
+fn slice_bounds(
+    samples: &[(i64, f64)],
+    cur: &std::cell::Cell<(usize, usize)>,
+    mint: i64,
+    maxt: i64,
+) -> (usize, usize) {
+    // First index with time > `bound` (`after`) or >= `bound`, searching on from `i` when the
+    // answer lies ahead of it and close.
+    let seek = |i: usize, pred: &dyn Fn(i64) -> bool| -> usize {
+        let i = i.min(samples.len());
+        if i > 0 && !pred(samples[i - 1].0) {
+            // Went backwards (an `@` or offset jump): search from scratch.
+            return samples.partition_point(|p| pred(p.0));
+        }
+        let mut j = i;
+        while j < samples.len() && j < i + 16 {
+            if !pred(samples[j].0) {
+                return j;
+            }
+            j += 1;
+        }
+        j + samples[j..].partition_point(|p| pred(p.0))
+    };
+    let (from0, to0) = cur.get();
+    let from = seek(from0, &|t| t < mint);
+    let to = seek(to0.max(from), &|t| t <= maxt).max(from);
+    cur.set((from, to));
+    (from, to)
+}
+
+/// Hashes the `usize` keys of per-query caches (addresses) with one multiply.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (self.0.rotate_left(29) ^ n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
 
 pub struct Engine<'a> {
     db: &'a Tsdb,
@@ -122,10 +180,12 @@ pub struct Engine<'a> {
     cache: std::cell::RefCell<HashMap<usize, Loaded>>,
     /// Label sets without their metric name, worked out once per query.
     /// Keyed by [`Labels::shared_id`]; the keys' label sets stay alive in `keep_alive`.
-    name_dropped: std::cell::RefCell<HashMap<usize, Labels>>,
+    name_dropped: std::cell::RefCell<IdMap<usize, Labels>>,
     keep_alive: std::cell::RefCell<Vec<Labels>>,
     /// Aggregation group of a label set, per aggregation (by its address in the AST).
-    group_keys: std::cell::RefCell<HashMap<(usize, usize), Labels>>,
+    group_keys: std::cell::RefCell<IdMap<(usize, usize), Labels>>,
+    /// One shared label set per distinct group, so groups compare by address.
+    group_sets: std::cell::RefCell<HashSet<Labels>>,
     /// Query start and end, for `@ start()` / `@ end()`.
     start: i64,
     end: i64,
@@ -162,9 +222,10 @@ impl<'a> Engine<'a> {
             cancel: None,
             loaded: std::cell::Cell::new(0),
             cache: std::cell::RefCell::new(HashMap::new()),
-            name_dropped: std::cell::RefCell::new(HashMap::new()),
+            name_dropped: std::cell::RefCell::new(IdMap::default()),
             keep_alive: std::cell::RefCell::new(Vec::new()),
-            group_keys: std::cell::RefCell::new(HashMap::new()),
+            group_keys: std::cell::RefCell::new(IdMap::default()),
+            group_sets: std::cell::RefCell::new(HashSet::new()),
             start: 0,
             end: 0,
         }
@@ -172,9 +233,6 @@ impl<'a> Engine<'a> {
 
     /// `l` without its metric name (remembered for the rest of the query).
     fn drop_name(&self, l: &Labels) -> Labels {
-        if l.metric_name().is_none() {
-            return l.clone();
-        }
         if self.start == self.end {
             // One evaluation: nothing to reuse.
             return drop_name(l);
@@ -182,7 +240,11 @@ impl<'a> Engine<'a> {
         if let Some(v) = self.name_dropped.borrow().get(&l.shared_id()) {
             return v.clone();
         }
-        let v = drop_name(l);
+        let v = if l.metric_name().is_none() {
+            l.clone()
+        } else {
+            drop_name(l)
+        };
         self.name_dropped
             .borrow_mut()
             .insert(l.shared_id(), v.clone());
@@ -325,14 +387,15 @@ impl<'a> Engine<'a> {
         }
         let key = self.ensure_cached(vs, mint, maxt)?;
         let cache = self.cache.borrow();
-        let Some((_, _, data)) = cache.get(&key) else {
+        let Some(loaded) = cache.get(&key) else {
             return Ok(Vec::new());
         };
-        Ok(data
+        Ok(loaded
+            .data
             .iter()
-            .filter_map(|s| {
-                let from = s.samples.partition_point(|p| p.0 < mint);
-                let to = s.samples.partition_point(|p| p.0 <= maxt);
+            .zip(&loaded.cursors)
+            .filter_map(|(s, cur)| {
+                let (from, to) = slice_bounds(&s.samples, cur, mint, maxt);
                 (from < to).then(|| sb_tsdb::SeriesSamples {
                     labels: s.labels.clone(),
                     samples: s.samples[from..to].to_vec(),
@@ -369,10 +432,9 @@ impl<'a> Engine<'a> {
         }
         let key = self.ensure_cached(vs, mint, maxt)?;
         let cache = self.cache.borrow();
-        if let Some((_, _, data)) = cache.get(&key) {
-            for s in data {
-                let from = s.samples.partition_point(|p| p.0 < mint);
-                let to = s.samples.partition_point(|p| p.0 <= maxt);
+        if let Some(loaded) = cache.get(&key) {
+            for (s, cur) in loaded.data.iter().zip(&loaded.cursors) {
+                let (from, to) = slice_bounds(&s.samples, cur, mint, maxt);
                 call(&s.labels, &s.samples[from..to]);
             }
         }
@@ -386,16 +448,25 @@ impl<'a> Engine<'a> {
             .cache
             .borrow()
             .get(&key)
-            .is_some_and(|(lo, hi, _)| *lo <= mint && maxt <= *hi);
+            .is_some_and(|l| l.lo <= mint && maxt <= l.hi);
         if !covered {
             // Load through the last step: later steps read from the same window, shifted.
             let (mut lo, mut hi) = (mint, maxt.saturating_add(self.end - self.start));
-            if let Some((clo, chi, _)) = self.cache.borrow().get(&key) {
-                lo = lo.min(*clo);
-                hi = hi.max(*chi);
+            if let Some(l) = self.cache.borrow().get(&key) {
+                lo = lo.min(l.lo);
+                hi = hi.max(l.hi);
             }
             let data = self.load(vs, lo, hi)?;
-            self.cache.borrow_mut().insert(key, (lo, hi, data));
+            let cursors = data.iter().map(|_| Default::default()).collect();
+            self.cache.borrow_mut().insert(
+                key,
+                Loaded {
+                    lo,
+                    hi,
+                    data,
+                    cursors,
+                },
+            );
         }
         Ok(key)
     }
@@ -663,29 +734,49 @@ impl<'a> Engine<'a> {
         };
         let key = a as *const AggregateExpr as usize;
         let mut groups: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
-        for s in input {
-            if self.start == self.end {
+        if self.start == self.end {
+            for s in input {
                 groups.entry(group_of(&s.labels)).or_default().push(s);
-                continue;
             }
-            let cached = self
-                .group_keys
-                .borrow()
-                .get(&(key, s.labels.shared_id()))
-                .cloned();
-            let g = match cached {
-                Some(g) => g,
-                None => {
-                    let g = group_of(&s.labels);
-                    self.group_keys
-                        .borrow_mut()
-                        .insert((key, s.labels.shared_id()), g.clone());
-                    // Kept alive so its address is not reused by another set in this query.
-                    self.keep_alive.borrow_mut().push(s.labels.clone());
-                    g
-                }
-            };
-            groups.entry(g).or_default().push(s);
+        } else {
+            // A range query: each series' group is worked out once, and equal groups share
+            // one label set, so samples are grouped by address.
+            let mut by_addr: IdMap<usize, (Labels, Vec<Sample>)> = IdMap::default();
+            for s in input {
+                let cached = self
+                    .group_keys
+                    .borrow()
+                    .get(&(key, s.labels.shared_id()))
+                    .cloned();
+                let g = match cached {
+                    Some(g) => g,
+                    None => {
+                        let g = group_of(&s.labels);
+                        let g = {
+                            let mut sets = self.group_sets.borrow_mut();
+                            match sets.get(&g) {
+                                Some(shared) => shared.clone(),
+                                None => {
+                                    sets.insert(g.clone());
+                                    g
+                                }
+                            }
+                        };
+                        self.group_keys
+                            .borrow_mut()
+                            .insert((key, s.labels.shared_id()), g.clone());
+                        // Kept alive so its address is not reused by another set in this query.
+                        self.keep_alive.borrow_mut().push(s.labels.clone());
+                        g
+                    }
+                };
+                by_addr
+                    .entry(g.shared_id())
+                    .or_insert_with(|| (g, Vec::new()))
+                    .1
+                    .push(s);
+            }
+            groups.extend(by_addr.into_values());
         }
         let k = |p: &Option<Value>| -> Result<usize> {
             match p {

@@ -538,3 +538,59 @@ fn a_subquery_over_a_constant_is_bounded_by_the_sample_budget() {
         .unwrap_err();
     assert!(e.to_string().contains("too many samples"), "{e}");
 }
+
+/// A range query reuses what it loads across steps (windows are sliced on from the previous
+/// step, groups worked out once); each step must still equal an instant query at that time.
+#[test]
+fn a_range_query_equals_an_instant_query_at_every_step() {
+    let (_dir, db) = fixture();
+    let queries = [
+        "http_requests_total",
+        "temp offset 2m",
+        "temp @ 300",
+        "rate(http_requests_total[1m])",
+        "sum by (job) (rate(http_requests_total[2m]))",
+        "sum without (instance) (increase(http_requests_total[90s] offset 1m))",
+        "max_over_time(temp[3m] @ 450)",
+        "avg_over_time(gone[1m])",
+        "gone",
+        "topk(1, http_requests_total)",
+        "count by (code) (http_requests_total > 20)",
+        "max_over_time(rate(http_requests_total[1m])[3m:30s])",
+        "temp - on(room) group_left temp offset 1m",
+        "sum(capacity) / count(capacity)",
+    ];
+    let (start, end, step) = (0, 600, 35);
+    for q in queries {
+        let expr = parse(q).unwrap();
+        let m = Engine::new(&db, EngineConfig::default())
+            .range(&expr, start * S, end * S, step * S)
+            .unwrap_or_else(|e| panic!("{q}: {e}"));
+        let mut t = start;
+        while t <= end {
+            let mut from_range: Result = m
+                .iter()
+                .filter_map(|s| {
+                    let p = s.points.iter().find(|p| p.0 == t * S)?;
+                    Some((s.labels.to_string(), p.1))
+                })
+                .collect();
+            let mut instant = run(&db, q, t);
+            if instant.len() == 1 && instant[0].0 == "scalar" {
+                instant[0].0 = "{}".into();
+            }
+            from_range.sort_by(|a, b| a.0.cmp(&b.0));
+            instant.sort_by(|a, b| a.0.cmp(&b.0));
+            let same = from_range.len() == instant.len()
+                && from_range
+                    .iter()
+                    .zip(&instant)
+                    .all(|(a, b)| a.0 == b.0 && close(a.1, b.1));
+            assert!(
+                same,
+                "{q} at {t}s: range {from_range:?}, instant {instant:?}"
+            );
+            t += step;
+        }
+    }
+}
