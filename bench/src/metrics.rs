@@ -253,6 +253,8 @@ async fn load(
             }
         }
     }
+    let requests: usize = plans.iter().map(Vec::len).sum();
+    eprintln!("{}: {requests} requests encoded; sending…", t.name);
     let started = Instant::now();
     let tasks = plans.into_iter().map(|plan| async move {
         for body in plan {

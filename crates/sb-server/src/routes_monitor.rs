@@ -186,7 +186,9 @@ async fn remote_write_handler(
         Err(e) => return write_error(e),
     };
     let limit = st.config.monitoring.write_decompressed_bytes_max;
-    let batch = match remote_write::decode(&body, limit) {
+    // Series the store already has reuse its label sets: no label allocation per request.
+    let db = monitor(&st).db();
+    let batch = match remote_write::decode_with(&body, limit, &|q| db.resolve(q)) {
         Ok(b) => b,
         Err(e) => return write_error(MonitorError::BadData(e.to_string())),
     };

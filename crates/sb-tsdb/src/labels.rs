@@ -6,11 +6,88 @@ use std::fmt;
 pub const METRIC_NAME: &str = "__name__";
 
 /// Labels sorted by name, names unique, no empty values (an empty value means "absent").
-/// Shared: cloning a label set is a reference count, which queries do a great deal.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Labels(std::sync::Arc<Vec<(String, String)>>);
+/// Shared: cloning a label set is a reference count, which queries do a great deal. The hash
+/// is worked out once, when the set is built, so the maps keyed by label sets (the head's
+/// index, a write's batch, a tenant's series) never hash the strings again.
+#[derive(Clone, Debug)]
+pub struct Labels(std::sync::Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    pairs: Vec<(String, String)>,
+    hash: u64,
+}
+
+/// Seeded once per process at random, so nobody can pick label sets that collide.
+fn hasher() -> &'static foldhash::quality::RandomState {
+    static STATE: std::sync::OnceLock<foldhash::quality::RandomState> = std::sync::OnceLock::new();
+    STATE.get_or_init(Default::default)
+}
+
+impl Default for Labels {
+    fn default() -> Self {
+        Self::from_sorted(Vec::new())
+    }
+}
+
+/// Hashes a [`Labels`] key by passing its precomputed (randomly seeded) hash through.
+#[derive(Clone, Copy, Default)]
+pub struct LabelsHasher(u64);
+
+impl std::hash::Hasher for LabelsHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is expected; anything else still hashes, just not as fast.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
+}
+
+/// A map keyed by label sets that never rehashes their strings.
+pub type LabelsMap<V> =
+    std::collections::HashMap<Labels, V, std::hash::BuildHasherDefault<LabelsHasher>>;
+
+impl PartialEq for Labels {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+            || (self.0.hash == other.0.hash && self.0.pairs == other.0.pairs)
+    }
+}
+
+impl Eq for Labels {}
+
+impl PartialOrd for Labels {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Labels {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.pairs.cmp(&other.0.pairs)
+    }
+}
+
+impl std::hash::Hash for Labels {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0.hash);
+    }
+}
 
 impl Labels {
+    /// Wraps pairs already sorted, unique and without empty values.
+    fn from_sorted(pairs: Vec<(String, String)>) -> Self {
+        use std::hash::BuildHasher;
+        let hash = hasher().hash_one(&pairs);
+        Self(std::sync::Arc::new(Inner { pairs, hash }))
+    }
+
     /// Sorts, drops empty values; the last of duplicate names wins.
     pub fn new(mut pairs: Vec<(String, String)>) -> Self {
         pairs.retain(|(_, v)| !v.is_empty());
@@ -22,7 +99,7 @@ impl Labels {
                 _ => out.push((n, v)),
             }
         }
-        Self(std::sync::Arc::new(out))
+        Self::from_sorted(out)
     }
 
     pub fn from_pairs(pairs: &[(&str, &str)]) -> Self {
@@ -34,6 +111,29 @@ impl Labels {
         )
     }
 
+    /// The label set's hash (the one maps keyed by it use).
+    pub fn hash_value(&self) -> u64 {
+        self.0.hash
+    }
+
+    /// The hash a label set of these pairs has; they must be sorted by name, names unique,
+    /// values non-empty (as [`Labels::new`] leaves them).
+    pub fn hash_pairs(pairs: &[(&str, &str)]) -> u64 {
+        use std::hash::BuildHasher;
+        hasher().hash_one(pairs)
+    }
+
+    /// Whether this set holds exactly these (sorted) pairs.
+    pub fn eq_pairs(&self, pairs: &[(&str, &str)]) -> bool {
+        self.0.pairs.len() == pairs.len()
+            && self
+                .0
+                .pairs
+                .iter()
+                .zip(pairs)
+                .all(|((n, v), (pn, pv))| n == pn && v == pv)
+    }
+
     /// The address of this shared label set: equal for clones of one set, so a cache can key
     /// on it while the set is alive (it says nothing about sets built separately).
     pub fn shared_id(&self) -> usize {
@@ -41,10 +141,11 @@ impl Labels {
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
+        let pairs = &self.0.pairs;
+        pairs
             .binary_search_by(|(n, _)| n.as_str().cmp(name))
             .ok()
-            .map(|i| self.0[i].1.as_str())
+            .map(|i| pairs[i].1.as_str())
     }
 
     pub fn metric_name(&self) -> Option<&str> {
@@ -52,29 +153,32 @@ impl Labels {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+        self.0.pairs.iter().map(|(n, v)| (n.as_str(), v.as_str()))
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.0.pairs.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.pairs.is_empty()
     }
 
     /// Bytes of names and values, for limits.
     pub fn byte_len(&self) -> usize {
-        self.0.iter().map(|(n, v)| n.len() + v.len()).sum()
+        self.0.pairs.iter().map(|(n, v)| n.len() + v.len()).sum()
     }
 
     pub fn into_pairs(self) -> Vec<(String, String)> {
-        std::sync::Arc::try_unwrap(self.0).unwrap_or_else(|shared| (*shared).clone())
+        match std::sync::Arc::try_unwrap(self.0) {
+            Ok(inner) => inner.pairs,
+            Err(shared) => shared.pairs.clone(),
+        }
     }
 
     /// A copy with `name` set to `value` (removed when `value` is empty).
     pub fn with(&self, name: &str, value: &str) -> Self {
-        let mut pairs = (*self.0).clone();
+        let mut pairs = self.0.pairs.clone();
         pairs.retain(|(n, _)| n != name);
         pairs.push((name.to_string(), value.to_string()));
         Self::new(pairs)
@@ -82,27 +186,34 @@ impl Labels {
 
     /// A copy without these names.
     pub fn without(&self, names: &[&str]) -> Self {
-        if !self.0.iter().any(|(n, _)| names.contains(&n.as_str())) {
+        if !self
+            .0
+            .pairs
+            .iter()
+            .any(|(n, _)| names.contains(&n.as_str()))
+        {
             return self.clone();
         }
-        Self(std::sync::Arc::new(
+        Self::from_sorted(
             self.0
+                .pairs
                 .iter()
                 .filter(|(n, _)| !names.contains(&n.as_str()))
                 .cloned()
                 .collect(),
-        ))
+        )
     }
 
     /// A copy with only these names.
     pub fn keep(&self, names: &[&str]) -> Self {
-        Self(std::sync::Arc::new(
+        Self::from_sorted(
             self.0
+                .pairs
                 .iter()
                 .filter(|(n, _)| names.contains(&n.as_str()))
                 .cloned()
                 .collect(),
-        ))
+        )
     }
 }
 
@@ -110,8 +221,8 @@ impl Labels {
 impl serde::Serialize for Labels {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let mut m = s.serialize_map(Some(self.0.len()))?;
-        for (n, v) in self.0.iter() {
+        let mut m = s.serialize_map(Some(self.len()))?;
+        for (n, v) in self.iter() {
             m.serialize_entry(n, v)?;
         }
         m.end()
@@ -200,6 +311,20 @@ impl Matcher {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn borrowed_pairs_hash_and_compare_like_the_label_set() {
+        let l = Labels::from_pairs(&[("job", "api"), ("__name__", "up")]);
+        let pairs = [("__name__", "up"), ("job", "api")];
+        assert_eq!(Labels::hash_pairs(&pairs), l.hash_value());
+        assert!(l.eq_pairs(&pairs));
+        assert!(!l.eq_pairs(&pairs[..1]));
+        assert!(!l.eq_pairs(&[("__name__", "up"), ("job", "db")]));
+        assert_eq!(Labels::default(), Labels::new(Vec::new()));
+        let mut map = LabelsMap::default();
+        map.insert(l.clone(), 1);
+        assert_eq!(map.get(&Labels::from_pairs(&pairs)), Some(&1));
+    }
 
     #[test]
     fn labels_sort_dedupe_and_drop_empty_values() {

@@ -15,7 +15,7 @@ pub mod labels;
 pub mod rollup;
 pub mod wal;
 
-pub use labels::{Labels, METRIC_NAME, MatchOp, Matcher};
+pub use labels::{Labels, LabelsMap, METRIC_NAME, MatchOp, Matcher};
 
 use chunk::{Chunk, ChunkWriter};
 use chunkfile::{ChunkFiles, DiskRef};
@@ -192,7 +192,8 @@ struct MemSeries {
 #[derive(Default)]
 struct Head {
     series: Vec<Option<MemSeries>>,
-    by_labels: HashMap<Labels, u32>,
+    /// Series ids by their labels' hash (the labels themselves are in `series`).
+    by_labels: hashbrown::HashTable<u32>,
     /// name → value → series ids, ascending.
     postings: BTreeMap<String, BTreeMap<String, Vec<u32>>>,
     samples: u64,
@@ -200,6 +201,7 @@ struct Head {
 
 impl Head {
     fn add_series(&mut self, id: u32, labels: Labels) {
+        self.remove_series(id);
         let i = id as usize;
         if self.series.len() <= i {
             self.series.resize_with(i + 1, || None);
@@ -215,13 +217,30 @@ impl Head {
                 list.insert(pos, id);
             }
         }
-        self.by_labels.insert(labels.clone(), id);
+        let hash = labels.hash_value();
         self.series[i] = Some(MemSeries {
             labels,
             sealed: Vec::new(),
             open: ChunkWriter::default(),
             last: None,
         });
+        let Head {
+            series, by_labels, ..
+        } = self;
+        by_labels.insert_unique(hash, id, |&x| series_hash(series, x));
+    }
+
+    /// The id of the series with these labels.
+    fn id_of(&self, labels: &Labels) -> Option<u32> {
+        self.by_labels
+            .find(labels.hash_value(), |&x| {
+                self.labels_of(x).is_some_and(|l| l == labels)
+            })
+            .copied()
+    }
+
+    fn labels_of(&self, id: u32) -> Option<&Labels> {
+        self.series.get(id as usize)?.as_ref().map(|s| &s.labels)
     }
 
     fn push(&mut self, id: u32, t: i64, v: f64) -> bool {
@@ -246,7 +265,12 @@ impl Head {
             return;
         };
         let Some(s) = slot.take() else { return };
-        self.by_labels.remove(&s.labels);
+        if let Ok(entry) = self
+            .by_labels
+            .find_entry(s.labels.hash_value(), |&x| x == id)
+        {
+            entry.remove();
+        }
         for (n, v) in s.labels.iter() {
             if let Some(values) = self.postings.get_mut(n) {
                 if let Some(list) = values.get_mut(v) {
@@ -352,6 +376,13 @@ fn series_samples(
         labels: s.labels.clone(),
         samples,
     })
+}
+
+fn series_hash(series: &[Option<MemSeries>], id: u32) -> u64 {
+    series
+        .get(id as usize)
+        .and_then(Option::as_ref)
+        .map_or(0, |s| s.labels.hash_value())
 }
 
 fn intersect(a: &[u32], b: &[u32]) -> Vec<u32> {
@@ -509,7 +540,7 @@ impl Tsdb {
         let mut writer = lock(&self.writer);
         {
             let head = self.read();
-            let mut pending: HashMap<&Labels, (u32, Option<i64>)> = HashMap::new();
+            let mut pending: LabelsMap<(u32, Option<i64>)> = LabelsMap::default();
             let mut next_id = head.series.len() as u32;
             for (labels, points) in batch {
                 if let Some(reason) = self.check_labels(labels) {
@@ -521,8 +552,8 @@ impl Tsdb {
                 }
                 let (id, mut last) = match pending.get(labels) {
                     Some(&(id, last)) => (id, last.map(|t| (t, f64::NAN))),
-                    None => match head.by_labels.get(labels) {
-                        Some(&id) => (id, head.series[id as usize].as_ref().and_then(|s| s.last)),
+                    None => match head.id_of(labels) {
+                        Some(id) => (id, head.series[id as usize].as_ref().and_then(|s| s.last)),
                         None => {
                             let live = head.by_labels.len() + new_series.len();
                             if live >= self.cfg.series_max {
@@ -560,7 +591,7 @@ impl Tsdb {
                         }
                     }
                 }
-                pending.insert(labels, (id, last.map(|(t, _)| t)));
+                pending.insert(labels.clone(), (id, last.map(|(t, _)| t)));
             }
         }
         out.samples = samples.len();
@@ -657,10 +688,26 @@ impl Tsdb {
         series_samples(s, &files, mint, maxt)
     }
 
+    /// For each query (a label set's hash and its sorted pairs, see [`Labels::hash_pairs`]),
+    /// the stored label set equal to it, if any: a writer reuses it instead of building its
+    /// own copy of labels the database already holds.
+    pub fn resolve(&self, queries: &[(u64, &[(&str, &str)])]) -> Vec<Option<Labels>> {
+        let head = self.read();
+        queries
+            .iter()
+            .map(|(hash, pairs)| {
+                let id = head.by_labels.find(*hash, |&x| {
+                    head.labels_of(x).is_some_and(|l| l.eq_pairs(pairs))
+                })?;
+                head.labels_of(*id).cloned()
+            })
+            .collect()
+    }
+
     /// Time of the newest sample of the series with exactly these labels.
     pub fn last_time(&self, labels: &Labels) -> Option<i64> {
         let head = self.read();
-        let id = *head.by_labels.get(labels)?;
+        let id = head.id_of(labels)?;
         head.series.get(id as usize)?.as_ref()?.last.map(|p| p.0)
     }
 
