@@ -36,10 +36,10 @@ pub struct EngineConfig {
     pub range_points_max: i64,
     /// Step of a subquery without one.
     pub subquery_step_ms: i64,
-    /// The database is a rollup tier (see [`sb_tsdb::rollup`]): a selector with a
-    /// `__rollup__` matcher reads that aggregate, one without reads the bucket average
-    /// (sum / count); the label is not shown.
-    pub rollup: bool,
+    /// The database is a rollup tier of this resolution (see [`sb_tsdb::rollup`]): a
+    /// selector with a `__rollup__` matcher reads the aggregates it matches, one without reads
+    /// the bucket average (sum / count).
+    pub rollup: Option<i64>,
 }
 
 impl Default for EngineConfig {
@@ -49,7 +49,7 @@ impl Default for EngineConfig {
             samples_max: 50_000_000,
             range_points_max: 11_000,
             subquery_step_ms: 60_000,
-            rollup: false,
+            rollup: None,
         }
     }
 }
@@ -485,8 +485,8 @@ impl<'a> Engine<'a> {
                     "vector selector must contain at least one non-empty matcher".into(),
                 ));
             }
-            let found = if self.cfg.rollup {
-                self.select_rollup(ms, mint, maxt)
+            let found = if let Some(res) = self.cfg.rollup {
+                self.select_rollup(ms, res, mint, maxt)
             } else {
                 self.db.select(&ms, mint, maxt)
             };
@@ -500,56 +500,68 @@ impl<'a> Engine<'a> {
         Ok(out)
     }
 
-    /// A selection from a rollup tier: the aggregate a `__rollup__` matcher names, or else
-    /// the average of each bucket. The label is dropped from the result.
+    /// A selection from a rollup tier: the aggregates a `__rollup__` matcher names (the label
+    /// shown only when it names several), or else each bucket's average.
     fn select_rollup(
         &self,
-        mut ms: Vec<Matcher>,
+        ms: Vec<Matcher>,
+        resolution: i64,
         mint: i64,
         maxt: i64,
     ) -> Vec<sb_tsdb::SeriesSamples> {
-        let strip = |mut list: Vec<sb_tsdb::SeriesSamples>| {
-            for s in &mut list {
-                s.labels = s.labels.without(&[ROLLUP_LABEL]);
-            }
-            list.sort_by(|a, b| a.labels.cmp(&b.labels));
-            list
-        };
-        if ms.iter().any(|m| m.name == ROLLUP_LABEL) {
-            return strip(self.db.select(&ms, mint, maxt));
-        }
-        ms.push(Matcher::equal(ROLLUP_LABEL, "sum"));
-        let sums = strip(self.db.select(&ms, mint, maxt));
-        if let Some(last) = ms.last_mut() {
-            *last = Matcher::equal(ROLLUP_LABEL, "count");
-        }
-        let counts: HashMap<Labels, Vec<(i64, f64)>> = strip(self.db.select(&ms, mint, maxt))
-            .into_iter()
-            .map(|s| (s.labels, s.samples))
-            .collect();
-        sums.into_iter()
-            .filter_map(|s| {
-                let count = counts.get(&s.labels)?;
-                let samples: Vec<(i64, f64)> = s
-                    .samples
+        use sb_tsdb::rollup::{AGGREGATES, demux};
+        let (wanted, ms): (Vec<Matcher>, Vec<Matcher>) =
+            ms.into_iter().partition(|m| m.name == ROLLUP_LABEL);
+        // A bucket's samples sit in its first milliseconds: widen the window to hold them.
+        let found = self
+            .db
+            .select(&ms, mint, maxt.saturating_add(AGGREGATES.len() as i64));
+        let mut out = Vec::new();
+        if wanted.is_empty() {
+            for s in found {
+                let sums = demux(&s.samples, resolution, 2);
+                let counts = demux(&s.samples, resolution, 3);
+                let samples: Vec<(i64, f64)> = sums
                     .iter()
-                    .filter_map(|&(t, sum)| {
-                        let i = count.binary_search_by_key(&t, |p| p.0).ok()?;
-                        (count[i].1 > 0.0).then(|| (t, sum / count[i].1))
-                    })
+                    .zip(&counts)
+                    .filter(|(a, b)| a.0 == b.0 && b.1 > 0.0 && a.0 >= mint && a.0 <= maxt)
+                    .map(|(a, b)| (a.0, a.1 / b.1))
                     .collect();
-                (!samples.is_empty()).then_some(sb_tsdb::SeriesSamples {
-                    labels: s.labels,
-                    samples,
-                })
-            })
-            .collect()
+                if !samples.is_empty() {
+                    out.push(sb_tsdb::SeriesSamples {
+                        labels: s.labels,
+                        samples,
+                    });
+                }
+            }
+            return out;
+        }
+        let aggs: Vec<usize> = (0..AGGREGATES.len())
+            .filter(|&i| wanted.iter().all(|m| m.matches(AGGREGATES[i])))
+            .collect();
+        for s in found {
+            for &i in &aggs {
+                let mut samples = demux(&s.samples, resolution, i);
+                samples.retain(|p| p.0 >= mint && p.0 <= maxt);
+                if samples.is_empty() {
+                    continue;
+                }
+                let labels = if aggs.len() > 1 {
+                    s.labels.with(ROLLUP_LABEL, AGGREGATES[i])
+                } else {
+                    s.labels.clone()
+                };
+                out.push(sb_tsdb::SeriesSamples { labels, samples });
+            }
+        }
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        out
     }
 
     fn instant_selector(&self, vs: &VectorSelector, t: i64) -> Result<Vec<Sample>> {
         let at = self.selector_time(vs, t);
         let mut out = Vec::new();
-        if self.start == self.end && !self.cfg.rollup {
+        if self.start == self.end && self.cfg.rollup.is_none() {
             // One evaluation: only each series' newest sample in the window is needed.
             let mut seen = HashSet::new();
             for ms in Self::selector_matchers(vs)? {

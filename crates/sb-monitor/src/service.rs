@@ -120,23 +120,21 @@ impl Monitor {
         let mut tiers: Vec<Tier> = Vec::new();
         for t in &cfg.rollups {
             let res = t.resolution_ms as i64;
-            if res < 1000 || tiers.iter().any(|x| x.resolution_ms == res) {
+            let min = sb_tsdb::rollup::RESOLUTION_MIN_MS;
+            if res < min || tiers.iter().any(|x| x.resolution_ms == res) {
                 return Err(MonitorError::BadData(format!(
-                    "monitoring.rollups: resolution_ms {res} must be at least 1000 and appear once"
+                    "monitoring.rollups: resolution_ms {res} must be at least {min} and appear once"
                 )));
             }
             let name = duration_name(res);
-            // Rollups are rebuilt from raw samples after a crash, so their log is not synced;
-            // each aggregate of a series is its own series, hence the larger series limit.
+            // Rollups are rebuilt from raw samples after a crash, so their log is not synced.
+            // A tier holds each raw series once, past raw retention too: its own series limit
+            // is not the head's.
             let (tier_db, tier_rec) = Tsdb::open(
                 &dir.join(format!("rollup-{name}")),
                 TsdbConfig {
                     sync: false,
-                    series_max: cfg
-                        .series_max
-                        .saturating_mul(sb_tsdb::rollup::AGGREGATES.len()),
-                    labels_per_series_max: cfg.labels_per_series_max + 1,
-                    label_bytes_max: cfg.label_bytes_max + 16,
+                    series_max: usize::MAX,
                     retention_ms: t.retention_ms as i64,
                     retention_bytes: 0,
                     // A bucket a few times an hour: an open chunk fills in hours, not minutes.
@@ -147,6 +145,7 @@ impl Monitor {
             if let Some(r) = tier_rec.repair {
                 tracing::warn!(tier = %name, reason = %r.reason, "rollup log cut; the lost buckets are rebuilt from raw samples where they are still kept");
             }
+            tier_db.share_labels_with(&db);
             tiers.push(Tier {
                 name,
                 resolution_ms: res,
@@ -523,7 +522,7 @@ impl Monitor {
             Source::Raw => self.db.clone(),
             Source::Tier(i) => {
                 let tier = &self.tiers[i];
-                cfg.rollup = true;
+                cfg.rollup = Some(tier.resolution_ms);
                 // The newest complete bucket starts up to two widths back.
                 cfg.lookback_ms = cfg.lookback_ms.max(2 * tier.resolution_ms);
                 tier.db.clone()

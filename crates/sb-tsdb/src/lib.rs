@@ -704,6 +704,18 @@ impl Tsdb {
             .collect()
     }
 
+    /// Replaces each series' label set by the equal one `other` holds, so both databases
+    /// share one copy in memory (a rollup tier and its raw samples, after a restart).
+    pub fn share_labels_with(&self, other: &Tsdb) {
+        let theirs = other.read();
+        let mut mine = self.write();
+        for s in mine.series.iter_mut().flatten() {
+            if let Some(l) = theirs.id_of(&s.labels).and_then(|id| theirs.labels_of(id)) {
+                s.labels = l.clone();
+            }
+        }
+    }
+
     /// Time of the newest sample of the series with exactly these labels.
     pub fn last_time(&self, labels: &Labels) -> Option<i64> {
         let head = self.read();

@@ -2,20 +2,36 @@
 //! minimum, maximum, sum and count, kept in a database of their own with a longer retention
 //! than the raw samples.
 //!
-//! A rollup database (a "tier") holds, for every raw series, four series: the raw labels plus
-//! [`ROLLUP_LABEL`] set to `min`, `max`, `sum` or `count`. A bucket `[b, b + resolution)` is
-//! stored at time `b` once it is complete: the series has a sample at or after its end (samples
-//! arrive in order), or its end is `settle_ms` in the past. Each bucket is written once; the
-//! newest `count` sample of a series says how far it has been rolled up, so the work survives
-//! restarts without a bookkeeping file. NaN samples (staleness markers) are left out.
+//! A rollup database (a "tier") holds one series per raw series, with the same labels. A
+//! bucket `[b, b + resolution)` is four samples: min at `b`, max at `b + 1`, sum at `b + 2` and
+//! count at `b + 3` (milliseconds; resolutions are at least a second), so a tier costs one
+//! series per raw series, not four. [`demux`] takes one aggregate back out. A bucket is stored
+//! once it is complete: the series has a sample at or after its end (samples arrive in order),
+//! or its end is `settle_ms` in the past. Each bucket is written once; a series' newest sample
+//! in the tier says how far it has been rolled up, so the work survives restarts without a
+//! bookkeeping file. NaN samples (staleness markers) are left out.
 
 use crate::{Labels, Point, Tsdb, TsdbError};
 
-/// The label that tells the aggregates of one series apart in a rollup database.
+/// The selector label a query names an aggregate with (`x{__rollup__="max"}`); it is never
+/// stored.
 pub const ROLLUP_LABEL: &str = "__rollup__";
 
-/// The aggregates kept per bucket, as the values of [`ROLLUP_LABEL`].
+/// The aggregates kept per bucket, in their order within a bucket (and the values of
+/// [`ROLLUP_LABEL`]).
 pub const AGGREGATES: [&str; 4] = ["min", "max", "sum", "count"];
+
+/// Smallest resolution: a bucket's four samples need distinct milliseconds well inside it.
+pub const RESOLUTION_MIN_MS: i64 = 1000;
+
+/// One aggregate's samples out of a tier series' samples, stamped at their bucket's start.
+pub fn demux(samples: &[Point], resolution: i64, aggregate: usize) -> Vec<Point> {
+    samples
+        .iter()
+        .filter(|p| (p.0 - bucket_start(p.0, resolution)) as usize == aggregate)
+        .map(|p| (p.0 - aggregate as i64, p.1))
+        .collect()
+}
 
 /// One complete bucket of one series.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -78,7 +94,7 @@ pub fn roll_up(
     now: i64,
     settle_ms: i64,
 ) -> Result<RollupStats, TsdbError> {
-    let resolution = resolution.max(1);
+    let resolution = resolution.max(RESOLUTION_MIN_MS);
     let settled = bucket_start(now.saturating_sub(settle_ms), resolution);
     let mut st = RollupStats::default();
     let mut batch = Vec::new();
@@ -87,9 +103,8 @@ pub fn roll_up(
         let Some(last) = last else { continue };
         // Buckets ending at or before this are complete.
         let complete_end = bucket_start(last, resolution).max(settled.min(last + 1));
-        let count_labels = labels.with(ROLLUP_LABEL, "count");
-        let from = match tier.last_time(&count_labels) {
-            Some(done) => done + resolution,
+        let from = match tier.last_time(&labels) {
+            Some(done) => bucket_start(done, resolution) + resolution,
             None => i64::MIN,
         };
         if from >= complete_end {
@@ -105,22 +120,17 @@ pub fn roll_up(
         st.series += 1;
         st.buckets += buckets.len();
         pending += buckets.len() * AGGREGATES.len();
-        for (i, name) in AGGREGATES.iter().enumerate() {
-            let series = if *name == "count" {
-                count_labels.clone()
-            } else {
-                labels.with(ROLLUP_LABEL, name)
-            };
-            batch.push((
-                series,
-                buckets
-                    .iter()
-                    .map(|b| (b.start, b.values()[i]))
-                    .collect::<Vec<Point>>(),
-            ));
-        }
-        // `count` goes last within a series, so a crash mid-batch never marks a bucket done
-        // whose other aggregates are missing (one append is one log record anyway).
+        let points: Vec<Point> = buckets
+            .iter()
+            .flat_map(|b| {
+                b.values()
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| (b.start + i as i64, v))
+            })
+            .collect();
+        // The tier shares the raw series' label set (one copy in memory).
+        batch.push((labels, points));
         if pending >= 50_000 {
             write(tier, &mut batch)?;
             pending = 0;
@@ -151,9 +161,12 @@ mod tests {
     const MIN5: i64 = 300_000;
 
     fn rolled(tier: &Tsdb, agg: &str) -> Vec<Point> {
-        let got = tier.select(&[Matcher::equal(ROLLUP_LABEL, agg)], i64::MIN, i64::MAX);
+        let got = tier.select(&[Matcher::equal("__name__", "cpu")], i64::MIN, i64::MAX);
         assert!(got.len() <= 1);
-        got.into_iter().flat_map(|s| s.samples).collect()
+        let i = AGGREGATES.iter().position(|a| *a == agg).unwrap();
+        got.into_iter()
+            .flat_map(|s| demux(&s.samples, MIN5, i))
+            .collect()
     }
 
     #[test]
@@ -203,6 +216,21 @@ mod tests {
         let st = roll_up(&raw, &tier, MIN5, later, 3_600_000).unwrap();
         assert_eq!(st.buckets, 1);
         assert_eq!(rolled(&tier, "sum").last(), Some(&(2 * MIN5, 21.0)));
-        assert_eq!(tier.series(&[Matcher::equal("host", "a")]).len(), 4);
+        assert_eq!(
+            tier.series(&[Matcher::equal("host", "a")]),
+            vec![cpu.clone()]
+        );
+        // Reopened, the tier builds its own label sets; it can share the raw ones again.
+        drop(tier);
+        let (tier, _) = Tsdb::open(&dir.path().join("5m"), TsdbConfig::default()).unwrap();
+        let raw_set = raw.series(&[]).remove(0);
+        assert_ne!(tier.series(&[]).remove(0).shared_id(), raw_set.shared_id());
+        tier.share_labels_with(&raw);
+        assert_eq!(tier.series(&[]).remove(0).shared_id(), raw_set.shared_id());
+        assert_eq!(
+            rolled(&tier, "count").len(),
+            3,
+            "and its buckets survive the reopen"
+        );
     }
 }
