@@ -17,7 +17,12 @@ use std::time::{Duration, Instant};
 
 mod chat;
 mod metrics;
+mod rollups;
 mod store;
+
+/// Counts heap bytes for `sb-bench rollups`.
+#[global_allocator]
+static ALLOCATOR: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INSTRUMENTED_SYSTEM;
 
 #[derive(Parser)]
 #[command(about = "Benchmarks against a real Switchboard server on this machine")]
@@ -39,6 +44,8 @@ enum Scenarios {
     Store(store::StoreArgs),
     /// Monitoring side by side with Prometheus: ingest, memory, disk, queries.
     Metrics(metrics::MetricsArgs),
+    /// What rollup tiers cost per series, in memory and on disk (in process).
+    Rollups(rollups::RollupArgs),
 }
 
 #[derive(clap::Args)]
@@ -217,6 +224,7 @@ async fn main() -> anyhow::Result<()> {
         Scenarios::Chat(args) => chat::run(&cli.sb, args).await,
         Scenarios::Store(args) => store::run(args).await,
         Scenarios::Metrics(args) => metrics::run(&cli.sb, args).await,
+        Scenarios::Rollups(args) => rollups::run(&args),
     }
 }
 

@@ -40,7 +40,7 @@ pub struct MetricsArgs {
     durability: String,
 }
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
@@ -77,7 +77,7 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 33)
 }
 
-fn labels(i: usize) -> Labels {
+pub fn labels(i: usize) -> Labels {
     let name = if i.is_multiple_of(2) {
         "bench_requests_total"
     } else {
@@ -97,7 +97,7 @@ fn labels(i: usize) -> Labels {
 }
 
 /// Series `i`'s value at step `k`: counters grow by small integers, gauges wander.
-fn value(i: usize, k: u64, counter_base: &mut [f64]) -> f64 {
+pub fn value(i: usize, k: u64, counter_base: &mut [f64]) -> f64 {
     let r = mix((i as u64) << 32 | k);
     if i.is_multiple_of(2) {
         counter_base[i] += (r % 20) as f64;
