@@ -457,7 +457,7 @@ pub async fn run(sb: &str, args: MetricsArgs) -> anyhow::Result<()> {
         args.series, args.minutes, args.interval_secs, args.writers, args.batch, args.durability
     );
     println!();
-    println!("| measure | Switchboard | Prometheus | ratio (Prometheus / Switchboard) |");
+    println!("| measure | Switchboard | Prometheus | Switchboard's lead (>1: ahead) |");
     println!("|---|---:|---:|---:|");
     let (a, b) = (&sb_report, &prom_report);
     let rate = |r: &Report| r.samples as f64 / r.ingest.as_secs_f64();
@@ -465,7 +465,7 @@ pub async fn run(sb: &str, args: MetricsArgs) -> anyhow::Result<()> {
         "| ingested samples/s (higher is better) | {:.0} | {:.0} | {:.2} |",
         rate(a),
         rate(b),
-        rate(b) / rate(a)
+        rate(a) / rate(b)
     );
     let bps = |r: &Report| r.disk as f64 / r.samples as f64;
     println!(
