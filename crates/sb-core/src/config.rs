@@ -320,6 +320,10 @@ pub struct MonitoringConfig {
     pub chunk_file_bytes: u64,
     /// A series' open chunk with no sample for this long is sealed and written out.
     pub head_chunk_max_age_ms: u64,
+    /// A series' chunks on disk within one window of this span (once complete) are merged
+    /// into one at a checkpoint, so memory per series grows with days kept, not chunks
+    /// (0: never). Rollup tiers use windows of 8192 buckets.
+    pub compact_span_ms: u64,
     /// How far back an instant selector looks for a sample (PromQL lookback delta).
     pub lookback_ms: u64,
     /// Samples one query may load into memory.
@@ -423,6 +427,7 @@ impl Default for MonitoringConfig {
             checkpoint_interval_ms: 10 * 60 * 1000,
             chunk_file_bytes: 128 * 1024 * 1024,
             head_chunk_max_age_ms: 3_600_000,
+            compact_span_ms: 24 * 3_600_000,
             lookback_ms: 5 * 60 * 1000,
             query_samples_max: 50_000_000,
             query_range_points_max: 11_000,
@@ -588,6 +593,9 @@ checkpoint_interval_ms = 600000
 chunk_file_bytes = 134217728
 # A series silent this long has its open chunk sealed and written out.
 head_chunk_max_age_ms = 3600000
+# A series' chunks on disk are merged into one per complete window of this span (0: never),
+# so the memory a series needs grows with the days kept, not with its chunks.
+compact_span_ms = 86400000
 # PromQL: how far back an instant selector looks for a sample.
 lookback_ms = 300000
 # Samples one query may load, points per series a range query may return, and its time limit.

@@ -115,6 +115,7 @@ impl Monitor {
             retention_bytes: cfg.retention_bytes,
             chunk_file_bytes: cfg.chunk_file_bytes,
             head_chunk_max_age_ms: cfg.head_chunk_max_age_ms as i64,
+            compact_span_ms: cfg.compact_span_ms as i64,
         };
         let (db, recovery) = Tsdb::open(dir, tsdb_cfg.clone())?;
         let mut tiers: Vec<Tier> = Vec::new();
@@ -139,6 +140,12 @@ impl Monitor {
                     retention_bytes: 0,
                     // A bucket a few times an hour: an open chunk fills in hours, not minutes.
                     head_chunk_max_age_ms: tsdb_cfg.head_chunk_max_age_ms.max(res * 120),
+                    // 8192 buckets of four samples fit one chunk (at most 65535 samples).
+                    compact_span_ms: if cfg.compact_span_ms > 0 {
+                        res * 8192
+                    } else {
+                        0
+                    },
                     ..tsdb_cfg.clone()
                 },
             )?;

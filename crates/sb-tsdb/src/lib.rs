@@ -51,6 +51,11 @@ pub struct TsdbConfig {
     pub chunk_file_bytes: u64,
     /// An open chunk with no sample newer than this is sealed at a checkpoint.
     pub head_chunk_max_age_ms: i64,
+    /// At checkpoints, a series' chunks on disk within one window of this span (aligned to
+    /// multiples of it, complete and older than `head_chunk_max_age_ms`) are merged into one,
+    /// so the references kept in memory grow with the retention in windows, not chunks
+    /// (0: never).
+    pub compact_span_ms: i64,
 }
 
 impl Default for TsdbConfig {
@@ -65,6 +70,7 @@ impl Default for TsdbConfig {
             retention_bytes: 0,
             chunk_file_bytes: 128 << 20,
             head_chunk_max_age_ms: 3_600_000,
+            compact_span_ms: 24 * 3_600_000,
         }
     }
 }
@@ -156,6 +162,9 @@ pub struct CheckpointStats {
     pub series_dropped: usize,
     pub chunks_dropped: usize,
     pub files_removed: usize,
+    /// Chunks merged into fewer, larger ones (see `compact_span_ms`), and how many they made.
+    pub chunks_compacted: usize,
+    pub compacted_into: usize,
     /// Chunk files, log and checkpoint afterwards.
     pub disk_bytes: u64,
 }
@@ -845,11 +854,131 @@ impl Tsdb {
         Ok(files + wal + checkpoint::size(&self.dir))
     }
 
+    /// Merges each series' runs of on-disk chunks that share a complete, old window of
+    /// `compact_span_ms` into one chunk. Returns (chunks merged, chunks written). Called with
+    /// the checkpoint lock held; the merged chunks' old files go once nothing refers to them.
+    fn compact(&self, now: i64) -> Result<(usize, usize), TsdbError> {
+        let span = self.cfg.compact_span_ms;
+        if span <= 0 {
+            return Ok((0, 0));
+        }
+        // Windows ending before this are complete: no chunk can still join them.
+        let done = now.saturating_sub(self.cfg.head_chunk_max_age_ms.max(0));
+        let window = |t: i64| t.div_euclid(span);
+        let (mut merged, mut written) = (0, 0);
+        let total = self.read().series.len();
+        // A thousand series at a time, so the chunks being merged never all sit in memory.
+        for first in (0..total).step_by(1000) {
+            // 1. Plan: (series, index of the first chunk, the chunks to merge).
+            let mut plan: Vec<(u32, usize, Vec<DiskRef>)> = Vec::new();
+            {
+                let head = self.read();
+                for id in first..(first + 1000).min(head.series.len()) {
+                    let Some(Some(s)) = head.series.get(id) else {
+                        continue;
+                    };
+                    let mut run: Vec<(usize, DiskRef)> = Vec::new();
+                    let mut flush = |run: &mut Vec<(usize, DiskRef)>| {
+                        if run.len() >= 2 {
+                            plan.push((id as u32, run[0].0, run.iter().map(|r| r.1).collect()));
+                        }
+                        run.clear();
+                    };
+                    for (i, c) in s.sealed.iter().enumerate() {
+                        let eligible = match c {
+                            Sealed::Disk(d) => {
+                                window(d.min_t) == window(d.max_t)
+                                    && (window(d.max_t) + 1).saturating_mul(span) <= done
+                            }
+                            Sealed::Mem(_) => false,
+                        };
+                        let Sealed::Disk(d) = c else {
+                            flush(&mut run);
+                            continue;
+                        };
+                        if !eligible {
+                            flush(&mut run);
+                            continue;
+                        }
+                        let joins = run.last().is_some_and(|(_, last)| {
+                            window(last.min_t) == window(d.min_t)
+                                && run.iter().map(|r| u32::from(r.1.count)).sum::<u32>()
+                                    + u32::from(d.count)
+                                    <= u32::from(u16::MAX)
+                        });
+                        if !joins {
+                            flush(&mut run);
+                        }
+                        run.push((i, *d));
+                    }
+                    flush(&mut run);
+                }
+            }
+            if plan.is_empty() {
+                continue;
+            }
+            // 2. Merge, without holding the head.
+            let mut results: Vec<(u32, usize, Vec<DiskRef>, DiskRef)> = Vec::new();
+            {
+                let mut files = self.files.write().unwrap_or_else(|e| e.into_inner());
+                for (id, start, refs) in plan {
+                    let mut w = ChunkWriter::default();
+                    let mut ok = true;
+                    for r in &refs {
+                        match files.read(r) {
+                            Ok(c) => {
+                                for p in c.iter() {
+                                    match p {
+                                        Ok((t, v)) => w.push(t, v),
+                                        Err(_) => ok = false,
+                                    }
+                                }
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "a chunk could not be read; its run is not compacted");
+                                ok = false;
+                            }
+                        }
+                    }
+                    let total: u32 = refs.iter().map(|r| u32::from(r.count)).sum();
+                    if !ok || u32::from(w.count()) != total {
+                        continue;
+                    }
+                    let new = files.append(id, &w.seal())?;
+                    results.push((id, start, refs, new));
+                }
+                // Durable and readable before any reader is pointed at them.
+                files.flush()?;
+            }
+            // 3. Swap the references, newest run first so earlier indices stay valid.
+            let mut head = self.write();
+            results.sort_by(|a, b| (a.0, b.1).cmp(&(b.0, a.1)));
+            for (id, start, refs, new) in results {
+                let Some(Some(s)) = head.series.get_mut(id as usize) else {
+                    continue;
+                };
+                let end = start + refs.len();
+                let same = s.sealed.get(start..end).is_some_and(|cs| {
+                    cs.iter()
+                        .zip(&refs)
+                        .all(|(c, r)| matches!(c, Sealed::Disk(d) if d == r))
+                });
+                if same {
+                    s.sealed.splice(start..end, [Sealed::Disk(new)]);
+                    merged += refs.len();
+                    written += 1;
+                }
+            }
+        }
+        Ok((merged, written))
+    }
+
     /// Writes sealed chunks to chunk files, drops what retention no longer keeps, records the
     /// head in a checkpoint and deletes the log it replaces. `now` is the retention reference.
     pub fn checkpoint(&self, now: i64) -> Result<CheckpointStats, TsdbError> {
         let _one = lock(&self.checkpointing);
         let mut st = CheckpointStats::default();
+        (st.chunks_compacted, st.compacted_into) = self.compact(now)?;
         let cutoff = if self.cfg.retention_ms > 0 {
             now.saturating_sub(self.cfg.retention_ms)
         } else {
@@ -900,18 +1029,38 @@ impl Tsdb {
             files.flush()?;
         }
         st.chunks_written = written.len();
-        // 3. Retention by size: the oldest whole chunk files go first (never the newest).
+        // 3. Retention by size: whole chunk files go, those whose newest sample is oldest
+        //    first (compaction rewrites old data into new files, so file numbers do not tell
+        //    age), never the file being written.
         let mut dropped_files: Vec<u32> = Vec::new();
         if self.cfg.retention_bytes > 0 {
-            let files = self
-                .files
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .files()?;
+            let (mut files, current) = {
+                let f = self.files.read().unwrap_or_else(|e| e.into_inner());
+                (f.files()?, f.current_file())
+            };
             let wal = lock(&self.writer).wal.disk_bytes()?;
             let mut total: u64 =
                 files.iter().map(|f| f.1).sum::<u64>() + wal + checkpoint::size(&self.dir);
-            for (n, size) in &files[..files.len().saturating_sub(1)] {
+            let mut newest: HashMap<u32, i64> = HashMap::new();
+            {
+                let head = self.read();
+                let refs = head
+                    .series
+                    .iter()
+                    .flatten()
+                    .flat_map(|s| s.sealed.iter())
+                    .filter_map(|c| match c {
+                        Sealed::Disk(d) => Some(*d),
+                        Sealed::Mem(_) => None,
+                    });
+                for d in refs.chain(written.values().copied()) {
+                    let e = newest.entry(d.file).or_insert(i64::MIN);
+                    *e = (*e).max(d.max_t);
+                }
+            }
+            files.retain(|(n, _)| Some(*n) != current);
+            files.sort_by_key(|(n, _)| (newest.get(n).copied().unwrap_or(i64::MIN), *n));
+            for (n, size) in &files {
                 if total <= self.cfg.retention_bytes {
                     break;
                 }
@@ -1144,6 +1293,73 @@ mod tests {
         drop(db);
         let (db, _) = Tsdb::open(dir.path(), cfg).unwrap();
         assert_eq!(count(&db, "m"), 20 * 600);
+    }
+
+    #[test]
+    fn old_chunks_are_merged_per_window_and_read_back_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = 24 * 3_600_000;
+        let cfg = TsdbConfig {
+            retention_ms: 0,
+            chunk_file_bytes: 64 << 10,
+            ..TsdbConfig::default()
+        };
+        let series = [l(&[("__name__", "a")]), l(&[("__name__", "b")])];
+        // Three days, one sample every 15 s: 720 chunks of 120 per series.
+        let points: Vec<(i64, f64)> = (0..3 * 5760)
+            .map(|i| (i * 15_000, (i % 97) as f64))
+            .collect();
+        let all = |db: &Tsdb| {
+            db.select(
+                &[Matcher::new("__name__", MatchOp::Regex, ".+").unwrap()],
+                i64::MIN,
+                i64::MAX,
+            )
+        };
+        let (db, _) = Tsdb::open(dir.path(), cfg.clone()).unwrap();
+        db.append(
+            &series
+                .iter()
+                .map(|s| (s.clone(), points.clone()))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let now = 4 * day;
+        let first = db.checkpoint(now).unwrap();
+        assert_eq!(
+            first.chunks_compacted, 0,
+            "chunks still in memory are written first"
+        );
+        let before = all(&db);
+        assert_eq!(before[0].samples, points);
+        let disk_before = db.stats().disk_chunks;
+        assert_eq!(disk_before, 2 * 144);
+        let second = db.checkpoint(now).unwrap();
+        // Each day's chunks become one chunk (a chunk across midnight stays as it is).
+        assert_eq!(second.chunks_compacted, disk_before);
+        assert_eq!(second.compacted_into, 2 * 3);
+        assert_eq!(db.stats().disk_chunks, 2 * 3);
+        assert!(second.files_removed > 0, "{second:?}");
+        assert!(
+            second.disk_bytes <= first.disk_bytes,
+            "{first:?} {second:?}"
+        );
+        assert_eq!(all(&db), before);
+        assert_eq!(
+            db.select(
+                &[Matcher::equal("__name__", "a")],
+                day - 30_000,
+                day + 30_000
+            )[0]
+            .samples
+            .len(),
+            5
+        );
+        // Nothing to do the next time; and a reopened database reads the merged chunks.
+        assert_eq!(db.checkpoint(now).unwrap().chunks_compacted, 0);
+        drop(db);
+        let (db, _) = Tsdb::open(dir.path(), cfg).unwrap();
+        assert_eq!(all(&db), before);
     }
 
     #[test]
