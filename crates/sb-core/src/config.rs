@@ -16,6 +16,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub tls: TlsConfig,
     pub store: StoreConfig,
+    pub blobs: BlobsConfig,
     pub auth: AuthConfig,
     pub rate_limits: RateLimitConfig,
     pub limits: LimitsConfig,
@@ -70,6 +71,31 @@ pub struct StoreConfig {
     pub group_commit_max: usize,
     /// Writes waiting for the writer at most; further writers wait their turn.
     pub write_queue_max: usize,
+}
+
+/// Where file chunks and attachments are kept.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BlobsConfig {
+    /// Directories (one per disk) blobs are spread over; empty: `<data_dir>/blobs`.
+    pub dirs: Vec<PathBuf>,
+    /// Copies of each blob, on distinct directories (at most as many as `dirs`).
+    pub replicas: usize,
+    /// zstd level for blobs that compress; 0 stores everything as is.
+    pub zstd_level: i32,
+    /// Decoded blobs kept in memory for repeated reads, in bytes (0: none).
+    pub cache_bytes: usize,
+}
+
+impl Default for BlobsConfig {
+    fn default() -> Self {
+        Self {
+            dirs: Vec::new(),
+            replicas: 1,
+            zstd_level: 3,
+            cache_bytes: 256 * 1024 * 1024,
+        }
+    }
 }
 
 impl Default for StoreConfig {
@@ -486,6 +512,17 @@ read_connections = 4
 group_commit_max = 256
 # Writes queued for the writer at most; beyond this, writers wait.
 write_queue_max = 4096
+
+[blobs]
+# Directories (one per disk) file chunks and attachments are spread over; empty means
+# <data_dir>/blobs. Each blob is written to `replicas` of them; a corrupt or lost copy is read
+# from another and then rewritten.
+dirs = []
+replicas = 1
+# zstd level for blobs that compress (0: store as is); blobs that do not shrink are kept raw.
+zstd_level = 3
+# Decoded blobs kept in memory for repeated reads.
+cache_bytes = 268435456
 
 [auth]
 # "open": anyone may register. "invite": an admin's invite is needed. "closed": nobody.

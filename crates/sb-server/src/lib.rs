@@ -330,8 +330,18 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         config.auth.clone(),
         &config.rate_limits,
     )?);
-    let blobs =
-        sb_blob::LocalBlobStore::open(&data_dir.join("blobs")).context("opening the blob store")?;
+    let blob_dirs = if config.blobs.dirs.is_empty() {
+        vec![data_dir.join("blobs")]
+    } else {
+        config.blobs.dirs.clone()
+    };
+    let blobs = sb_blob::LocalBlobStore::open(sb_blob::BlobConfig {
+        dirs: blob_dirs,
+        replicas: config.blobs.replicas,
+        zstd_level: config.blobs.zstd_level,
+        cache_bytes: config.blobs.cache_bytes,
+    })
+    .context("opening the blob store (blobs.dirs, blobs.replicas)")?;
     let chat = Arc::new(sb_chat::Chat::new(
         sqlite,
         Arc::new(blobs),
