@@ -254,6 +254,26 @@ impl Auth {
             .await?)
     }
 
+    /// Records an action taken on the caller's behalf (after `authorize` allowed it).
+    pub async fn record(
+        &self,
+        cx: Ctx<'_>,
+        action: &str,
+        target: String,
+        detail: serde_json::Value,
+    ) -> Result<()> {
+        self.audit(
+            cx.now,
+            cx.subject.user_id.to_string(),
+            action,
+            target,
+            Some(cx.origin.ip),
+            detail,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// The access decision for a route: allowed, or `Forbidden` with the denial audited.
     pub async fn authorize(&self, cx: Ctx<'_>, action: Action, resource: &Resource) -> Result<()> {
         let Ctx {

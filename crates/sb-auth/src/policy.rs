@@ -124,6 +124,8 @@ pub enum Resource {
     /// Metrics and alerting. Read: query; Create: write samples; Update/Delete: rules and
     /// silences (admins).
     Metrics,
+    /// The blob store's upkeep (scrub): admins only.
+    Storage,
     /// Joining a room on one's own.
     RoomJoin {
         id: RoomId,
@@ -145,6 +147,7 @@ impl Resource {
             Resource::Room { id, .. } | Resource::RoomJoin { id, .. } => format!("room:{id}"),
             Resource::RoomMessage { room, .. } => format!("room:{room}"),
             Resource::Metrics => "metrics".into(),
+            Resource::Storage => "storage".into(),
         }
     }
 }
@@ -163,7 +166,7 @@ pub fn authorize(subject: &Subject, action: Action, resource: &Resource) -> Resu
     let owns = |owner: &UserId| *owner == subject.user_id;
     let needs_admin = matches!(
         resource,
-        Resource::Users | Resource::Invites | Resource::Audit
+        Resource::Users | Resource::Invites | Resource::Audit | Resource::Storage
     );
     if !subject.credential.has_scope(action.scope())
         || (needs_admin && !subject.credential.has_scope(Scope::Admin))
@@ -178,7 +181,7 @@ pub fn authorize(subject: &Subject, action: Action, resource: &Resource) -> Resu
             owns(owner) || (admin && matches!(action, Action::Read | Action::Delete))
         }
         Resource::Realtime => action == Action::Read,
-        Resource::Users | Resource::Invites | Resource::Audit => admin,
+        Resource::Users | Resource::Invites | Resource::Audit | Resource::Storage => admin,
         // Rooms are private to their members: the server admin role grants nothing here.
         Resource::Room { role, .. } => match action {
             Action::Read | Action::Create => role.is_some(),
@@ -252,7 +255,12 @@ mod tests {
     fn admin_areas_need_the_admin_role() {
         let user = subject(Role::User, session());
         let admin = subject(Role::Admin, session());
-        for r in [Resource::Users, Resource::Invites, Resource::Audit] {
+        for r in [
+            Resource::Users,
+            Resource::Invites,
+            Resource::Audit,
+            Resource::Storage,
+        ] {
             assert_eq!(
                 authorize(&user, Action::Read, &r),
                 Err(Denial::NotPermitted)

@@ -458,6 +458,12 @@ impl Client {
             .await
     }
 
+    /// Re-hashes every blob copy on the server (admin); can take long on a large store.
+    pub async fn admin_scrub(&self) -> Result<ScrubReport> {
+        self.call(Method::POST, "/v1/admin/blobs/scrub", Self::NO_BODY)
+            .await
+    }
+
     pub async fn create_room(&self, req: &RoomCreate) -> Result<RoomInfo> {
         self.call(Method::POST, "/v1/rooms", Some(req)).await
     }

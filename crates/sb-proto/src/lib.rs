@@ -195,6 +195,20 @@ pub struct AuditVerifyResult {
     pub problem: Option<String>,
 }
 
+/// What `POST /v1/admin/blobs/scrub` found: every copy of every blob re-hashed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ScrubReport {
+    pub blobs: u64,
+    pub copies_checked: u64,
+    pub bytes_checked: u64,
+    /// Copies whose content no longer matched their hash.
+    pub corrupt_copies: u64,
+    /// Copies rewritten from a good replica (corrupt, or missing where one belongs).
+    pub repaired_copies: u64,
+    /// Blobs with no good copy left (their ids).
+    pub lost: Vec<String>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct Health {
     pub status: String,

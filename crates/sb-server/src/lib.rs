@@ -55,6 +55,7 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     pub chat: Arc<sb_chat::Chat>,
     pub monitor: Arc<sb_monitor::Monitor>,
+    pub blobs: sb_blob::LocalBlobStore,
     /// Attachment transfers in progress (`chat.attachment_transfers_concurrent_max`).
     transfers: tokio::sync::Semaphore,
     pub config: Arc<Config>,
@@ -105,6 +106,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .routes(routes!(routes::admin_create_invite))
         .routes(routes!(routes::admin_audit))
         .routes(routes!(routes::admin_audit_verify))
+        .routes(routes!(routes::admin_scrub))
         .routes(routes!(routes_chat::my_rooms, routes_chat::create_room))
         .routes(routes!(routes_chat::public_rooms))
         .routes(routes!(routes_chat::direct_room))
@@ -344,7 +346,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     .context("opening the blob store (blobs.dirs, blobs.replicas)")?;
     let chat = Arc::new(sb_chat::Chat::new(
         sqlite,
-        Arc::new(blobs),
+        Arc::new(blobs.clone()),
         auth.clone(),
         Bus::new(bus_config),
         config.chat.clone(),
@@ -385,6 +387,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         auth,
         chat,
         monitor,
+        blobs,
         transfers: tokio::sync::Semaphore::new(
             config.chat.attachment_transfers_concurrent_max.max(1),
         ),

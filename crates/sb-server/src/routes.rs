@@ -8,7 +8,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use sb_auth::{Credential, NewToken, RegisterInput, Scope};
+use sb_auth::{Action, Credential, NewToken, RegisterInput, Resource, Scope};
 use sb_core::{ErrorCode, Role, SessionId, TokenId};
 use sb_proto::*;
 use sb_store::{ApiTokenRecord, AuditFilter, AuditRecord, SessionRecord, UserRecord};
@@ -353,6 +353,47 @@ pub async fn admin_audit_verify(
             sb_store::audit::ChainBreak::Link { .. } => "link".to_string(),
         }),
     }))
+}
+
+#[utoipa::path(post, path = "/v1/admin/blobs/scrub", tag = "admin",
+    responses((status = 200, body = ScrubReport), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn admin_scrub(State(st): St, c: Caller) -> Result<Json<ScrubReport>, ApiError> {
+    st.auth
+        .authorize(c.cx(), Action::Update, &Resource::Storage)
+        .await?;
+    let blobs = st.blobs.clone();
+    let r = tokio::task::spawn_blocking(move || blobs.scrub(&mut |_, _| {}))
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+        .map_err(|e| {
+            tracing::error!(error = %e, "scrub failed");
+            ApiError::new(ErrorCode::Internal, format!("scrub failed: {e}"))
+        })?;
+    let report = ScrubReport {
+        blobs: r.blobs,
+        copies_checked: r.copies_checked,
+        bytes_checked: r.bytes_checked,
+        corrupt_copies: r.corrupt_copies,
+        repaired_copies: r.repaired_copies,
+        lost: r.lost.iter().map(ToString::to_string).collect(),
+    };
+    if report.corrupt_copies > 0 || !report.lost.is_empty() {
+        tracing::warn!(
+            corrupt = report.corrupt_copies,
+            repaired = report.repaired_copies,
+            lost = report.lost.len(),
+            "scrub found damaged blobs"
+        );
+    }
+    st.auth
+        .record(
+            c.cx(),
+            "blobs.scrub",
+            "storage".into(),
+            serde_json::json!({"blobs": report.blobs, "corrupt": report.corrupt_copies, "repaired": report.repaired_copies, "lost": report.lost.len()}),
+        )
+        .await?;
+    Ok(Json(report))
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "system",

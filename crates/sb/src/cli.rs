@@ -333,6 +333,9 @@ pub enum AdminCmd {
     },
     /// Query the audit log, or verify its hash chain.
     Audit(AuditArgs),
+    /// Re-hash every stored copy of every file chunk and attachment; rewrite damaged or
+    /// missing copies from a good replica (blobs.replicas), and name what is lost.
+    Scrub,
 }
 
 #[derive(Subcommand)]

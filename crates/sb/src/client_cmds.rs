@@ -573,6 +573,46 @@ async fn admin(c: AdminCmd, json: bool) -> anyhow::Result<()> {
             )
         }
         AdminCmd::Audit(a) => audit(&client, a, json).await,
+        AdminCmd::Scrub => {
+            eprintln!("Scrubbing: re-hashing every copy of every blob on the server…");
+            let r = client.admin_scrub().await?;
+            output(json, &r, || {
+                println!(
+                    "{} blobs, {} copies ({}) checked: {} corrupt, {} repaired from a replica, {} lost.",
+                    r.blobs,
+                    r.copies_checked,
+                    human_bytes(r.bytes_checked),
+                    r.corrupt_copies,
+                    r.repaired_copies,
+                    r.lost.len()
+                );
+                for id in &r.lost {
+                    println!("lost: {id}");
+                }
+            })?;
+            if !r.lost.is_empty() {
+                bail!(
+                    "{} blob(s) have no good copy left; restore them from a backup, or set blobs.replicas = 2 with a second entry in blobs.dirs so the next loss can be repaired",
+                    r.lost.len()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
     }
 }
 

@@ -1199,10 +1199,14 @@ async fn edits_deletes_and_reactions_are_entries_every_device_receives() {
 #[tokio::test]
 async fn attachments_reach_members_only_intact_and_within_the_limit() {
     let server = TestServer::start_with(ServerOptions {
-        env: vec![(
-            "SB_CHAT__ATTACHMENT_SIZE_BYTES_MAX",
-            (4 * 1024 * 1024).to_string(),
-        )],
+        env: vec![
+            (
+                "SB_CHAT__ATTACHMENT_SIZE_BYTES_MAX",
+                (4 * 1024 * 1024).to_string(),
+            ),
+            // No blob cache: the damaged blob below must be read from disk.
+            ("SB_BLOBS__CACHE_BYTES", "0".into()),
+        ],
         ..Default::default()
     });
     let admin = server.admin().await;
@@ -1300,14 +1304,20 @@ async fn attachments_reach_members_only_intact_and_within_the_limit() {
     );
 
     // A blob damaged on disk is refused, not served.
-    let blob_path = server
+    let dir = server
         .data_dir
         .join("blobs")
         .join(&info.blake3[0..2])
-        .join(&info.blake3[2..4])
-        .join(&info.blake3);
+        .join(&info.blake3[2..4]);
+    // Stored as is, or zstd-compressed (`.zst`) when that is smaller.
+    let blob_path = [info.blake3.clone(), format!("{}.zst", info.blake3)]
+        .into_iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.exists())
+        .unwrap();
     let mut damaged = std::fs::read(&blob_path).unwrap();
-    damaged[1000] ^= 0xff;
+    let at = damaged.len() / 2;
+    damaged[at] ^= 0xff;
     std::fs::write(&blob_path, damaged).unwrap();
     assert_eq!(
         code(ben.download(&room.id, &info.id).await.unwrap_err()),
