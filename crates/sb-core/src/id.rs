@@ -68,3 +68,15 @@ id_type!(
     /// A silence: alerts it matches are not notified while it lasts.
     SilenceId
 );
+id_type!(
+    /// A file space: a user's own, or one shared by several.
+    SpaceId
+);
+id_type!(
+    /// A file (its identity survives renames and new versions).
+    FileId
+);
+id_type!(
+    /// An upload in progress: a manifest waiting for its missing chunks and a commit.
+    UploadId
+);

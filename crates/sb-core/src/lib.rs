@@ -11,7 +11,10 @@ pub mod secret;
 pub mod time;
 
 pub use error::ErrorCode;
-pub use id::{AttachmentId, InviteId, RoomId, SessionId, SilenceId, TokenId, UserId};
+pub use id::{
+    AttachmentId, FileId, InviteId, RoomId, SessionId, SilenceId, SpaceId, TokenId, UploadId,
+    UserId,
+};
 pub use secret::Secret;
 pub use time::UnixMillis;
 

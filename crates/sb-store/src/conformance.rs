@@ -861,3 +861,129 @@ pub async fn run_chat<S: Store + ChatStore>(s: &S) {
         "taken once"
     );
 }
+
+/// The files part of the suite: spaces, uploads, commits with compare-and-set, versions, the
+/// change feed.
+pub async fn run_files<S: Store + crate::files::FilesStore>(s: &S) {
+    use crate::files::*;
+    use sb_core::{FileId, SpaceId, UploadId};
+    let ann = user("fay", Role::User, 5_000);
+    s.create_user(ann.clone(), Admission::Open, UnixMillis(5_000))
+        .await
+        .unwrap();
+    let at = |t: i64| UnixMillis(t);
+    let home = s
+        .personal_space(ann.id, SpaceId::new_at(at(6_000)), at(6_000))
+        .await
+        .unwrap();
+    let again = s
+        .personal_space(ann.id, SpaceId::new_at(at(6_001)), at(6_001))
+        .await
+        .unwrap();
+    assert_eq!(home, again, "one personal space per user");
+    assert_eq!(s.space(home.id).await.unwrap(), Some(home.clone()));
+
+    let chunk = |b: u8, len: u32| ChunkRef { id: [b; 32], len };
+    let upload =
+        |id: UploadId, path: &str, base: Option<i64>, chunks: Vec<ChunkRef>| UploadRecord {
+            id,
+            space_id: home.id,
+            path: path.into(),
+            base_version: base,
+            size: chunks.iter().map(|c| u64::from(c.len)).sum(),
+            blake3: format!("{:02x}", chunks.len()),
+            chunks,
+            created_by: ann.id,
+            device: "laptop".into(),
+            created_at: at(7_000),
+            expires_at: at(100_000),
+        };
+    let u1 = UploadId::new_at(at(7_000));
+    s.create_upload(upload(
+        u1,
+        "/docs/a.txt",
+        Some(0),
+        vec![chunk(1, 10), chunk(2, 5)],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(s.upload(u1).await.unwrap().unwrap().chunks.len(), 2);
+    let (f, v) = s
+        .commit_upload(u1, FileId::new_at(at(7_100)), at(7_100))
+        .await
+        .unwrap();
+    assert_eq!((f.head, f.size, v.version), (1, 15, 1));
+    assert!(
+        s.upload(u1).await.unwrap().is_none(),
+        "an upload is consumed"
+    );
+    assert!(matches!(
+        s.commit_upload(u1, FileId::new_at(at(7_101)), at(7_101))
+            .await,
+        Err(CommitError::NoUpload)
+    ));
+
+    // A second version based on the first; then a stale one is refused.
+    let u2 = UploadId::new_at(at(8_000));
+    s.create_upload(upload(
+        u2,
+        "/docs/a.txt",
+        Some(1),
+        vec![chunk(1, 10), chunk(3, 7)],
+    ))
+    .await
+    .unwrap();
+    let u3 = UploadId::new_at(at(8_001));
+    s.create_upload(upload(u3, "/docs/a.txt", Some(1), vec![chunk(4, 1)]))
+        .await
+        .unwrap();
+    let (f2, _) = s
+        .commit_upload(u2, FileId::new_at(at(8_100)), at(8_100))
+        .await
+        .unwrap();
+    assert_eq!((f2.id, f2.head, f2.size), (f.id, 2, 17));
+    match s
+        .commit_upload(u3, FileId::new_at(at(8_200)), at(8_200))
+        .await
+    {
+        Err(CommitError::Conflict { base, current }) => assert_eq!((base, current), (1, 2)),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        s.upload(u3).await.unwrap().is_some(),
+        "a refused upload stays"
+    );
+    let vs = s.versions(f.id).await.unwrap();
+    assert_eq!(vs.iter().map(|v| v.version).collect::<Vec<_>>(), vec![2, 1]);
+    assert_eq!(vs[0].chunks, vec![chunk(1, 10), chunk(3, 7)]);
+    assert_eq!(s.version(f.id, 1).await.unwrap().unwrap().size, 15);
+
+    // Listing by folder prefix, and the change feed in order.
+    let u4 = UploadId::new_at(at(9_000));
+    s.create_upload(upload(u4, "/docs2/b.txt", None, vec![chunk(5, 3)]))
+        .await
+        .unwrap();
+    s.commit_upload(u4, FileId::new_at(at(9_100)), at(9_100))
+        .await
+        .unwrap();
+    let docs = s.list_files(home.id, "/docs/", false, 100).await.unwrap();
+    assert_eq!(
+        docs.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(),
+        vec!["/docs/a.txt"]
+    );
+    assert_eq!(
+        s.list_files(home.id, "/", false, 100).await.unwrap().len(),
+        2
+    );
+    let feed = s.changes(home.id, 0, 100).await.unwrap();
+    assert_eq!(
+        feed.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(feed[2].path, "/docs2/b.txt");
+    assert_eq!(s.changes(home.id, 2, 100).await.unwrap().len(), 1);
+
+    // Expired uploads are pruned.
+    assert_eq!(s.prune_uploads(at(200_000)).await.unwrap(), 1);
+    assert!(s.upload(u3).await.unwrap().is_none());
+}

@@ -11,10 +11,13 @@
 pub mod audit;
 pub mod chat;
 pub mod conformance;
+pub mod files;
 mod sqlite;
 mod sqlite_chat;
+mod sqlite_files;
 
 pub use chat::ChatStore;
+pub use files::FilesStore;
 pub use sqlite::{Observer, SqliteStore};
 
 use async_trait::async_trait;

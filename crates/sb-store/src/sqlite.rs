@@ -217,6 +217,69 @@ CREATE TABLE mls_welcomes (
 ) STRICT;
 CREATE INDEX mls_welcomes_by_device ON mls_welcomes(user_id, device);
 "#,
+    r#"
+-- Files: spaces, files by path, versions as chunk lists (content in the blob store), uploads
+-- in progress, and each space's change feed.
+CREATE TABLE spaces (
+    id         TEXT PRIMARY KEY,
+    name       TEXT NOT NULL,
+    owner      TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    personal   INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    last_seq   INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE UNIQUE INDEX spaces_personal ON spaces(owner) WHERE personal = 1;
+
+CREATE TABLE files (
+    id          TEXT PRIMARY KEY,
+    space_id    TEXT NOT NULL REFERENCES spaces(id) ON DELETE CASCADE,
+    path        TEXT NOT NULL,
+    head        INTEGER NOT NULL,
+    size        INTEGER NOT NULL,
+    blake3      TEXT NOT NULL,
+    modified_at INTEGER NOT NULL,
+    deleted_at  INTEGER,
+    UNIQUE (space_id, path)
+) STRICT;
+
+CREATE TABLE file_versions (
+    file_id    TEXT NOT NULL REFERENCES files(id) ON DELETE CASCADE,
+    version    INTEGER NOT NULL,
+    size       INTEGER NOT NULL,
+    blake3     TEXT NOT NULL,
+    chunks     BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    created_by TEXT NOT NULL REFERENCES users(id),
+    device     TEXT NOT NULL,
+    PRIMARY KEY (file_id, version)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE file_uploads (
+    id           TEXT PRIMARY KEY,
+    space_id     TEXT NOT NULL REFERENCES spaces(id) ON DELETE CASCADE,
+    path         TEXT NOT NULL,
+    base_version INTEGER,
+    size         INTEGER NOT NULL,
+    blake3       TEXT NOT NULL,
+    chunks       BLOB NOT NULL,
+    created_by   TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    device       TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL
+) STRICT;
+CREATE INDEX file_uploads_by_expiry ON file_uploads(expires_at);
+
+CREATE TABLE file_changes (
+    space_id TEXT NOT NULL REFERENCES spaces(id) ON DELETE CASCADE,
+    seq      INTEGER NOT NULL,
+    path     TEXT NOT NULL,
+    file_id  TEXT NOT NULL,
+    version  INTEGER NOT NULL,
+    deleted  INTEGER NOT NULL,
+    at       INTEGER NOT NULL,
+    PRIMARY KEY (space_id, seq)
+) STRICT, WITHOUT ROWID;
+"#,
 ];
 
 const SETUP_TOKEN_KEY: &str = "setup_token_hash";

@@ -134,3 +134,9 @@ async fn concurrent_writes_commit_together_and_a_failure_undoes_only_itself() {
         "every acknowledged write is durable"
     );
 }
+
+#[tokio::test]
+async fn sqlite_passes_files_conformance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    sb_store::conformance::run_files(&open(&dir)).await;
+}

@@ -1,0 +1,367 @@
+//! [`FilesStore`] on the SQLite backend (same file and writer as the rest).
+
+use crate::files::*;
+use crate::sqlite::parse_id;
+use crate::{Result, SqliteStore, StoreError};
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use sb_core::{FileId, SpaceId, UnixMillis, UploadId, UserId};
+
+fn chunks_at(row: &Row<'_>, i: usize) -> rusqlite::Result<Vec<ChunkRef>> {
+    let bytes: Vec<u8> = row.get(i)?;
+    decode_chunks(&bytes).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Blob,
+            "a chunk list is not a whole number of entries".into(),
+        )
+    })
+}
+
+const SPACE_COLS: &str = "id, name, owner, personal, created_at";
+
+fn space_at(row: &Row<'_>) -> rusqlite::Result<SpaceRecord> {
+    Ok(SpaceRecord {
+        id: parse_id(row.get(0)?)?,
+        name: row.get(1)?,
+        owner: parse_id(row.get(2)?)?,
+        personal: row.get(3)?,
+        created_at: UnixMillis(row.get(4)?),
+    })
+}
+
+const FILE_COLS: &str = "id, space_id, path, head, size, blake3, modified_at, deleted_at";
+
+fn file_at(row: &Row<'_>) -> rusqlite::Result<FileRecord> {
+    Ok(FileRecord {
+        id: parse_id(row.get(0)?)?,
+        space_id: parse_id(row.get(1)?)?,
+        path: row.get(2)?,
+        head: row.get(3)?,
+        size: row.get::<_, i64>(4)? as u64,
+        blake3: row.get(5)?,
+        modified_at: UnixMillis(row.get(6)?),
+        deleted_at: row.get::<_, Option<i64>>(7)?.map(UnixMillis),
+    })
+}
+
+const VERSION_COLS: &str = "file_id, version, size, blake3, chunks, created_at, created_by, device";
+
+fn version_at(row: &Row<'_>) -> rusqlite::Result<VersionRecord> {
+    Ok(VersionRecord {
+        file_id: parse_id(row.get(0)?)?,
+        version: row.get(1)?,
+        size: row.get::<_, i64>(2)? as u64,
+        blake3: row.get(3)?,
+        chunks: chunks_at(row, 4)?,
+        created_at: UnixMillis(row.get(5)?),
+        created_by: parse_id(row.get(6)?)?,
+        device: row.get(7)?,
+    })
+}
+
+const UPLOAD_COLS: &str = "id, space_id, path, base_version, size, blake3, chunks, created_by, device, created_at, expires_at";
+
+fn upload_at(row: &Row<'_>) -> rusqlite::Result<UploadRecord> {
+    Ok(UploadRecord {
+        id: parse_id(row.get(0)?)?,
+        space_id: parse_id(row.get(1)?)?,
+        path: row.get(2)?,
+        base_version: row.get(3)?,
+        size: row.get::<_, i64>(4)? as u64,
+        blake3: row.get(5)?,
+        chunks: chunks_at(row, 6)?,
+        created_by: parse_id(row.get(7)?)?,
+        device: row.get(8)?,
+        created_at: UnixMillis(row.get(9)?),
+        expires_at: UnixMillis(row.get(10)?),
+    })
+}
+
+fn file_by_path(c: &Connection, space: &str, path: &str) -> Result<Option<FileRecord>> {
+    Ok(c.query_row(
+        &format!("SELECT {FILE_COLS} FROM files WHERE space_id = ?1 AND path = ?2"),
+        params![space, path],
+        file_at,
+    )
+    .optional()?)
+}
+
+/// Appends a change with the space's next sequence number.
+fn record_change(
+    c: &Connection,
+    space: &str,
+    path: &str,
+    file: &str,
+    version: i64,
+    deleted: bool,
+    at: UnixMillis,
+) -> Result<i64> {
+    let seq: i64 = c.query_row(
+        "UPDATE spaces SET last_seq = last_seq + 1 WHERE id = ?1 RETURNING last_seq",
+        [space],
+        |r| r.get(0),
+    )?;
+    c.execute(
+        "INSERT INTO file_changes (space_id, seq, path, file_id, version, deleted, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![space, seq, path, file, version, deleted, at.0],
+    )?;
+    Ok(seq)
+}
+
+#[async_trait]
+impl FilesStore for SqliteStore {
+    async fn personal_space(
+        &self,
+        owner: UserId,
+        new_id: SpaceId,
+        at: UnixMillis,
+    ) -> Result<SpaceRecord> {
+        self.write("personal_space", move |c| {
+            let tx = c.savepoint()?;
+            let found = tx
+                .query_row(
+                    &format!("SELECT {SPACE_COLS} FROM spaces WHERE owner = ?1 AND personal = 1"),
+                    [owner.to_string()],
+                    space_at,
+                )
+                .optional()?;
+            let space = match found {
+                Some(s) => s,
+                None => {
+                    let s = SpaceRecord {
+                        id: new_id,
+                        name: "home".into(),
+                        owner,
+                        personal: true,
+                        created_at: at,
+                    };
+                    tx.execute(
+                        "INSERT INTO spaces (id, name, owner, personal, created_at) VALUES (?1, ?2, ?3, 1, ?4)",
+                        params![s.id.to_string(), s.name, s.owner.to_string(), at.0],
+                    )?;
+                    s
+                }
+            };
+            tx.commit()?;
+            Ok(space)
+        })
+        .await
+    }
+
+    async fn space(&self, id: SpaceId) -> Result<Option<SpaceRecord>> {
+        self.read("space", move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {SPACE_COLS} FROM spaces WHERE id = ?1"),
+                [id.to_string()],
+                space_at,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn create_upload(&self, u: UploadRecord) -> Result<()> {
+        self.write("create_upload", move |c| {
+            c.execute(
+                &format!("INSERT INTO file_uploads ({UPLOAD_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+                params![
+                    u.id.to_string(),
+                    u.space_id.to_string(),
+                    u.path,
+                    u.base_version,
+                    u.size as i64,
+                    u.blake3,
+                    encode_chunks(&u.chunks),
+                    u.created_by.to_string(),
+                    u.device,
+                    u.created_at.0,
+                    u.expires_at.0
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn upload(&self, id: UploadId) -> Result<Option<UploadRecord>> {
+        self.read("upload", move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {UPLOAD_COLS} FROM file_uploads WHERE id = ?1"),
+                [id.to_string()],
+                upload_at,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn prune_uploads(&self, now: UnixMillis) -> Result<u64> {
+        self.write("prune_uploads", move |c| {
+            Ok(c.execute("DELETE FROM file_uploads WHERE expires_at < ?1", [now.0])? as u64)
+        })
+        .await
+    }
+
+    async fn commit_upload(
+        &self,
+        id: UploadId,
+        new_file: FileId,
+        at: UnixMillis,
+    ) -> std::result::Result<(FileRecord, VersionRecord), CommitError> {
+        let out = self
+            .write("commit_upload", move |c| {
+                let tx = c.savepoint()?;
+                let Some(u) = tx
+                    .query_row(
+                        &format!("SELECT {UPLOAD_COLS} FROM file_uploads WHERE id = ?1"),
+                        [id.to_string()],
+                        upload_at,
+                    )
+                    .optional()?
+                else {
+                    return Ok(Err(CommitError::NoUpload));
+                };
+                let space = u.space_id.to_string();
+                let existing = file_by_path(&tx, &space, &u.path)?;
+                // A trashed file counts as absent for compare-and-set.
+                let current = existing
+                    .as_ref()
+                    .filter(|f| f.deleted_at.is_none())
+                    .map_or(0, |f| f.head);
+                if let Some(base) = u.base_version
+                    && base != current
+                {
+                    return Ok(Err(CommitError::Conflict { base, current }));
+                }
+                let (file_id, version) = match &existing {
+                    Some(f) => (f.id, f.head + 1),
+                    None => (new_file, 1),
+                };
+                let fid = file_id.to_string();
+                match existing {
+                    Some(_) => {
+                        tx.execute(
+                            "UPDATE files SET head = ?2, size = ?3, blake3 = ?4, modified_at = ?5, deleted_at = NULL WHERE id = ?1",
+                            params![fid, version, u.size as i64, u.blake3, at.0],
+                        )?;
+                    }
+                    None => {
+                        tx.execute(
+                            &format!("INSERT INTO files ({FILE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL)"),
+                            params![fid, space, u.path, version, u.size as i64, u.blake3, at.0],
+                        )?;
+                    }
+                }
+                let v = VersionRecord {
+                    file_id,
+                    version,
+                    size: u.size,
+                    blake3: u.blake3.clone(),
+                    chunks: u.chunks.clone(),
+                    created_at: at,
+                    created_by: u.created_by,
+                    device: u.device.clone(),
+                };
+                tx.execute(
+                    &format!("INSERT INTO file_versions ({VERSION_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+                    params![
+                        fid,
+                        version,
+                        v.size as i64,
+                        v.blake3,
+                        encode_chunks(&v.chunks),
+                        at.0,
+                        v.created_by.to_string(),
+                        v.device
+                    ],
+                )?;
+                record_change(&tx, &space, &u.path, &fid, version, false, at)?;
+                tx.execute("DELETE FROM file_uploads WHERE id = ?1", [id.to_string()])?;
+                let file = file_by_path(&tx, &space, &u.path)?.ok_or(StoreError::NotFound)?;
+                tx.commit()?;
+                Ok(Ok((file, v)))
+            })
+            .await?;
+        out
+    }
+
+    async fn file_by_path(&self, space: SpaceId, path: &str) -> Result<Option<FileRecord>> {
+        let path = path.to_string();
+        self.read("file_by_path", move |c| {
+            file_by_path(c, &space.to_string(), &path)
+        })
+        .await
+    }
+
+    async fn list_files(
+        &self,
+        space: SpaceId,
+        prefix: &str,
+        include_deleted: bool,
+        limit: usize,
+    ) -> Result<Vec<FileRecord>> {
+        let prefix = prefix.to_string();
+        self.read("list_files", move |c| {
+            // Paths sort bytewise; everything with the prefix lies in [prefix, prefix + U+10FFFF).
+            let hi = format!("{prefix}\u{10FFFF}");
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {FILE_COLS} FROM files WHERE space_id = ?1 AND path >= ?2 AND path < ?3 \
+                 AND (?4 OR deleted_at IS NULL) ORDER BY path LIMIT ?5"
+            ))?;
+            let rows = stmt.query_map(
+                params![space.to_string(), prefix, hi, include_deleted, limit as i64],
+                file_at,
+            )?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn versions(&self, file: FileId) -> Result<Vec<VersionRecord>> {
+        self.read("versions", move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {VERSION_COLS} FROM file_versions WHERE file_id = ?1 ORDER BY version DESC"
+            ))?;
+            let rows = stmt.query_map([file.to_string()], version_at)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn version(&self, file: FileId, version: i64) -> Result<Option<VersionRecord>> {
+        self.read("version", move |c| {
+            Ok(c.query_row(
+                &format!(
+                    "SELECT {VERSION_COLS} FROM file_versions WHERE file_id = ?1 AND version = ?2"
+                ),
+                params![file.to_string(), version],
+                version_at,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn changes(&self, space: SpaceId, after: i64, limit: usize) -> Result<Vec<ChangeRecord>> {
+        self.read("changes", move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, space_id, path, file_id, version, deleted, at FROM file_changes \
+                 WHERE space_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![space.to_string(), after, limit as i64], |r| {
+                Ok(ChangeRecord {
+                    seq: r.get(0)?,
+                    space_id: parse_id(r.get(1)?)?,
+                    path: r.get(2)?,
+                    file_id: parse_id(r.get(3)?)?,
+                    version: r.get(4)?,
+                    deleted: r.get(5)?,
+                    at: UnixMillis(r.get(6)?),
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+}
