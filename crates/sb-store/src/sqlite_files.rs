@@ -209,8 +209,7 @@ impl FilesStore for SqliteStore {
         new_file: FileId,
         at: UnixMillis,
     ) -> std::result::Result<(FileRecord, VersionRecord), CommitError> {
-        let out = self
-            .write("commit_upload", move |c| {
+        self.write("commit_upload", move |c| {
                 let tx = c.savepoint()?;
                 let Some(u) = tx
                     .query_row(
@@ -282,8 +281,7 @@ impl FilesStore for SqliteStore {
                 tx.commit()?;
                 Ok(Ok((file, v)))
             })
-            .await?;
-        out
+            .await?
     }
 
     async fn file_by_path(&self, space: SpaceId, path: &str) -> Result<Option<FileRecord>> {
