@@ -4,7 +4,7 @@
 //! membership or a file grant) into the [`Resource`], so the policy can be read and tested as a
 //! table. Services add resources as variants; each variant states its rule in one match arm.
 
-use sb_core::{Role, RoomId, RoomRole, SessionId, TokenId, UserId};
+use sb_core::{Role, RoomId, RoomRole, SessionId, SpaceId, TokenId, UserId};
 use serde::{Deserialize, Serialize};
 
 /// What an API token may be used for. Sessions carry every scope their role allows.
@@ -126,6 +126,13 @@ pub enum Resource {
     Metrics,
     /// The blob store's upkeep (scrub): admins only.
     Storage,
+    /// A file space, with the subject's standing in it: its owner may do anything; a share
+    /// grants reading, or reading and writing.
+    FileSpace {
+        id: SpaceId,
+        owner: bool,
+        writable_share: Option<bool>,
+    },
     /// Joining a room on one's own.
     RoomJoin {
         id: RoomId,
@@ -148,6 +155,7 @@ impl Resource {
             Resource::RoomMessage { room, .. } => format!("room:{room}"),
             Resource::Metrics => "metrics".into(),
             Resource::Storage => "storage".into(),
+            Resource::FileSpace { id, .. } => format!("space:{id}"),
         }
     }
 }
@@ -182,6 +190,17 @@ pub fn authorize(subject: &Subject, action: Action, resource: &Resource) -> Resu
         }
         Resource::Realtime => action == Action::Read,
         Resource::Users | Resource::Invites | Resource::Audit | Resource::Storage => admin,
+        // Spaces are private to their owner and those they are shared with: admins included.
+        Resource::FileSpace {
+            owner,
+            writable_share,
+            ..
+        } => match action {
+            Action::Read => *owner || writable_share.is_some(),
+            Action::Create | Action::Update | Action::Delete => {
+                *owner || *writable_share == Some(true)
+            }
+        },
         // Rooms are private to their members: the server admin role grants nothing here.
         Resource::Room { role, .. } => match action {
             Action::Read | Action::Create => role.is_some(),
@@ -248,6 +267,40 @@ mod tests {
         assert_eq!(
             authorize(&s, Action::Delete, &Resource::Session { owner: other }),
             Err(Denial::NotPermitted)
+        );
+    }
+
+    #[test]
+    fn file_spaces_open_to_their_owner_and_shares_only() {
+        let admin = subject(Role::Admin, session());
+        let id = SpaceId::new_at(UnixMillis(1));
+        let space = |owner, writable_share| Resource::FileSpace {
+            id,
+            owner,
+            writable_share,
+        };
+        for a in [Action::Read, Action::Create, Action::Update, Action::Delete] {
+            assert_eq!(authorize(&admin, a, &space(true, None)), Ok(()));
+            assert_eq!(
+                authorize(&admin, a, &space(false, None)),
+                Err(Denial::NotPermitted),
+                "the admin role opens nobody's files"
+            );
+            assert_eq!(authorize(&admin, a, &space(false, Some(true))), Ok(()));
+        }
+        assert_eq!(
+            authorize(&admin, Action::Read, &space(false, Some(false))),
+            Ok(())
+        );
+        assert_eq!(
+            authorize(&admin, Action::Create, &space(false, Some(false))),
+            Err(Denial::NotPermitted),
+            "a read-only share cannot write"
+        );
+        let read_token = subject(Role::User, token(&[Scope::Read]));
+        assert_eq!(
+            authorize(&read_token, Action::Create, &space(true, None)),
+            Err(Denial::Scope)
         );
     }
 

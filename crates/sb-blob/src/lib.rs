@@ -29,6 +29,14 @@ impl BlobId {
     pub fn of(bytes: &[u8]) -> BlobId {
         BlobId(*blake3::hash(bytes).as_bytes())
     }
+
+    pub fn from_bytes(bytes: [u8; 32]) -> BlobId {
+        BlobId(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
 }
 
 impl fmt::Display for BlobId {
@@ -221,6 +229,16 @@ impl LocalBlobStore {
     /// Deletes every copy of a blob.
     pub fn remove(&self, id: BlobId) -> Result<()> {
         self.0.remove(id)
+    }
+
+    /// Whether a copy of the blob is stored where it belongs (not read or verified: a
+    /// damaged copy is found on read or by scrub).
+    pub fn contains(&self, id: BlobId) -> bool {
+        let me = &self.0;
+        me.placement(id)
+            .into_iter()
+            .take(me.replicas)
+            .any(|d| me.path_in(d, id, true).exists() || me.path_in(d, id, false).exists())
     }
 
     /// Re-hashes every copy of every blob; rewrites corrupt or missing copies from a good one.

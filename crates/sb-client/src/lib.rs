@@ -6,6 +6,7 @@
 //! config directory, files at mode 0600. [`e2ee`] is one device's MLS state for encrypted rooms.
 
 pub mod e2ee;
+pub mod files;
 pub mod state;
 mod tls;
 
@@ -332,7 +333,7 @@ impl Client {
     }
 
     /// A success body as `T`, or the server's error.
-    async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T> {
+    pub(crate) async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T> {
         let status = resp.status();
         if status.is_success() {
             let url = resp.url().to_string();

@@ -23,6 +23,7 @@ pub struct Config {
     pub bus: BusConfig,
     pub metrics: MetricsConfig,
     pub chat: ChatConfig,
+    pub files: FilesConfig,
     pub monitoring: MonitoringConfig,
 }
 
@@ -295,6 +296,34 @@ pub struct ChatConfig {
     /// Attachment uploads and downloads in progress at once; each holds up to
     /// `attachment_size_bytes_max` in memory. Further transfers wait their turn.
     pub attachment_transfers_concurrent_max: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilesConfig {
+    /// Largest file, in bytes.
+    pub file_size_bytes_max: u64,
+    /// Largest chunk an upload may send (content-defined chunks are 256 KiB to 4 MiB).
+    pub chunk_size_bytes_max: usize,
+    /// An upload not committed within this long is forgotten (its chunks stay until garbage
+    /// collection).
+    pub upload_ttl_secs: u64,
+    /// Longest path, in bytes.
+    pub path_length_max: usize,
+    /// Most entries one listing returns.
+    pub list_page_max: usize,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        Self {
+            file_size_bytes_max: 16 * 1024 * 1024 * 1024,
+            chunk_size_bytes_max: 4 * 1024 * 1024,
+            upload_ttl_secs: 24 * 3600,
+            path_length_max: 4096,
+            list_page_max: 10_000,
+        }
+    }
 }
 
 impl Default for ChatConfig {
@@ -605,6 +634,18 @@ attachment_size_bytes_max = 26214400
 attachments_per_message_max = 10
 # Uploads and downloads at once; each holds up to attachment_size_bytes_max in memory.
 attachment_transfers_concurrent_max = 8
+
+[files]
+# Largest file. Its chunk list must also fit in limits.body_size_bytes_max (about 12,000
+# chunks, some 12 GiB, per MiB of body limit).
+file_size_bytes_max = 17179869184
+# Largest chunk an upload may send; content-defined chunks are 256 KiB to 4 MiB.
+chunk_size_bytes_max = 4194304
+# An upload not committed within this long is forgotten.
+upload_ttl_secs = 86400
+path_length_max = 4096
+# Most entries one listing returns.
+list_page_max = 10000
 
 [monitoring]
 # Largest remote_write or line-protocol body as sent, and a remote_write body decompressed.

@@ -195,6 +195,60 @@ pub struct AuditVerifyResult {
     pub problem: Option<String>,
 }
 
+/// One content chunk of a file: its BLAKE3 hash (hex) and length.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ChunkInfo {
+    pub id: String,
+    pub len: u32,
+}
+
+/// `POST /v1/files/uploads`: a file's chunk list, before any content is sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UploadStart {
+    /// Where it goes in the caller's space, e.g. `/docs/report.pdf`.
+    pub path: String,
+    pub size: u64,
+    /// BLAKE3 of the whole content (hex); checked at commit.
+    pub blake3: String,
+    pub chunks: Vec<ChunkInfo>,
+    /// Commit only if the file is still at this version (0: only if it does not exist yet).
+    #[serde(default)]
+    pub base_version: Option<i64>,
+    /// The sending device's name (used in conflict file names).
+    #[serde(default)]
+    pub device: String,
+}
+
+/// The chunks the server lacks: send only these, then commit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UploadStarted {
+    pub upload_id: String,
+    pub missing: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FileInfo {
+    pub path: String,
+    pub version: i64,
+    pub size: u64,
+    pub blake3: String,
+    pub modified_at_ms: i64,
+    /// In the trash.
+    pub deleted: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FileVersionInfo {
+    pub version: i64,
+    pub size: u64,
+    pub blake3: String,
+    pub created_at_ms: i64,
+    /// Username of whoever wrote it.
+    pub created_by: String,
+    pub device: String,
+    pub chunks: u64,
+}
+
 /// What `POST /v1/admin/blobs/scrub` found: every copy of every blob re-hashed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ScrubReport {

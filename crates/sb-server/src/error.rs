@@ -92,6 +92,24 @@ impl From<AuthError> for ApiError {
     }
 }
 
+impl From<sb_files::FilesError> for ApiError {
+    fn from(e: sb_files::FilesError) -> Self {
+        match e {
+            sb_files::FilesError::Auth(a) => a.into(),
+            other => {
+                let code = other.code();
+                let message = if code == ErrorCode::Internal {
+                    tracing::error!(error = %other, "files request failed");
+                    "internal error; the server log has details".to_string()
+                } else {
+                    other.to_string()
+                };
+                ApiError::new(code, message)
+            }
+        }
+    }
+}
+
 impl From<sb_chat::ChatError> for ApiError {
     fn from(e: sb_chat::ChatError) -> Self {
         match e {

@@ -13,6 +13,7 @@ mod metrics;
 mod routes;
 mod routes_alerts;
 mod routes_chat;
+mod routes_files;
 mod routes_monitor;
 mod scrape;
 pub mod tls;
@@ -54,6 +55,7 @@ pub fn now() -> UnixMillis {
 pub struct AppState {
     pub auth: Arc<Auth>,
     pub chat: Arc<sb_chat::Chat>,
+    pub files: Arc<sb_files::Files>,
     pub monitor: Arc<sb_monitor::Monitor>,
     pub blobs: sb_blob::LocalBlobStore,
     /// Attachment transfers in progress (`chat.attachment_transfers_concurrent_max`).
@@ -128,6 +130,12 @@ pub fn app(state: Arc<AppState>) -> Router {
         ))
         .routes(routes!(routes_chat::take_welcomes))
         .routes(routes!(routes_chat::download))
+        .routes(routes!(routes_files::start_upload))
+        .routes(routes!(routes_files::put_chunk))
+        .routes(routes!(routes_files::commit))
+        .routes(routes!(routes_files::list))
+        .routes(routes!(routes_files::versions))
+        .routes(routes!(routes_files::content))
         .routes(routes!(routes_alerts::alerts))
         .routes(routes!(routes_alerts::reload))
         .routes(routes!(
@@ -344,6 +352,12 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         cache_bytes: config.blobs.cache_bytes,
     })
     .context("opening the blob store (blobs.dirs, blobs.replicas)")?;
+    let files = Arc::new(sb_files::Files::new(
+        sqlite.clone(),
+        blobs.clone(),
+        auth.clone(),
+        config.files.clone(),
+    ));
     let chat = Arc::new(sb_chat::Chat::new(
         sqlite,
         Arc::new(blobs.clone()),
@@ -386,6 +400,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let state = Arc::new(AppState {
         auth,
         chat,
+        files,
         monitor,
         blobs,
         transfers: tokio::sync::Semaphore::new(

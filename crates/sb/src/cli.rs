@@ -51,6 +51,9 @@ pub enum Command {
     /// Chat: rooms (`#name` or id) and direct messages (`@user`).
     #[command(subcommand)]
     Chat(ChatCmd),
+    /// Files in your space: put, get, ls, versions.
+    #[command(subcommand)]
+    Files(FilesCmd),
     /// Run a PromQL query: a table now, or a sparkline per series over a range.
     Query(QueryArgs),
     /// Alerts, silences and rule reloads.
@@ -102,6 +105,29 @@ pub struct QueryArgs {
     /// {__rollup__="min|max|sum|count"}; without one, each bucket's average.
     #[arg(long)]
     pub resolution: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum FilesCmd {
+    /// Upload a local file to a path in your space, e.g. `sb files put report.pdf
+    /// /docs/report.pdf`. Only the chunks the server lacks are sent; run it again to resume.
+    Put {
+        local: std::path::PathBuf,
+        remote: String,
+    },
+    /// Download a file, e.g. `sb files get /docs/report.pdf ./r.pdf` (default: its name, here).
+    /// An interrupted download resumes where it stopped.
+    Get {
+        remote: String,
+        local: Option<std::path::PathBuf>,
+        /// A version number from `sb files versions` [default: the newest].
+        #[arg(long)]
+        version: Option<i64>,
+    },
+    /// List the files under a folder [default: all].
+    Ls { folder: Option<String> },
+    /// A file's versions, newest first.
+    Versions { path: String },
 }
 
 #[derive(Subcommand)]

@@ -34,6 +34,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Admin(c) => admin(c, json).await,
         Command::Trust(c) => trust(c, json),
         Command::Chat(c) => crate::chat_cmds::chat(c, json).await,
+        Command::Files(c) => crate::files_cmds::files(c, json).await,
         Command::Query(a) => crate::monitor_cmds::query(a, json).await,
         Command::Alerts(c) => crate::monitor_cmds::alerts(c, json).await,
         Command::Agent(a) => agent(a).await,

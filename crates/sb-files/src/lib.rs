@@ -1,0 +1,407 @@
+//! The files service: spaces of versioned files whose content is content-defined chunks in
+//! the blob store. Transport-free: `sb-server` maps HTTP onto these calls.
+//!
+//! An upload is three steps. The client sends the file's chunk list (ids and lengths); the
+//! service answers with the chunks the blob store lacks. The client sends those (each checked
+//! against its id). The commit checks that every chunk is there and that they hash, in order,
+//! to the file's BLAKE3, then makes the file's next version in one transaction. An interrupted
+//! upload is resumed by asking again: chunks already sent are no longer missing.
+
+use sb_auth::{Action, Auth, AuthError, Ctx, Resource};
+use sb_blob::{BlobId, BlobStore, LocalBlobStore};
+use sb_core::config::FilesConfig;
+use sb_core::{ErrorCode, FileId, SpaceId, UnixMillis, UploadId};
+use sb_proto::{FileInfo, FileVersionInfo, UploadStart, UploadStarted};
+use sb_store::files::{ChunkRef, CommitError, FileRecord, FilesStore, UploadRecord, VersionRecord};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("storage: {0}")]
+    Internal(String),
+}
+
+impl FilesError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            FilesError::Auth(a) => a.code(),
+            FilesError::Invalid(_) => ErrorCode::InvalidArgument,
+            FilesError::NotFound(_) => ErrorCode::NotFound,
+            FilesError::Conflict(_) => ErrorCode::Conflict,
+            FilesError::TooLarge(_) => ErrorCode::PayloadTooLarge,
+            FilesError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+impl From<sb_store::StoreError> for FilesError {
+    fn from(e: sb_store::StoreError) -> Self {
+        FilesError::Internal(e.to_string())
+    }
+}
+
+impl From<sb_blob::BlobError> for FilesError {
+    fn from(e: sb_blob::BlobError) -> Self {
+        FilesError::Internal(e.to_string())
+    }
+}
+
+pub type Result<T, E = FilesError> = std::result::Result<T, E>;
+
+/// Checks and normalises a path: `/`-separated, absolute, no empty, `.` or `..` segments, no
+/// control characters, at most `max` bytes. A trailing `/` is dropped.
+pub fn normalize_path(path: &str, max: usize) -> Result<String> {
+    let invalid = |why: &str| FilesError::Invalid(format!("path {path:?}: {why}"));
+    if path.len() > max {
+        return Err(invalid(&format!(
+            "longer than {max} bytes (files.path_length_max)"
+        )));
+    }
+    if !path.starts_with('/') {
+        return Err(invalid("must start with /"));
+    }
+    let mut out = String::with_capacity(path.len());
+    for seg in path.split('/').skip(1) {
+        if seg.is_empty() {
+            continue;
+        }
+        if seg == "." || seg == ".." {
+            return Err(invalid("no . or .. segments"));
+        }
+        if seg.chars().any(char::is_control) {
+            return Err(invalid("no control characters"));
+        }
+        out.push('/');
+        out.push_str(seg);
+    }
+    if out.is_empty() {
+        return Err(invalid("names no file"));
+    }
+    Ok(out)
+}
+
+pub struct Files {
+    store: Arc<dyn FilesStore>,
+    blobs: LocalBlobStore,
+    auth: Arc<Auth>,
+    cfg: FilesConfig,
+}
+
+fn file_info(f: &FileRecord) -> FileInfo {
+    FileInfo {
+        path: f.path.clone(),
+        version: f.head,
+        size: f.size,
+        blake3: f.blake3.clone(),
+        modified_at_ms: f.modified_at.0,
+        deleted: f.deleted_at.is_some(),
+    }
+}
+
+fn parse_chunk_id(s: &str) -> Result<BlobId> {
+    s.parse::<BlobId>()
+        .map_err(|_| FilesError::Invalid(format!("chunk id {s:?} is not 64 hex digits")))
+}
+
+impl Files {
+    pub fn new(
+        store: Arc<dyn FilesStore>,
+        blobs: LocalBlobStore,
+        auth: Arc<Auth>,
+        cfg: FilesConfig,
+    ) -> Self {
+        Self {
+            store,
+            blobs,
+            auth,
+            cfg,
+        }
+    }
+
+    pub fn config(&self) -> &FilesConfig {
+        &self.cfg
+    }
+
+    /// The caller's own space, after checking what the caller may do in it.
+    async fn home(&self, cx: Ctx<'_>, action: Action) -> Result<SpaceId> {
+        let space = self
+            .store
+            .personal_space(cx.subject.user_id, SpaceId::new_at(cx.now), cx.now)
+            .await?;
+        self.auth
+            .authorize(
+                cx,
+                action,
+                &Resource::FileSpace {
+                    id: space.id,
+                    owner: space.owner == cx.subject.user_id,
+                    writable_share: None,
+                },
+            )
+            .await?;
+        Ok(space.id)
+    }
+
+    /// Step one of an upload: records the chunk list and answers which chunks to send.
+    pub async fn start_upload(&self, cx: Ctx<'_>, req: UploadStart) -> Result<UploadStarted> {
+        let space = self.home(cx, Action::Create).await?;
+        let path = normalize_path(&req.path, self.cfg.path_length_max)?;
+        if req.size > self.cfg.file_size_bytes_max {
+            return Err(FilesError::TooLarge(format!(
+                "{} bytes is over files.file_size_bytes_max ({})",
+                req.size, self.cfg.file_size_bytes_max
+            )));
+        }
+        let mut chunks = Vec::with_capacity(req.chunks.len());
+        let mut total = 0u64;
+        for c in &req.chunks {
+            if c.len == 0 || c.len as usize > self.cfg.chunk_size_bytes_max {
+                return Err(FilesError::Invalid(format!(
+                    "chunk {} has length {}; chunks are 1 to {} bytes (files.chunk_size_bytes_max)",
+                    c.id, c.len, self.cfg.chunk_size_bytes_max
+                )));
+            }
+            total += u64::from(c.len);
+            chunks.push(ChunkRef {
+                id: *parse_chunk_id(&c.id)?.as_bytes(),
+                len: c.len,
+            });
+        }
+        if total != req.size {
+            return Err(FilesError::Invalid(format!(
+                "the chunks add up to {total} bytes, not the size {}",
+                req.size
+            )));
+        }
+        let mut blake3 = [0u8; 32];
+        hex::decode_to_slice(&req.blake3, &mut blake3)
+            .map_err(|_| FilesError::Invalid("blake3 is not 64 hex digits".into()))?;
+        let id = UploadId::new_at(cx.now);
+        let mut missing: Vec<String> = Vec::new();
+        for c in &chunks {
+            let bid = BlobId::from_bytes(c.id);
+            let s = bid.to_string();
+            if !self.blobs.contains(bid) && !missing.contains(&s) {
+                missing.push(s);
+            }
+        }
+        self.store
+            .create_upload(UploadRecord {
+                id,
+                space_id: space,
+                path,
+                base_version: req.base_version,
+                size: req.size,
+                blake3: req.blake3.to_ascii_lowercase(),
+                chunks,
+                created_by: cx.subject.user_id,
+                device: req.device.chars().take(64).collect(),
+                created_at: cx.now,
+                expires_at: UnixMillis(cx.now.0 + self.cfg.upload_ttl_secs as i64 * 1000),
+            })
+            .await?;
+        Ok(UploadStarted {
+            upload_id: id.to_string(),
+            missing,
+        })
+    }
+
+    async fn own_upload(&self, cx: Ctx<'_>, upload: &str) -> Result<UploadRecord> {
+        let id: UploadId = upload
+            .parse()
+            .map_err(|_| FilesError::NotFound(format!("no upload {upload}")))?;
+        let u = self
+            .store
+            .upload(id)
+            .await?
+            .filter(|u| u.created_by == cx.subject.user_id && u.expires_at.0 >= cx.now.0)
+            .ok_or_else(|| {
+                FilesError::NotFound(format!(
+                    "no upload {upload} (committed, expired or never started); start again"
+                ))
+            })?;
+        Ok(u)
+    }
+
+    /// Step two: one chunk's bytes, checked against its id and length.
+    pub async fn put_chunk(
+        &self,
+        cx: Ctx<'_>,
+        upload: &str,
+        chunk: &str,
+        bytes: Vec<u8>,
+    ) -> Result<()> {
+        self.home(cx, Action::Create).await?;
+        let u = self.own_upload(cx, upload).await?;
+        let id = parse_chunk_id(chunk)?;
+        let Some(expected) = u.chunks.iter().find(|c| c.id == *id.as_bytes()) else {
+            return Err(FilesError::Invalid(format!(
+                "chunk {chunk} is not in this upload's chunk list"
+            )));
+        };
+        if bytes.len() != expected.len as usize {
+            return Err(FilesError::Invalid(format!(
+                "chunk {chunk} is {} bytes; the chunk list says {}",
+                bytes.len(),
+                expected.len
+            )));
+        }
+        if BlobId::of(&bytes) != id {
+            return Err(FilesError::Invalid(format!(
+                "the bytes sent do not hash to {chunk}; nothing was stored"
+            )));
+        }
+        self.blobs.put(bytes).await?;
+        Ok(())
+    }
+
+    /// Step three: every chunk present and the content's hash right, the file's next version.
+    pub async fn commit(&self, cx: Ctx<'_>, upload: &str) -> Result<FileInfo> {
+        self.home(cx, Action::Create).await?;
+        let u = self.own_upload(cx, upload).await?;
+        let missing: Vec<String> = u
+            .chunks
+            .iter()
+            .map(|c| BlobId::from_bytes(c.id))
+            .filter(|id| !self.blobs.contains(*id))
+            .map(|id| id.to_string())
+            .collect();
+        if !missing.is_empty() {
+            return Err(FilesError::Conflict(format!(
+                "{} chunk(s) not sent yet, first {}; send them, then commit",
+                missing.len(),
+                missing[0]
+            )));
+        }
+        let mut hasher = blake3::Hasher::new();
+        for c in &u.chunks {
+            let bytes = self
+                .blobs
+                .get_shared(BlobId::from_bytes(c.id))
+                .await?
+                .ok_or_else(|| FilesError::Internal("a chunk vanished during commit".into()))?;
+            hasher.update(&bytes);
+        }
+        if hasher.finalize().to_hex().as_str() != u.blake3 {
+            return Err(FilesError::Invalid(
+                "the chunks do not hash to the file's blake3; nothing was committed".into(),
+            ));
+        }
+        match self
+            .store
+            .commit_upload(u.id, FileId::new_at(cx.now), cx.now)
+            .await
+        {
+            Ok((file, _)) => Ok(file_info(&file)),
+            Err(CommitError::NoUpload) => Err(FilesError::NotFound(format!(
+                "no upload {upload} (already committed?)"
+            ))),
+            Err(CommitError::Conflict { base, current }) => Err(FilesError::Conflict(format!(
+                "{} changed: it is at version {current}, this upload was based on {base}",
+                u.path
+            ))),
+            Err(CommitError::Store(e)) => Err(e.into()),
+        }
+    }
+
+    /// The file at `path` and one of its versions (the newest when `version` is `None`).
+    pub async fn open(
+        &self,
+        cx: Ctx<'_>,
+        path: &str,
+        version: Option<i64>,
+    ) -> Result<(FileInfo, VersionRecord)> {
+        let space = self.home(cx, Action::Read).await?;
+        let path = normalize_path(path, self.cfg.path_length_max)?;
+        let file = self
+            .store
+            .file_by_path(space, &path)
+            .await?
+            .filter(|f| f.deleted_at.is_none() || version.is_some())
+            .ok_or_else(|| FilesError::NotFound(format!("no file {path}")))?;
+        let v = self
+            .store
+            .version(file.id, version.unwrap_or(file.head))
+            .await?
+            .ok_or_else(|| {
+                FilesError::NotFound(format!("{path} has no version {}", version.unwrap_or(0)))
+            })?;
+        Ok((file_info(&file), v))
+    }
+
+    /// The blob store, for streaming a version's chunks.
+    pub fn blobs(&self) -> &LocalBlobStore {
+        &self.blobs
+    }
+
+    /// Files under a folder (`/` for all), by path.
+    pub async fn list(&self, cx: Ctx<'_>, folder: &str) -> Result<Vec<FileInfo>> {
+        let space = self.home(cx, Action::Read).await?;
+        let prefix = if folder.trim_end_matches('/').is_empty() {
+            "/".to_string()
+        } else {
+            format!("{}/", normalize_path(folder, self.cfg.path_length_max)?)
+        };
+        let files = self
+            .store
+            .list_files(space, &prefix, false, self.cfg.list_page_max)
+            .await?;
+        Ok(files.iter().map(file_info).collect())
+    }
+
+    /// A file's versions, newest first.
+    pub async fn versions(&self, cx: Ctx<'_>, path: &str) -> Result<Vec<FileVersionInfo>> {
+        let space = self.home(cx, Action::Read).await?;
+        let path = normalize_path(path, self.cfg.path_length_max)?;
+        let file = self
+            .store
+            .file_by_path(space, &path)
+            .await?
+            .ok_or_else(|| FilesError::NotFound(format!("no file {path}")))?;
+        let mut out = Vec::new();
+        for v in self.store.versions(file.id).await? {
+            let by = self
+                .auth
+                .store()
+                .user_by_id(v.created_by)
+                .await?
+                .map(|u| u.username)
+                .unwrap_or_default();
+            out.push(FileVersionInfo {
+                version: v.version,
+                size: v.size,
+                blake3: v.blake3,
+                created_at_ms: v.created_at.0,
+                created_by: by,
+                device: v.device,
+                chunks: v.chunks.len() as u64,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn paths_are_normalised_and_bad_ones_refused() {
+        assert_eq!(normalize_path("/docs//a.txt/", 100).unwrap(), "/docs/a.txt");
+        for bad in ["docs/a", "/", "/a/../b", "/./a", "/a\u{0}b"] {
+            assert!(normalize_path(bad, 100).is_err(), "{bad:?}");
+        }
+        assert!(normalize_path("/abcdef", 4).is_err());
+    }
+}

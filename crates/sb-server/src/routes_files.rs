@@ -1,0 +1,231 @@
+//! Files over HTTP: the three-step upload (chunk list, missing chunks, commit), listings,
+//! versions, and content with HTTP Range.
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiQuery, Caller};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use sb_core::ErrorCode;
+use sb_proto::*;
+use serde::Deserialize;
+use std::sync::Arc;
+use utoipa::IntoParams;
+
+type St = State<Arc<AppState>>;
+
+#[utoipa::path(post, path = "/v1/files/uploads", tag = "files", request_body = UploadStart,
+    responses((status = 201, body = UploadStarted, description = "send the missing chunks, then commit"), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn start_upload(
+    State(st): St,
+    c: Caller,
+    ApiJson(req): ApiJson<UploadStart>,
+) -> Result<(StatusCode, Json<UploadStarted>), ApiError> {
+    let started = st.files.start_upload(c.cx(), req).await?;
+    Ok((StatusCode::CREATED, Json(started)))
+}
+
+#[utoipa::path(put, path = "/v1/files/uploads/{upload}/chunks/{chunk}", tag = "files",
+    params(("upload" = String, Path), ("chunk" = String, Path, description = "the chunk's BLAKE3, hex")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 204, description = "stored (or already there)"), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn put_chunk(
+    State(st): St,
+    c: Caller,
+    Path((upload, chunk)): Path<(String, String)>,
+    body: axum::body::Body,
+) -> Result<StatusCode, ApiError> {
+    let max = st.files.config().chunk_size_bytes_max;
+    // The general body limit is for JSON; chunks have their own, read here.
+    let bytes = axum::body::to_bytes(body, max).await.map_err(|_| {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("chunks are at most {max} bytes (files.chunk_size_bytes_max)"),
+        )
+    })?;
+    st.files
+        .put_chunk(c.cx(), &upload, &chunk, bytes.to_vec())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/v1/files/uploads/{upload}/commit", tag = "files",
+    params(("upload" = String, Path)),
+    responses((status = 200, body = FileInfo, description = "the file's new version"), (status = 409, body = ErrorBody, description = "chunks missing, or the file changed since the upload's base version"), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn commit(
+    State(st): St,
+    c: Caller,
+    Path(upload): Path<String>,
+) -> Result<Json<FileInfo>, ApiError> {
+    Ok(Json(st.files.commit(c.cx(), &upload).await?))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct ListQuery {
+    /// A folder, e.g. `/docs` (default: everything).
+    #[serde(default)]
+    pub folder: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/files", tag = "files", params(ListQuery),
+    responses((status = 200, body = Vec<FileInfo>), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(st): St,
+    c: Caller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Vec<FileInfo>>, ApiError> {
+    let folder = q.folder.unwrap_or_else(|| "/".into());
+    Ok(Json(st.files.list(c.cx(), &folder).await?))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct PathQuery {
+    pub path: String,
+    /// A version number (default: the newest).
+    #[serde(default)]
+    pub version: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/v1/files/versions", tag = "files", params(PathQuery),
+    responses((status = 200, body = Vec<FileVersionInfo>), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn versions(
+    State(st): St,
+    c: Caller,
+    ApiQuery(q): ApiQuery<PathQuery>,
+) -> Result<Json<Vec<FileVersionInfo>>, ApiError> {
+    Ok(Json(st.files.versions(c.cx(), &q.path).await?))
+}
+
+/// `bytes=A-B`, `bytes=A-` or `bytes=-N` against a length: the inclusive range, or `None` when
+/// it cannot be satisfied. Multiple ranges are not supported (answered with the whole file).
+fn parse_range(value: &str, len: u64) -> Option<Option<(u64, u64)>> {
+    let spec = value.strip_prefix("bytes=")?.trim();
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let range = match (a.trim(), b.trim()) {
+        ("", n) => {
+            let n: u64 = n.parse().ok()?;
+            if n == 0 || len == 0 {
+                return Some(None);
+            }
+            (len.saturating_sub(n), len - 1)
+        }
+        (a, "") => (a.parse().ok()?, len.saturating_sub(1)),
+        (a, b) => (
+            a.parse().ok()?,
+            b.parse::<u64>().ok()?.min(len.saturating_sub(1)),
+        ),
+    };
+    Some((range.0 <= range.1 && range.0 < len).then_some(range))
+}
+
+#[utoipa::path(get, path = "/v1/files/content", tag = "files", params(PathQuery),
+    responses((status = 200, description = "the file's bytes"), (status = 206, description = "the requested range"), (status = 416, description = "the range is outside the file"), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn content(
+    State(st): St,
+    c: Caller,
+    ApiQuery(q): ApiQuery<PathQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (_, version) = st.files.open(c.cx(), &q.path, q.version).await?;
+    let len = version.size;
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_range(v, len));
+    let (start, end, status) = match range {
+        Some(Some((a, b))) => (a, b + 1, StatusCode::PARTIAL_CONTENT),
+        Some(None) => {
+            return Ok((
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+            )
+                .into_response());
+        }
+        None => (0, len, StatusCode::OK),
+    };
+    // The chunks overlapping [start, end), with the part of each to send.
+    let mut parts = Vec::new();
+    let mut at = 0u64;
+    for ch in &version.chunks {
+        let (lo, hi) = (at, at + u64::from(ch.len));
+        if hi > start && lo < end {
+            let from = start.saturating_sub(lo) as usize;
+            let to = (end.min(hi) - lo) as usize;
+            parts.push((sb_blob::BlobId::from_bytes(ch.id), from, to));
+        }
+        at = hi;
+    }
+    let blobs = st.files.blobs().clone();
+    let stream =
+        futures_util::stream::unfold((parts.into_iter(), blobs), |(mut it, blobs)| async move {
+            let (id, from, to) = it.next()?;
+            let item = match blobs.get_shared(id).await {
+                Ok(Some(b)) if b.len() >= to => {
+                    Ok(axum::body::Bytes::copy_from_slice(&b[from..to]))
+                }
+                Ok(_) => Err(std::io::Error::other(format!("chunk {id} is missing"))),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            if let Err(e) = &item {
+                tracing::error!(error = %e, "a file download stopped");
+            }
+            Some((item, (it, blobs)))
+        });
+    let mut resp = axum::body::Body::from_stream(stream).into_response();
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    let set = |h: &mut HeaderMap, k: header::HeaderName, v: String| {
+        if let Ok(v) = v.parse() {
+            h.insert(k, v);
+        }
+    };
+    set(h, header::CONTENT_TYPE, "application/octet-stream".into());
+    set(h, header::CONTENT_LENGTH, (end - start).to_string());
+    set(h, header::ACCEPT_RANGES, "bytes".into());
+    set(h, header::ETAG, format!("\"{}\"", version.blake3));
+    set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff".into());
+    set(
+        h,
+        header::HeaderName::from_static("x-file-version"),
+        version.version.to_string(),
+    );
+    if status == StatusCode::PARTIAL_CONTENT {
+        set(
+            h,
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{len}", end - 1),
+        );
+    }
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges_parse_like_http_says() {
+        assert_eq!(parse_range("bytes=0-9", 100), Some(Some((0, 9))));
+        assert_eq!(parse_range("bytes=90-", 100), Some(Some((90, 99))));
+        assert_eq!(parse_range("bytes=-10", 100), Some(Some((90, 99))));
+        assert_eq!(parse_range("bytes=50-500", 100), Some(Some((50, 99))));
+        assert_eq!(parse_range("bytes=100-", 100), Some(None), "past the end");
+        assert_eq!(
+            parse_range("bytes=0-1,5-6", 100),
+            None,
+            "several: the whole file"
+        );
+        assert_eq!(parse_range("items=0-1", 100), None);
+    }
+}

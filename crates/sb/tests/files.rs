@@ -1,0 +1,310 @@
+//! Files end to end against the real server: a large file up and down byte-identical, an
+//! interrupted upload resumed sending only the rest, dedup after a one-byte insert, HTTP
+//! Range, an interrupted download resumed, versions, and the CLI.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use common::*;
+use reqwest::Method;
+use sb_proto::UploadStart;
+use std::io::Write;
+use std::path::Path;
+
+/// Incompressible, repeatable bytes.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Writes `len` bytes of noise to `path` in pieces (a large file never sits in memory whole).
+fn write_noise(path: &Path, len: u64, seed: u64) {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut left = len;
+    let mut s = seed;
+    while left > 0 {
+        let n = left.min(8 << 20) as usize;
+        f.write_all(&noise(n, s)).unwrap();
+        s = s.wrapping_add(0x9e37_79b9);
+        left -= n as u64;
+    }
+    f.flush().unwrap();
+}
+
+fn same_files(a: &Path, b: &Path) -> bool {
+    let (ha, hb) = (
+        blake3::Hasher::new()
+            .update_reader(std::fs::File::open(a).unwrap())
+            .unwrap()
+            .finalize(),
+        blake3::Hasher::new()
+            .update_reader(std::fs::File::open(b).unwrap())
+            .unwrap()
+            .finalize(),
+    );
+    ha == hb && std::fs::metadata(a).unwrap().len() == std::fs::metadata(b).unwrap().len()
+}
+
+/// Size of the round-trip file: 1 GiB, or SB_TEST_FILE_MIB.
+fn big_size() -> u64 {
+    std::env::var("SB_TEST_FILE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024u64)
+        << 20
+}
+
+#[tokio::test]
+async fn a_large_file_round_trips_resumes_and_dedups() {
+    let server = TestServer::start();
+    let admin = server.admin().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let big = tmp.path().join("big.bin");
+    write_noise(&big, big_size(), 1);
+
+    // An upload interrupted after some chunks: the next run sends only the rest.
+    let (size, blake3, chunks) = sb_client::files::manifest(&big).unwrap();
+    let started = admin
+        .files_start_upload(&UploadStart {
+            path: "/data/big.bin".into(),
+            size,
+            blake3,
+            chunks: chunks.iter().map(|(_, c)| c.clone()).collect(),
+            base_version: None,
+            device: "test".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        started.missing.len(),
+        chunks.len(),
+        "a fresh server lacks every chunk"
+    );
+    let early: Vec<&(u64, sb_proto::ChunkInfo)> = chunks.iter().take(chunks.len() / 3).collect();
+    let mut sent_early = 0u64;
+    for (off, c) in &early {
+        let mut buf = vec![0u8; c.len as usize];
+        let mut f = std::fs::File::open(&big).unwrap();
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(*off)).unwrap();
+        std::io::Read::read_exact(&mut f, &mut buf).unwrap();
+        admin
+            .files_put_chunk(&started.upload_id, &c.id, buf)
+            .await
+            .unwrap();
+        sent_early += u64::from(c.len);
+    }
+    // …the connection drops here; committing now is refused, naming what is missing.
+    let err = admin.files_commit(&started.upload_id).await.unwrap_err();
+    assert_eq!(err.status(), Some(409), "{err}");
+    let (info, stats) = admin
+        .put_file(&big, "/data/big.bin", None, "test", &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(stats.bytes_sent, size - sent_early, "only the rest is sent");
+    assert_eq!(stats.chunks_sent, chunks.len() - early.len());
+    assert_eq!((info.version, info.size), (1, size));
+
+    // Down again, byte-identical, with progress reaching the end.
+    let back = tmp.path().join("back.bin");
+    let last = std::sync::atomic::AtomicU64::new(0);
+    admin
+        .get_file("/data/big.bin", None, &back, &|done, _| {
+            last.store(done, std::sync::atomic::Ordering::Relaxed)
+        })
+        .await
+        .unwrap();
+    assert!(same_files(&big, &back), "byte-identical");
+    assert_eq!(last.load(std::sync::atomic::Ordering::Relaxed), size);
+
+    // One byte inserted near the start: a new version that sends only a few new chunks.
+    let edited = tmp.path().join("edited.bin");
+    {
+        let mut out = std::fs::File::create(&edited).unwrap();
+        let mut src = std::fs::File::open(&big).unwrap();
+        let mut head = vec![0u8; 1000];
+        std::io::Read::read_exact(&mut src, &mut head).unwrap();
+        out.write_all(&head).unwrap();
+        out.write_all(&[0x42]).unwrap();
+        std::io::copy(&mut src, &mut out).unwrap();
+    }
+    let (v2, stats) = admin
+        .put_file(&edited, "/data/big.bin", Some(1), "test", &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(v2.version, 2);
+    assert!(
+        stats.chunks_sent <= 2,
+        "{} of {} chunks sent",
+        stats.chunks_sent,
+        stats.chunks
+    );
+    assert!(
+        stats.bytes_sent < 10 << 20,
+        "{} bytes sent",
+        stats.bytes_sent
+    );
+    // A writer still based on version 1 is refused, not silently overwriting.
+    let err = admin
+        .put_file(&big, "/data/big.bin", Some(1), "test", &|_, _| {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(409), "{err}");
+
+    let versions = admin.files_versions("/data/big.bin").await.unwrap();
+    assert_eq!(
+        versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+        vec![2, 1]
+    );
+    assert_eq!(versions[0].created_by, "admin");
+    // The first version is still there to read.
+    let old = tmp.path().join("old.bin");
+    admin
+        .get_file("/data/big.bin", Some(1), &old, &|_, _| {})
+        .await
+        .unwrap();
+    assert!(same_files(&big, &old));
+}
+
+#[tokio::test]
+async fn ranges_resumed_downloads_listings_and_privacy() {
+    let server = TestServer::start();
+    let admin = server.admin().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("f.bin");
+    let data = noise(3_000_000, 9);
+    std::fs::write(&file, &data).unwrap();
+    admin
+        .put_file(&file, "/docs/f.bin", Some(0), "test", &|_, _| {})
+        .await
+        .unwrap();
+
+    // HTTP Range across a chunk boundary, and past the end.
+    let resp = admin
+        .raw_with_headers(
+            Method::GET,
+            "/v1/files/content?path=/docs/f.bin",
+            &[("range", "bytes=1000000-2999999")],
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 206);
+    assert_eq!(
+        resp.headers()["content-range"].to_str().unwrap(),
+        "bytes 1000000-2999999/3000000"
+    );
+    assert!(resp.bytes().await.unwrap() == data[1_000_000..3_000_000]);
+    let resp = admin
+        .raw_with_headers(
+            Method::GET,
+            "/v1/files/content?path=/docs/f.bin",
+            &[("range", "bytes=3000000-")],
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 416);
+
+    // A download interrupted after 1 MB resumes from there.
+    let local = tmp.path().join("copy.bin");
+    std::fs::write(sb_client::files::part_path(&local), &data[..1_000_000]).unwrap();
+    let first = std::sync::Mutex::new(None);
+    admin
+        .get_file("/docs/f.bin", None, &local, &|done, _| {
+            first.lock().unwrap().get_or_insert(done);
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        *first.lock().unwrap(),
+        Some(1_000_000),
+        "picked up where it stopped"
+    );
+    assert!(std::fs::read(&local).unwrap() == data);
+    assert!(!sb_client::files::part_path(&local).exists());
+
+    let list = admin.files_list("/docs").await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(
+        (list[0].path.as_str(), list[0].size),
+        ("/docs/f.bin", 3_000_000)
+    );
+
+    // Another user has a space of their own: admin's files are not in it.
+    let bob = server.user(&admin, "bob").await;
+    assert!(bob.files_list("/").await.unwrap().is_empty());
+    let err = bob
+        .get_file("/docs/f.bin", None, &tmp.path().join("x"), &|_, _| {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(404));
+
+    // Bad input: a clear 400, nothing stored.
+    let err = admin
+        .files_start_upload(&UploadStart {
+            path: "/../etc/passwd".into(),
+            size: 1,
+            blake3: "00".repeat(32),
+            chunks: vec![],
+            base_version: None,
+            device: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(400), "{err}");
+}
+
+#[test]
+fn files_from_the_cli() {
+    let server = TestServer::start();
+    let home = tempfile::tempdir().unwrap();
+    register_admin_cli(&server, home.path());
+    let local = home.path().join("report.pdf");
+    std::fs::write(&local, noise(2_500_000, 3)).unwrap();
+    let out = sb(
+        home.path(),
+        &["files", "put", local.to_str().unwrap(), "/docs/report.pdf"],
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("uploading /docs/report.pdf: 100%"),
+        "{}",
+        stderr(&out)
+    );
+    let back = home.path().join("r.pdf");
+    let out = sb(
+        home.path(),
+        &[
+            "files",
+            "get",
+            "/docs/report.pdf",
+            back.to_str().unwrap(),
+            "--json",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(json(&out)["version"], 1);
+    assert!(std::fs::read(&back).unwrap() == std::fs::read(&local).unwrap());
+    let ls = json(&sb(home.path(), &["files", "ls", "/docs", "--json"], ""));
+    assert_eq!(ls[0]["path"], "/docs/report.pdf");
+    let out = sb(home.path(), &["files", "versions", "/docs/report.pdf"], "");
+    assert!(stdout(&out).contains("v1"), "{}", stdout(&out));
+    let out = sb(home.path(), &["files", "get", "/docs/nope.pdf"], "");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no file /docs/nope.pdf"),
+        "{}",
+        stderr(&out)
+    );
+}
