@@ -90,6 +90,42 @@ pub fn normalize_path(path: &str, max: usize) -> Result<String> {
     Ok(out)
 }
 
+/// Checks an upload's chunk list against the limits: its normalised path and chunks.
+pub fn check_manifest(req: &UploadStart, cfg: &FilesConfig) -> Result<(String, Vec<ChunkRef>)> {
+    let path = normalize_path(&req.path, cfg.path_length_max)?;
+    if req.size > cfg.file_size_bytes_max {
+        return Err(FilesError::TooLarge(format!(
+            "{} bytes is over files.file_size_bytes_max ({})",
+            req.size, cfg.file_size_bytes_max
+        )));
+    }
+    let mut chunks = Vec::with_capacity(req.chunks.len());
+    let mut total = 0u64;
+    for c in &req.chunks {
+        if c.len == 0 || c.len as usize > cfg.chunk_size_bytes_max {
+            return Err(FilesError::Invalid(format!(
+                "chunk {} has length {}; chunks are 1 to {} bytes (files.chunk_size_bytes_max)",
+                c.id, c.len, cfg.chunk_size_bytes_max
+            )));
+        }
+        total = total.saturating_add(u64::from(c.len));
+        chunks.push(ChunkRef {
+            id: *parse_chunk_id(&c.id)?.as_bytes(),
+            len: c.len,
+        });
+    }
+    if total != req.size {
+        return Err(FilesError::Invalid(format!(
+            "the chunks add up to {total} bytes, not the size {}",
+            req.size
+        )));
+    }
+    let mut blake3 = [0u8; 32];
+    hex::decode_to_slice(&req.blake3, &mut blake3)
+        .map_err(|_| FilesError::Invalid("blake3 is not 64 hex digits".into()))?;
+    Ok((path, chunks))
+}
+
 pub struct Files {
     store: Arc<dyn FilesStore>,
     blobs: LocalBlobStore,
@@ -155,37 +191,7 @@ impl Files {
     /// Step one of an upload: records the chunk list and answers which chunks to send.
     pub async fn start_upload(&self, cx: Ctx<'_>, req: UploadStart) -> Result<UploadStarted> {
         let space = self.home(cx, Action::Create).await?;
-        let path = normalize_path(&req.path, self.cfg.path_length_max)?;
-        if req.size > self.cfg.file_size_bytes_max {
-            return Err(FilesError::TooLarge(format!(
-                "{} bytes is over files.file_size_bytes_max ({})",
-                req.size, self.cfg.file_size_bytes_max
-            )));
-        }
-        let mut chunks = Vec::with_capacity(req.chunks.len());
-        let mut total = 0u64;
-        for c in &req.chunks {
-            if c.len == 0 || c.len as usize > self.cfg.chunk_size_bytes_max {
-                return Err(FilesError::Invalid(format!(
-                    "chunk {} has length {}; chunks are 1 to {} bytes (files.chunk_size_bytes_max)",
-                    c.id, c.len, self.cfg.chunk_size_bytes_max
-                )));
-            }
-            total += u64::from(c.len);
-            chunks.push(ChunkRef {
-                id: *parse_chunk_id(&c.id)?.as_bytes(),
-                len: c.len,
-            });
-        }
-        if total != req.size {
-            return Err(FilesError::Invalid(format!(
-                "the chunks add up to {total} bytes, not the size {}",
-                req.size
-            )));
-        }
-        let mut blake3 = [0u8; 32];
-        hex::decode_to_slice(&req.blake3, &mut blake3)
-            .map_err(|_| FilesError::Invalid("blake3 is not 64 hex digits".into()))?;
+        let (path, chunks) = check_manifest(&req, &self.cfg)?;
         let id = UploadId::new_at(cx.now);
         let mut missing: Vec<String> = Vec::new();
         for c in &chunks {
