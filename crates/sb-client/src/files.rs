@@ -4,7 +4,9 @@
 use crate::{Client, ClientError, Result};
 use reqwest::Method;
 use sb_blob::chunker;
-use sb_proto::{ChunkInfo, FileInfo, FileVersionInfo, UploadStart, UploadStarted};
+use sb_proto::{
+    ChunkInfo, FileInfo, FileMove, FileRestore, FileVersionInfo, UploadStart, UploadStarted,
+};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -89,6 +91,35 @@ impl Client {
             Self::NO_BODY,
         )
         .await
+    }
+
+    /// Moves a file to the trash.
+    pub async fn files_remove(&self, path: &str) -> Result<FileInfo> {
+        self.call(
+            Method::DELETE,
+            &format!("/v1/files?path={}", enc(path)),
+            Self::NO_BODY,
+        )
+        .await
+    }
+
+    /// Brings a file back from the trash, or makes an old version the newest.
+    pub async fn files_restore(&self, path: &str, version: Option<i64>) -> Result<FileInfo> {
+        let req = FileRestore {
+            path: path.to_string(),
+            version,
+        };
+        self.call(Method::POST, "/v1/files/restore", Some(&req))
+            .await
+    }
+
+    /// Renames a file, or a folder and everything under it.
+    pub async fn files_move(&self, from: &str, to: &str) -> Result<Vec<FileInfo>> {
+        let req = FileMove {
+            from: from.to_string(),
+            to: to.to_string(),
+        };
+        self.call(Method::POST, "/v1/files/move", Some(&req)).await
     }
 
     pub async fn files_versions(&self, path: &str) -> Result<Vec<FileVersionInfo>> {

@@ -12,6 +12,7 @@ use sb_blob::{BlobId, BlobStore, LocalBlobStore};
 use sb_core::config::FilesConfig;
 use sb_core::{ErrorCode, FileId, SpaceId, UnixMillis, UploadId};
 use sb_proto::{FileInfo, FileVersionInfo, UploadStart, UploadStarted};
+use sb_store::StoreError;
 use sb_store::files::{ChunkRef, CommitError, FileRecord, FilesStore, UploadRecord, VersionRecord};
 use std::sync::Arc;
 
@@ -343,6 +344,102 @@ impl Files {
                 FilesError::NotFound(format!("{path} has no version {}", version.unwrap_or(0)))
             })?;
         Ok((file_info(&file), v))
+    }
+
+    /// Moves a file to the trash (restorable with [`Files::restore`]).
+    pub async fn remove(&self, cx: Ctx<'_>, path: &str) -> Result<FileInfo> {
+        let space = self.home(cx, Action::Delete).await?;
+        let path = normalize_path(path, self.cfg.path_length_max)?;
+        let f = self
+            .store
+            .trash_file(space, &path, cx.now)
+            .await?
+            .ok_or_else(|| FilesError::NotFound(format!("no file {path}")))?;
+        Ok(file_info(&f))
+    }
+
+    /// Brings a trashed file back, or with `version` makes that old version the newest (a new
+    /// version with its content: history is never rewritten).
+    pub async fn restore(&self, cx: Ctx<'_>, path: &str, version: Option<i64>) -> Result<FileInfo> {
+        let space = self.home(cx, Action::Update).await?;
+        let path = normalize_path(path, self.cfg.path_length_max)?;
+        let Some(version) = version else {
+            let f = self
+                .store
+                .untrash_file(space, &path, cx.now)
+                .await?
+                .ok_or_else(|| FilesError::NotFound(format!("no file {path} in the trash")))?;
+            return Ok(file_info(&f));
+        };
+        let file = self
+            .store
+            .file_by_path(space, &path)
+            .await?
+            .ok_or_else(|| FilesError::NotFound(format!("no file {path}")))?;
+        let old = self
+            .store
+            .version(file.id, version)
+            .await?
+            .ok_or_else(|| FilesError::NotFound(format!("{path} has no version {version}")))?;
+        let id = UploadId::new_at(cx.now);
+        self.store
+            .create_upload(UploadRecord {
+                id,
+                space_id: space,
+                path: path.clone(),
+                base_version: Some(if file.deleted_at.is_some() {
+                    0
+                } else {
+                    file.head
+                }),
+                size: old.size,
+                blake3: old.blake3,
+                chunks: old.chunks,
+                created_by: cx.subject.user_id,
+                device: old.device,
+                created_at: cx.now,
+                expires_at: UnixMillis(cx.now.0 + 60_000),
+            })
+            .await?;
+        match self
+            .store
+            .commit_upload(id, FileId::new_at(cx.now), cx.now)
+            .await
+        {
+            Ok((f, _)) => Ok(file_info(&f)),
+            Err(CommitError::Conflict { .. }) => Err(FilesError::Conflict(format!(
+                "{path} changed while restoring; try again"
+            ))),
+            Err(CommitError::NoUpload) => {
+                Err(FilesError::Internal("restore lost its upload".into()))
+            }
+            Err(CommitError::Store(e)) => Err(e.into()),
+        }
+    }
+
+    /// Renames a file, or a folder with everything under it.
+    pub async fn rename(&self, cx: Ctx<'_>, from: &str, to: &str) -> Result<Vec<FileInfo>> {
+        let space = self.home(cx, Action::Update).await?;
+        let from = normalize_path(from, self.cfg.path_length_max)?;
+        let to = normalize_path(to, self.cfg.path_length_max)?;
+        if to == from || to.starts_with(&format!("{from}/")) {
+            return Err(FilesError::Invalid(format!(
+                "cannot move {from} into itself ({to})"
+            )));
+        }
+        let moved = match self.store.move_files(space, &from, &to, cx.now).await {
+            Ok(m) => m,
+            Err(StoreError::Conflict(_)) => {
+                return Err(FilesError::Conflict(format!(
+                    "something is already at {to} (or under it); move or remove it first"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if moved.is_empty() {
+            return Err(FilesError::NotFound(format!("no file or folder {from}")));
+        }
+        Ok(moved.iter().map(file_info).collect())
     }
 
     /// The blob store, for streaming a version's chunks.

@@ -249,6 +249,22 @@ pub struct FileVersionInfo {
     pub chunks: u64,
 }
 
+/// `POST /v1/files/move`: a file or a folder (everything under it) to a new path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FileMove {
+    pub from: String,
+    pub to: String,
+}
+
+/// `POST /v1/files/restore`: a trashed file back, or (with `version`) an old version as the
+/// newest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FileRestore {
+    pub path: String,
+    #[serde(default)]
+    pub version: Option<i64>,
+}
+
 /// What `POST /v1/admin/blobs/scrub` found: every copy of every blob re-hashed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ScrubReport {

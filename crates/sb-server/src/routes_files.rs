@@ -85,6 +85,46 @@ pub async fn list(
 }
 
 #[derive(Deserialize, IntoParams)]
+pub struct RemoveQuery {
+    pub path: String,
+}
+
+#[utoipa::path(delete, path = "/v1/files", tag = "files", params(RemoveQuery),
+    responses((status = 200, body = FileInfo, description = "moved to the trash"), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn remove(
+    State(st): St,
+    c: Caller,
+    ApiQuery(q): ApiQuery<RemoveQuery>,
+) -> Result<Json<FileInfo>, ApiError> {
+    Ok(Json(st.files.remove(c.cx(), &q.path).await?))
+}
+
+#[utoipa::path(post, path = "/v1/files/restore", tag = "files", request_body = FileRestore,
+    responses((status = 200, body = FileInfo), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn restore(
+    State(st): St,
+    c: Caller,
+    ApiJson(req): ApiJson<FileRestore>,
+) -> Result<Json<FileInfo>, ApiError> {
+    Ok(Json(
+        st.files.restore(c.cx(), &req.path, req.version).await?,
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/files/move", tag = "files", request_body = FileMove,
+    responses((status = 200, body = Vec<FileInfo>, description = "the moved files at their new paths"), (status = 409, body = ErrorBody), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn move_files(
+    State(st): St,
+    c: Caller,
+    ApiJson(req): ApiJson<FileMove>,
+) -> Result<Json<Vec<FileInfo>>, ApiError> {
+    Ok(Json(st.files.rename(c.cx(), &req.from, &req.to).await?))
+}
+
+#[derive(Deserialize, IntoParams)]
 pub struct PathQuery {
     pub path: String,
     /// A version number (default: the newest).

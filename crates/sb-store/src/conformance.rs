@@ -986,4 +986,71 @@ pub async fn run_files<S: Store + crate::files::FilesStore>(s: &S) {
     // Expired uploads are pruned.
     assert_eq!(s.prune_uploads(at(200_000)).await.unwrap(), 1);
     assert!(s.upload(u3).await.unwrap().is_none());
+
+    // Trash and back; a trashed file is not listed but keeps its versions.
+    let t = s
+        .trash_file(home.id, "/docs/a.txt", at(10_000))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.deleted_at, Some(at(10_000)));
+    assert!(
+        s.trash_file(home.id, "/docs/a.txt", at(10_001))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        s.list_files(home.id, "/docs/", false, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.list_files(home.id, "/docs/", true, 100)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(s.versions(f.id).await.unwrap().len(), 2);
+    let back = s
+        .untrash_file(home.id, "/docs/a.txt", at(10_100))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((back.deleted_at, back.head), (None, 2));
+    let feed = s.changes(home.id, 3, 100).await.unwrap();
+    assert_eq!(
+        feed.iter().map(|c| c.deleted).collect::<Vec<_>>(),
+        vec![true, false]
+    );
+
+    // Moving a folder moves what is under it, and never over another file.
+    let moved = s
+        .move_files(home.id, "/docs", "/archive/docs", at(11_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        moved.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(),
+        vec!["/archive/docs/a.txt"]
+    );
+    assert_eq!(moved[0].id, f.id, "the same file, renamed");
+    assert!(
+        s.file_by_path(home.id, "/docs/a.txt")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(matches!(
+        s.move_files(home.id, "/docs2/b.txt", "/archive/docs/a.txt", at(11_100))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(
+        s.move_files(home.id, "/nothing", "/x", at(11_200))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -164,6 +164,30 @@ pub trait FilesStore: Send + Sync + 'static {
     /// A file's versions, newest first.
     async fn versions(&self, file: FileId) -> Result<Vec<VersionRecord>>;
     async fn version(&self, file: FileId, version: i64) -> Result<Option<VersionRecord>>;
+    /// Moves a file to the trash (its versions are kept); `None` if there is no live file.
+    async fn trash_file(
+        &self,
+        space: SpaceId,
+        path: &str,
+        at: UnixMillis,
+    ) -> Result<Option<FileRecord>>;
+    /// Brings a file back from the trash; `None` if none is trashed there.
+    async fn untrash_file(
+        &self,
+        space: SpaceId,
+        path: &str,
+        at: UnixMillis,
+    ) -> Result<Option<FileRecord>>;
+    /// Renames a live file, or every live file under a folder (`from` and `to` without a
+    /// trailing `/`). Refused with `Conflict` if anything (live or trashed) is at a target
+    /// path; returns the moved files (empty: nothing was at `from`).
+    async fn move_files(
+        &self,
+        space: SpaceId,
+        from: &str,
+        to: &str,
+        at: UnixMillis,
+    ) -> Result<Vec<FileRecord>>;
     /// Changes of a space after sequence number `after`, oldest first.
     async fn changes(&self, space: SpaceId, after: i64, limit: usize) -> Result<Vec<ChangeRecord>>;
 }

@@ -341,6 +341,105 @@ impl FilesStore for SqliteStore {
         .await
     }
 
+    async fn trash_file(
+        &self,
+        space: SpaceId,
+        path: &str,
+        at: UnixMillis,
+    ) -> Result<Option<FileRecord>> {
+        let path = path.to_string();
+        self.write("trash_file", move |c| {
+            let tx = c.savepoint()?;
+            let sid = space.to_string();
+            let Some(f) = file_by_path(&tx, &sid, &path)?.filter(|f| f.deleted_at.is_none()) else {
+                return Ok(None);
+            };
+            tx.execute(
+                "UPDATE files SET deleted_at = ?2 WHERE id = ?1",
+                params![f.id.to_string(), at.0],
+            )?;
+            record_change(&tx, &sid, &path, &f.id.to_string(), f.head, true, at)?;
+            let f = file_by_path(&tx, &sid, &path)?;
+            tx.commit()?;
+            Ok(f)
+        })
+        .await
+    }
+
+    async fn untrash_file(
+        &self,
+        space: SpaceId,
+        path: &str,
+        at: UnixMillis,
+    ) -> Result<Option<FileRecord>> {
+        let path = path.to_string();
+        self.write("untrash_file", move |c| {
+            let tx = c.savepoint()?;
+            let sid = space.to_string();
+            let Some(f) = file_by_path(&tx, &sid, &path)?.filter(|f| f.deleted_at.is_some()) else {
+                return Ok(None);
+            };
+            tx.execute(
+                "UPDATE files SET deleted_at = NULL, modified_at = ?2 WHERE id = ?1",
+                params![f.id.to_string(), at.0],
+            )?;
+            record_change(&tx, &sid, &path, &f.id.to_string(), f.head, false, at)?;
+            let f = file_by_path(&tx, &sid, &path)?;
+            tx.commit()?;
+            Ok(f)
+        })
+        .await
+    }
+
+    async fn move_files(
+        &self,
+        space: SpaceId,
+        from: &str,
+        to: &str,
+        at: UnixMillis,
+    ) -> Result<Vec<FileRecord>> {
+        let (from, to) = (from.to_string(), to.to_string());
+        self.write("move_files", move |c| {
+            let tx = c.savepoint()?;
+            let sid = space.to_string();
+            // The file itself, or everything under the folder.
+            let mut moving: Vec<FileRecord> = Vec::new();
+            if let Some(f) = file_by_path(&tx, &sid, &from)?.filter(|f| f.deleted_at.is_none()) {
+                moving.push(f);
+            } else {
+                let prefix = format!("{from}/");
+                let hi = format!("{prefix}\u{10FFFF}");
+                let mut stmt = tx.prepare(&format!(
+                    "SELECT {FILE_COLS} FROM files WHERE space_id = ?1 AND path >= ?2 AND path < ?3 AND deleted_at IS NULL"
+                ))?;
+                moving = stmt
+                    .query_map(params![sid, prefix, hi], file_at)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+            }
+            let target = |p: &str| format!("{to}{}", &p[from.len()..]);
+            for f in &moving {
+                if file_by_path(&tx, &sid, &target(&f.path))?.is_some() {
+                    return Err(StoreError::Conflict("a file is already at the new path"));
+                }
+            }
+            let mut out = Vec::new();
+            for f in &moving {
+                let new_path = target(&f.path);
+                let fid = f.id.to_string();
+                tx.execute(
+                    "UPDATE files SET path = ?2, modified_at = ?3 WHERE id = ?1",
+                    params![fid, new_path, at.0],
+                )?;
+                record_change(&tx, &sid, &f.path, &fid, f.head, true, at)?;
+                record_change(&tx, &sid, &new_path, &fid, f.head, false, at)?;
+                out.extend(file_by_path(&tx, &sid, &new_path)?);
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
     async fn changes(&self, space: SpaceId, after: i64, limit: usize) -> Result<Vec<ChangeRecord>> {
         self.read("changes", move |c| {
             let mut stmt = c.prepare_cached(

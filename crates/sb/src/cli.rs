@@ -126,6 +126,16 @@ pub enum FilesCmd {
     },
     /// List the files under a folder [default: all].
     Ls { folder: Option<String> },
+    /// Rename a file, or a folder with everything in it.
+    Mv { from: String, to: String },
+    /// Move a file to the trash (`sb files restore` brings it back).
+    Rm { path: String },
+    /// Bring a file back from the trash, or with --version make an old version the newest.
+    Restore {
+        path: String,
+        #[arg(long)]
+        version: Option<i64>,
+    },
     /// A file's versions, newest first.
     Versions { path: String },
 }

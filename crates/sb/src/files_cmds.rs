@@ -104,6 +104,30 @@ pub async fn files(cmd: FilesCmd, json: bool) -> anyhow::Result<()> {
                 }
             })
         }
+        FilesCmd::Mv { from, to } => {
+            let moved = client.files_move(&from, &to).await?;
+            output(json, &moved, || {
+                for f in &moved {
+                    println!("moved to {}", f.path);
+                }
+            })
+        }
+        FilesCmd::Rm { path } => {
+            let f = client.files_remove(&path).await?;
+            output(json, &f, || {
+                println!(
+                    "{} moved to the trash; `sb files restore {}` brings it back",
+                    f.path, f.path
+                );
+            })
+        }
+        FilesCmd::Restore { path, version } => {
+            let f = client.files_restore(&path, version).await?;
+            output(json, &f, || match version {
+                Some(v) => println!("{} version {v} restored as version {}", f.path, f.version),
+                None => println!("{} restored from the trash (version {})", f.path, f.version),
+            })
+        }
         FilesCmd::Versions { path } => {
             let list = client.files_versions(&path).await?;
             output(json, &list, || {

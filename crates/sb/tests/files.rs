@@ -307,4 +307,70 @@ fn files_from_the_cli() {
         "{}",
         stderr(&out)
     );
+    // A second version, then the first restored as the third (history is kept).
+    let v1 = std::fs::read(&local).unwrap();
+    std::fs::write(&local, noise(100_000, 4)).unwrap();
+    let ok = |args: &[&str]| {
+        let out = sb(home.path(), args, "");
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        out
+    };
+    ok(&["files", "put", local.to_str().unwrap(), "/docs/report.pdf"]);
+    let r = json(&ok(&[
+        "files",
+        "restore",
+        "/docs/report.pdf",
+        "--version",
+        "1",
+        "--json",
+    ]));
+    assert_eq!(r["version"], 3);
+    let again = home.path().join("again.pdf");
+    ok(&["files", "get", "/docs/report.pdf", again.to_str().unwrap()]);
+    assert!(std::fs::read(&again).unwrap() == v1);
+    let versions = json(&ok(&["files", "versions", "/docs/report.pdf", "--json"]));
+    assert_eq!(versions.as_array().unwrap().len(), 3);
+
+    // Rename the folder; trash the file and bring it back.
+    ok(&["files", "mv", "/docs", "/archive/2026"]);
+    let ls = json(&ok(&["files", "ls", "--json"]));
+    assert_eq!(ls.as_array().unwrap().len(), 1);
+    assert_eq!(ls[0]["path"], "/archive/2026/report.pdf");
+    ok(&["files", "rm", "/archive/2026/report.pdf"]);
+    assert!(
+        json(&ok(&["files", "ls", "--json"]))
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let out = sb(
+        home.path(),
+        &[
+            "files",
+            "get",
+            "/archive/2026/report.pdf",
+            again.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(!out.status.success(), "a trashed file is not served");
+    let back = json(&ok(&[
+        "files",
+        "restore",
+        "/archive/2026/report.pdf",
+        "--json",
+    ]));
+    assert_eq!(
+        (back["version"].clone(), back["deleted"].clone()),
+        (3.into(), false.into())
+    );
+    // Moving onto an existing file is refused with what to do.
+    ok(&["files", "put", local.to_str().unwrap(), "/other.pdf"]);
+    let out = sb(
+        home.path(),
+        &["files", "mv", "/other.pdf", "/archive/2026/report.pdf"],
+        "",
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("already at"), "{}", stderr(&out));
 }
