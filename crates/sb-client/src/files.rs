@@ -5,7 +5,8 @@ use crate::{Client, ClientError, Result};
 use reqwest::Method;
 use sb_blob::chunker;
 use sb_proto::{
-    ChunkInfo, FileInfo, FileMove, FileRestore, FileVersionInfo, UploadStart, UploadStarted,
+    ChunkInfo, FileInfo, FileMove, FileRestore, FileVersionInfo, SpaceCreate, SpaceInfo,
+    SpaceShare, UploadStart, UploadStarted,
 };
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -28,6 +29,13 @@ fn io_err(path: &Path, e: std::io::Error) -> ClientError {
 
 fn enc(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// `&space=ID` when a space other than the caller's own is meant.
+fn space_param(space: Option<&str>) -> String {
+    space
+        .map(|s| format!("&space={}", enc(s)))
+        .unwrap_or_default()
 }
 
 /// A local file's size, whole-content BLAKE3 (hex) and chunks, each with its offset.
@@ -84,28 +92,34 @@ impl Client {
         .await
     }
 
-    pub async fn files_list(&self, folder: &str) -> Result<Vec<FileInfo>> {
+    pub async fn files_list(&self, space: Option<&str>, folder: &str) -> Result<Vec<FileInfo>> {
         self.call(
             Method::GET,
-            &format!("/v1/files?folder={}", enc(folder)),
+            &format!("/v1/files?folder={}{}", enc(folder), space_param(space)),
             Self::NO_BODY,
         )
         .await
     }
 
     /// Moves a file to the trash.
-    pub async fn files_remove(&self, path: &str) -> Result<FileInfo> {
+    pub async fn files_remove(&self, space: Option<&str>, path: &str) -> Result<FileInfo> {
         self.call(
             Method::DELETE,
-            &format!("/v1/files?path={}", enc(path)),
+            &format!("/v1/files?path={}{}", enc(path), space_param(space)),
             Self::NO_BODY,
         )
         .await
     }
 
     /// Brings a file back from the trash, or makes an old version the newest.
-    pub async fn files_restore(&self, path: &str, version: Option<i64>) -> Result<FileInfo> {
+    pub async fn files_restore(
+        &self,
+        space: Option<&str>,
+        path: &str,
+        version: Option<i64>,
+    ) -> Result<FileInfo> {
         let req = FileRestore {
+            space: space.map(str::to_string),
             path: path.to_string(),
             version,
         };
@@ -114,21 +128,69 @@ impl Client {
     }
 
     /// Renames a file, or a folder and everything under it.
-    pub async fn files_move(&self, from: &str, to: &str) -> Result<Vec<FileInfo>> {
+    pub async fn files_move(
+        &self,
+        space: Option<&str>,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<FileInfo>> {
         let req = FileMove {
+            space: space.map(str::to_string),
             from: from.to_string(),
             to: to.to_string(),
         };
         self.call(Method::POST, "/v1/files/move", Some(&req)).await
     }
 
-    pub async fn files_versions(&self, path: &str) -> Result<Vec<FileVersionInfo>> {
+    pub async fn files_versions(
+        &self,
+        space: Option<&str>,
+        path: &str,
+    ) -> Result<Vec<FileVersionInfo>> {
         self.call(
             Method::GET,
-            &format!("/v1/files/versions?path={}", enc(path)),
+            &format!(
+                "/v1/files/versions?path={}{}",
+                enc(path),
+                space_param(space)
+            ),
             Self::NO_BODY,
         )
         .await
+    }
+
+    pub async fn files_spaces(&self) -> Result<Vec<SpaceInfo>> {
+        self.call(Method::GET, "/v1/files/spaces", Self::NO_BODY)
+            .await
+    }
+
+    pub async fn files_create_space(&self, name: &str) -> Result<SpaceInfo> {
+        let req = SpaceCreate {
+            name: name.to_string(),
+        };
+        self.call(Method::POST, "/v1/files/spaces", Some(&req))
+            .await
+    }
+
+    /// Shares a space with a user: `read`, `write`, or `none` to stop.
+    pub async fn files_share(&self, space: &str, username: &str, access: &str) -> Result<()> {
+        let req = SpaceShare {
+            username: username.to_string(),
+            access: access.to_string(),
+        };
+        let body = serde_json::to_vec(&req).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let resp = self
+            .raw_with_headers(
+                Method::PUT,
+                &format!("/v1/files/spaces/{}/members", enc(space)),
+                &[("content-type", "application/json")],
+                body,
+            )
+            .await?;
+        if resp.status().is_success() {
+            return Ok(());
+        }
+        Self::decode::<()>(resp).await
     }
 
     /// Uploads `local` to `remote`, sending only the chunks the server lacks, `PARALLEL_CHUNKS`
@@ -137,6 +199,7 @@ impl Client {
     /// only if the remote file is still at this version (0: only if it does not exist).
     pub async fn put_file(
         &self,
+        space: Option<&str>,
         local: &Path,
         remote: &str,
         base_version: Option<i64>,
@@ -150,6 +213,7 @@ impl Client {
             .map_err(|e| io_err(local, e))?;
         let started = self
             .files_start_upload(&UploadStart {
+                space: space.map(str::to_string),
                 path: remote.to_string(),
                 size,
                 blake3,
@@ -217,6 +281,7 @@ impl Client {
     /// place. `progress(bytes_done, bytes_total)`.
     pub async fn get_file(
         &self,
+        space: Option<&str>,
         remote: &str,
         version: Option<i64>,
         local: &Path,
@@ -224,7 +289,11 @@ impl Client {
     ) -> Result<FileInfo> {
         let part = part_path(local);
         let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
-        let mut q = format!("/v1/files/content?path={}", enc(remote));
+        let mut q = format!(
+            "/v1/files/content?path={}{}",
+            enc(remote),
+            space_param(space)
+        );
         if let Some(v) = version {
             q.push_str(&format!("&version={v}"));
         }
@@ -241,7 +310,7 @@ impl Client {
         if status == 416 {
             // The partial file is not a prefix of this content (it changed): start over.
             std::fs::remove_file(&part).map_err(|e| io_err(&part, e))?;
-            return Box::pin(self.get_file(remote, version, local, progress)).await;
+            return Box::pin(self.get_file(space, remote, version, local, progress)).await;
         }
         if !resp.status().is_success() {
             return Self::decode(resp).await;

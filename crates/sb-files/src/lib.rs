@@ -11,9 +11,11 @@ use sb_auth::{Action, Auth, AuthError, Ctx, Resource};
 use sb_blob::{BlobId, BlobStore, LocalBlobStore};
 use sb_core::config::FilesConfig;
 use sb_core::{ErrorCode, FileId, SpaceId, UnixMillis, UploadId};
-use sb_proto::{FileInfo, FileVersionInfo, UploadStart, UploadStarted};
+use sb_proto::{FileInfo, FileVersionInfo, SpaceInfo, UploadStart, UploadStarted};
 use sb_store::StoreError;
-use sb_store::files::{ChunkRef, CommitError, FileRecord, FilesStore, UploadRecord, VersionRecord};
+use sb_store::files::{
+    ChunkRef, CommitError, FileRecord, FilesStore, SpaceRecord, UploadRecord, VersionRecord,
+};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -169,29 +171,156 @@ impl Files {
         &self.cfg
     }
 
-    /// The caller's own space, after checking what the caller may do in it.
-    async fn home(&self, cx: Ctx<'_>, action: Action) -> Result<SpaceId> {
-        let space = self
-            .store
-            .personal_space(cx.subject.user_id, SpaceId::new_at(cx.now), cx.now)
-            .await?;
+    /// The space a request names (its id; `None`: the caller's own), after checking what the
+    /// caller may do in it. A space the caller has no share of is refused like one that does
+    /// not exist, so ids cannot be probed.
+    async fn space(&self, cx: Ctx<'_>, space: Option<&str>, action: Action) -> Result<SpaceId> {
+        let record = match space.filter(|s| !s.is_empty()) {
+            None => {
+                self.store
+                    .personal_space(cx.subject.user_id, SpaceId::new_at(cx.now), cx.now)
+                    .await?
+            }
+            Some(s) => {
+                let not_found = || FilesError::NotFound(format!("no space {s} shared with you"));
+                let id: SpaceId = s.parse().map_err(|_| not_found())?;
+                self.store.space(id).await?.ok_or_else(not_found)?
+            }
+        };
+        let owner = record.owner == cx.subject.user_id;
+        let writable_share = if owner {
+            None
+        } else {
+            self.store
+                .space_member(record.id, cx.subject.user_id)
+                .await?
+        };
+        if !owner && writable_share.is_none() {
+            return Err(FilesError::NotFound(format!(
+                "no space {} shared with you",
+                record.id
+            )));
+        }
         self.auth
             .authorize(
                 cx,
                 action,
                 &Resource::FileSpace {
-                    id: space.id,
-                    owner: space.owner == cx.subject.user_id,
-                    writable_share: None,
+                    id: record.id,
+                    owner,
+                    writable_share,
                 },
             )
             .await?;
-        Ok(space.id)
+        Ok(record.id)
+    }
+
+    /// A new space to share, owned by the caller.
+    pub async fn create_space(&self, cx: Ctx<'_>, name: &str) -> Result<SpaceInfo> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+            return Err(FilesError::Invalid(
+                "a space name is 1 to 64 printable characters".into(),
+            ));
+        }
+        let space = SpaceRecord {
+            id: SpaceId::new_at(cx.now),
+            name: name.to_string(),
+            owner: cx.subject.user_id,
+            personal: false,
+            created_at: cx.now,
+        };
+        self.store.create_space(space.clone()).await?;
+        Ok(SpaceInfo {
+            id: space.id.to_string(),
+            name: space.name,
+            owner: cx.subject.username.clone(),
+            personal: false,
+            access: "owner".into(),
+        })
+    }
+
+    /// Shares a space the caller owns with a user: `read`, `write`, or `none` to stop.
+    pub async fn share(
+        &self,
+        cx: Ctx<'_>,
+        space: &str,
+        username: &str,
+        access: &str,
+    ) -> Result<()> {
+        let id = self.space(cx, Some(space), Action::Update).await?;
+        let record = self
+            .store
+            .space(id)
+            .await?
+            .ok_or_else(|| FilesError::NotFound(format!("no space {space}")))?;
+        if record.owner != cx.subject.user_id {
+            return Err(FilesError::Auth(AuthError::Forbidden));
+        }
+        if record.personal {
+            return Err(FilesError::Invalid(
+                "your own space is not shared; create one to share with `sb files space-create NAME`"
+                    .into(),
+            ));
+        }
+        let writable = match access {
+            "read" => Some(false),
+            "write" => Some(true),
+            "none" => None,
+            other => {
+                return Err(FilesError::Invalid(format!(
+                    "access {other:?}: use read, write or none"
+                )));
+            }
+        };
+        let user = self
+            .auth
+            .store()
+            .user_by_username(username)
+            .await?
+            .ok_or_else(|| FilesError::NotFound(format!("no user {username}")))?;
+        if user.id == record.owner {
+            return Err(FilesError::Invalid(
+                "the owner already has every access".into(),
+            ));
+        }
+        self.store.set_space_member(id, user.id, writable).await?;
+        Ok(())
+    }
+
+    /// The spaces the caller owns or has a share of.
+    pub async fn spaces(&self, cx: Ctx<'_>) -> Result<Vec<SpaceInfo>> {
+        self.store
+            .personal_space(cx.subject.user_id, SpaceId::new_at(cx.now), cx.now)
+            .await?;
+        let mut out = Vec::new();
+        for (s, share) in self.store.spaces_for(cx.subject.user_id).await? {
+            let owner = self
+                .auth
+                .store()
+                .user_by_id(s.owner)
+                .await?
+                .map(|u| u.username)
+                .unwrap_or_default();
+            out.push(SpaceInfo {
+                id: s.id.to_string(),
+                name: s.name,
+                owner,
+                personal: s.personal,
+                access: match share {
+                    None => "owner",
+                    Some(true) => "write",
+                    Some(false) => "read",
+                }
+                .into(),
+            });
+        }
+        Ok(out)
     }
 
     /// Step one of an upload: records the chunk list and answers which chunks to send.
     pub async fn start_upload(&self, cx: Ctx<'_>, req: UploadStart) -> Result<UploadStarted> {
-        let space = self.home(cx, Action::Create).await?;
+        let space = self.space(cx, req.space.as_deref(), Action::Create).await?;
         let (path, chunks) = check_manifest(&req, &self.cfg)?;
         let id = UploadId::new_at(cx.now);
         let mut missing: Vec<String> = Vec::new();
@@ -237,6 +366,9 @@ impl Files {
                     "no upload {upload} (committed, expired or never started); start again"
                 ))
             })?;
+        // Still allowed to write there (a share may have been withdrawn meanwhile).
+        self.space(cx, Some(&u.space_id.to_string()), Action::Create)
+            .await?;
         Ok(u)
     }
 
@@ -248,7 +380,6 @@ impl Files {
         chunk: &str,
         bytes: Vec<u8>,
     ) -> Result<()> {
-        self.home(cx, Action::Create).await?;
         let u = self.own_upload(cx, upload).await?;
         let id = parse_chunk_id(chunk)?;
         let Some(expected) = u.chunks.iter().find(|c| c.id == *id.as_bytes()) else {
@@ -274,7 +405,6 @@ impl Files {
 
     /// Step three: every chunk present and the content's hash right, the file's next version.
     pub async fn commit(&self, cx: Ctx<'_>, upload: &str) -> Result<FileInfo> {
-        self.home(cx, Action::Create).await?;
         let u = self.own_upload(cx, upload).await?;
         let missing: Vec<String> = u
             .chunks
@@ -325,10 +455,11 @@ impl Files {
     pub async fn open(
         &self,
         cx: Ctx<'_>,
+        space: Option<&str>,
         path: &str,
         version: Option<i64>,
     ) -> Result<(FileInfo, VersionRecord)> {
-        let space = self.home(cx, Action::Read).await?;
+        let space = self.space(cx, space, Action::Read).await?;
         let path = normalize_path(path, self.cfg.path_length_max)?;
         let file = self
             .store
@@ -347,8 +478,8 @@ impl Files {
     }
 
     /// Moves a file to the trash (restorable with [`Files::restore`]).
-    pub async fn remove(&self, cx: Ctx<'_>, path: &str) -> Result<FileInfo> {
-        let space = self.home(cx, Action::Delete).await?;
+    pub async fn remove(&self, cx: Ctx<'_>, space: Option<&str>, path: &str) -> Result<FileInfo> {
+        let space = self.space(cx, space, Action::Delete).await?;
         let path = normalize_path(path, self.cfg.path_length_max)?;
         let f = self
             .store
@@ -360,8 +491,14 @@ impl Files {
 
     /// Brings a trashed file back, or with `version` makes that old version the newest (a new
     /// version with its content: history is never rewritten).
-    pub async fn restore(&self, cx: Ctx<'_>, path: &str, version: Option<i64>) -> Result<FileInfo> {
-        let space = self.home(cx, Action::Update).await?;
+    pub async fn restore(
+        &self,
+        cx: Ctx<'_>,
+        space: Option<&str>,
+        path: &str,
+        version: Option<i64>,
+    ) -> Result<FileInfo> {
+        let space = self.space(cx, space, Action::Update).await?;
         let path = normalize_path(path, self.cfg.path_length_max)?;
         let Some(version) = version else {
             let f = self
@@ -418,8 +555,14 @@ impl Files {
     }
 
     /// Renames a file, or a folder with everything under it.
-    pub async fn rename(&self, cx: Ctx<'_>, from: &str, to: &str) -> Result<Vec<FileInfo>> {
-        let space = self.home(cx, Action::Update).await?;
+    pub async fn rename(
+        &self,
+        cx: Ctx<'_>,
+        space: Option<&str>,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<FileInfo>> {
+        let space = self.space(cx, space, Action::Update).await?;
         let from = normalize_path(from, self.cfg.path_length_max)?;
         let to = normalize_path(to, self.cfg.path_length_max)?;
         if to == from || to.starts_with(&format!("{from}/")) {
@@ -448,8 +591,13 @@ impl Files {
     }
 
     /// Files under a folder (`/` for all), by path.
-    pub async fn list(&self, cx: Ctx<'_>, folder: &str) -> Result<Vec<FileInfo>> {
-        let space = self.home(cx, Action::Read).await?;
+    pub async fn list(
+        &self,
+        cx: Ctx<'_>,
+        space: Option<&str>,
+        folder: &str,
+    ) -> Result<Vec<FileInfo>> {
+        let space = self.space(cx, space, Action::Read).await?;
         let prefix = if folder.trim_end_matches('/').is_empty() {
             "/".to_string()
         } else {
@@ -463,8 +611,13 @@ impl Files {
     }
 
     /// A file's versions, newest first.
-    pub async fn versions(&self, cx: Ctx<'_>, path: &str) -> Result<Vec<FileVersionInfo>> {
-        let space = self.home(cx, Action::Read).await?;
+    pub async fn versions(
+        &self,
+        cx: Ctx<'_>,
+        space: Option<&str>,
+        path: &str,
+    ) -> Result<Vec<FileVersionInfo>> {
+        let space = self.space(cx, space, Action::Read).await?;
         let path = normalize_path(path, self.cfg.path_length_max)?;
         let file = self
             .store

@@ -205,7 +205,10 @@ pub struct ChunkInfo {
 /// `POST /v1/files/uploads`: a file's chunk list, before any content is sent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct UploadStart {
-    /// Where it goes in the caller's space, e.g. `/docs/report.pdf`.
+    /// A space id from `GET /v1/files/spaces` (default: the caller's own).
+    #[serde(default)]
+    pub space: Option<String>,
+    /// Where it goes in the space, e.g. `/docs/report.pdf`.
     pub path: String,
     pub size: u64,
     /// BLAKE3 of the whole content (hex); checked at commit.
@@ -252,6 +255,8 @@ pub struct FileVersionInfo {
 /// `POST /v1/files/move`: a file or a folder (everything under it) to a new path.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct FileMove {
+    #[serde(default)]
+    pub space: Option<String>,
     pub from: String,
     pub to: String,
 }
@@ -260,9 +265,37 @@ pub struct FileMove {
 /// newest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct FileRestore {
+    #[serde(default)]
+    pub space: Option<String>,
     pub path: String,
     #[serde(default)]
     pub version: Option<i64>,
+}
+
+/// A file space the caller owns or has a share of.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SpaceInfo {
+    pub id: String,
+    pub name: String,
+    /// The owner's username.
+    pub owner: String,
+    /// The owner's own space (every user has one).
+    pub personal: bool,
+    /// The caller's access: `owner`, `write` or `read`.
+    pub access: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SpaceCreate {
+    pub name: String,
+}
+
+/// `PUT /v1/files/spaces/{id}/members`: share with a user (`read` or `write`), or stop
+/// (`none`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SpaceShare {
+    pub username: String,
+    pub access: String,
 }
 
 /// What `POST /v1/admin/blobs/scrub` found: every copy of every blob re-hashed.

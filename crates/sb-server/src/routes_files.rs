@@ -67,6 +67,9 @@ pub async fn commit(
 
 #[derive(Deserialize, IntoParams)]
 pub struct ListQuery {
+    /// A space id (default: the caller's own).
+    #[serde(default)]
+    pub space: Option<String>,
     /// A folder, e.g. `/docs` (default: everything).
     #[serde(default)]
     pub folder: Option<String>,
@@ -81,11 +84,47 @@ pub async fn list(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Vec<FileInfo>>, ApiError> {
     let folder = q.folder.unwrap_or_else(|| "/".into());
-    Ok(Json(st.files.list(c.cx(), &folder).await?))
+    Ok(Json(
+        st.files.list(c.cx(), q.space.as_deref(), &folder).await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/files/spaces", tag = "files",
+    responses((status = 200, body = Vec<SpaceInfo>, description = "the caller's own space first, then those made to share")), security(("bearer" = [])))]
+pub async fn spaces(State(st): St, c: Caller) -> Result<Json<Vec<SpaceInfo>>, ApiError> {
+    Ok(Json(st.files.spaces(c.cx()).await?))
+}
+
+#[utoipa::path(post, path = "/v1/files/spaces", tag = "files", request_body = SpaceCreate,
+    responses((status = 201, body = SpaceInfo), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn create_space(
+    State(st): St,
+    c: Caller,
+    ApiJson(req): ApiJson<SpaceCreate>,
+) -> Result<(StatusCode, Json<SpaceInfo>), ApiError> {
+    let space = st.files.create_space(c.cx(), &req.name).await?;
+    Ok((StatusCode::CREATED, Json(space)))
+}
+
+#[utoipa::path(put, path = "/v1/files/spaces/{space}/members", tag = "files",
+    params(("space" = String, Path)), request_body = SpaceShare,
+    responses((status = 204), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn share_space(
+    State(st): St,
+    c: Caller,
+    Path(space): Path<String>,
+    ApiJson(req): ApiJson<SpaceShare>,
+) -> Result<StatusCode, ApiError> {
+    st.files
+        .share(c.cx(), &space, &req.username, &req.access)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize, IntoParams)]
 pub struct RemoveQuery {
+    #[serde(default)]
+    pub space: Option<String>,
     pub path: String,
 }
 
@@ -97,7 +136,9 @@ pub async fn remove(
     c: Caller,
     ApiQuery(q): ApiQuery<RemoveQuery>,
 ) -> Result<Json<FileInfo>, ApiError> {
-    Ok(Json(st.files.remove(c.cx(), &q.path).await?))
+    Ok(Json(
+        st.files.remove(c.cx(), q.space.as_deref(), &q.path).await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/files/restore", tag = "files", request_body = FileRestore,
@@ -109,7 +150,9 @@ pub async fn restore(
     ApiJson(req): ApiJson<FileRestore>,
 ) -> Result<Json<FileInfo>, ApiError> {
     Ok(Json(
-        st.files.restore(c.cx(), &req.path, req.version).await?,
+        st.files
+            .restore(c.cx(), req.space.as_deref(), &req.path, req.version)
+            .await?,
     ))
 }
 
@@ -121,11 +164,18 @@ pub async fn move_files(
     c: Caller,
     ApiJson(req): ApiJson<FileMove>,
 ) -> Result<Json<Vec<FileInfo>>, ApiError> {
-    Ok(Json(st.files.rename(c.cx(), &req.from, &req.to).await?))
+    Ok(Json(
+        st.files
+            .rename(c.cx(), req.space.as_deref(), &req.from, &req.to)
+            .await?,
+    ))
 }
 
 #[derive(Deserialize, IntoParams)]
 pub struct PathQuery {
+    /// A space id (default: the caller's own).
+    #[serde(default)]
+    pub space: Option<String>,
     pub path: String,
     /// A version number (default: the newest).
     #[serde(default)]
@@ -140,7 +190,11 @@ pub async fn versions(
     c: Caller,
     ApiQuery(q): ApiQuery<PathQuery>,
 ) -> Result<Json<Vec<FileVersionInfo>>, ApiError> {
-    Ok(Json(st.files.versions(c.cx(), &q.path).await?))
+    Ok(Json(
+        st.files
+            .versions(c.cx(), q.space.as_deref(), &q.path)
+            .await?,
+    ))
 }
 
 /// `bytes=A-B`, `bytes=A-` or `bytes=-N` against a length: the inclusive range, or `None` when
@@ -177,7 +231,10 @@ pub async fn content(
     ApiQuery(q): ApiQuery<PathQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (_, version) = st.files.open(c.cx(), &q.path, q.version).await?;
+    let (_, version) = st
+        .files
+        .open(c.cx(), q.space.as_deref(), &q.path, q.version)
+        .await?;
     let len = version.size;
     let range = headers
         .get(header::RANGE)

@@ -1053,4 +1053,32 @@ pub async fn run_files<S: Store + crate::files::FilesStore>(s: &S) {
             .unwrap()
             .is_empty()
     );
+    // A space made to share, shared read-only, then read-write, then not at all.
+    let gus = user("gus", Role::User, 12_000);
+    s.create_user(gus.clone(), Admission::Open, at(12_000))
+        .await
+        .unwrap();
+    let team = SpaceRecord {
+        id: SpaceId::new_at(at(12_100)),
+        name: "team".into(),
+        owner: ann.id,
+        personal: false,
+        created_at: at(12_100),
+    };
+    s.create_space(team.clone()).await.unwrap();
+    assert_eq!(s.space_member(team.id, gus.id).await.unwrap(), None);
+    s.set_space_member(team.id, gus.id, Some(false))
+        .await
+        .unwrap();
+    assert_eq!(s.space_member(team.id, gus.id).await.unwrap(), Some(false));
+    s.set_space_member(team.id, gus.id, Some(true))
+        .await
+        .unwrap();
+    assert_eq!(s.space_member(team.id, gus.id).await.unwrap(), Some(true));
+    let gus_sees = s.spaces_for(gus.id).await.unwrap();
+    assert_eq!(gus_sees, vec![(team.clone(), Some(true))]);
+    let ann_sees = s.spaces_for(ann.id).await.unwrap();
+    assert_eq!(ann_sees, vec![(home.clone(), None), (team.clone(), None)]);
+    s.set_space_member(team.id, gus.id, None).await.unwrap();
+    assert!(s.spaces_for(gus.id).await.unwrap().is_empty());
 }

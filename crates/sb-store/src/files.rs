@@ -137,6 +137,20 @@ pub trait FilesStore: Send + Sync + 'static {
         at: UnixMillis,
     ) -> Result<SpaceRecord>;
     async fn space(&self, id: SpaceId) -> Result<Option<SpaceRecord>>;
+    /// A space made to share (not personal).
+    async fn create_space(&self, space: SpaceRecord) -> Result<()>;
+    /// Shares a space with a user, read-only or read-write (replacing an earlier share);
+    /// `writable: None` unshares.
+    async fn set_space_member(
+        &self,
+        space: SpaceId,
+        user: UserId,
+        writable: Option<bool>,
+    ) -> Result<()>;
+    /// The user's share of a space: `Some(writable)`, or `None` if not shared with them.
+    async fn space_member(&self, space: SpaceId, user: UserId) -> Result<Option<bool>>;
+    /// Spaces the user owns or has a share of, with the share (`None` for their own).
+    async fn spaces_for(&self, user: UserId) -> Result<Vec<(SpaceRecord, Option<bool>)>>;
 
     async fn create_upload(&self, upload: UploadRecord) -> Result<()>;
     async fn upload(&self, id: UploadId) -> Result<Option<UploadRecord>>;

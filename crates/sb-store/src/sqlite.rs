@@ -269,6 +269,13 @@ CREATE TABLE file_uploads (
 ) STRICT;
 CREATE INDEX file_uploads_by_expiry ON file_uploads(expires_at);
 
+CREATE TABLE space_members (
+    space_id TEXT NOT NULL REFERENCES spaces(id) ON DELETE CASCADE,
+    user_id  TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    writable INTEGER NOT NULL,
+    PRIMARY KEY (space_id, user_id)
+) STRICT, WITHOUT ROWID;
+
 CREATE TABLE file_changes (
     space_id TEXT NOT NULL REFERENCES spaces(id) ON DELETE CASCADE,
     seq      INTEGER NOT NULL,

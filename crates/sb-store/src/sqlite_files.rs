@@ -161,6 +161,82 @@ impl FilesStore for SqliteStore {
         .await
     }
 
+    async fn create_space(&self, space: SpaceRecord) -> Result<()> {
+        self.write("create_space", move |c| {
+            c.execute(
+                "INSERT INTO spaces (id, name, owner, personal, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    space.id.to_string(),
+                    space.name,
+                    space.owner.to_string(),
+                    space.personal,
+                    space.created_at.0
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_space_member(
+        &self,
+        space: SpaceId,
+        user: UserId,
+        writable: Option<bool>,
+    ) -> Result<()> {
+        self.write("set_space_member", move |c| {
+            match writable {
+                Some(w) => c.execute(
+                    "INSERT INTO space_members (space_id, user_id, writable) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (space_id, user_id) DO UPDATE SET writable = excluded.writable",
+                    params![space.to_string(), user.to_string(), w],
+                )?,
+                None => c.execute(
+                    "DELETE FROM space_members WHERE space_id = ?1 AND user_id = ?2",
+                    params![space.to_string(), user.to_string()],
+                )?,
+            };
+            Ok(())
+        })
+        .await
+    }
+
+    async fn space_member(&self, space: SpaceId, user: UserId) -> Result<Option<bool>> {
+        self.read("space_member", move |c| {
+            Ok(c.query_row(
+                "SELECT writable FROM space_members WHERE space_id = ?1 AND user_id = ?2",
+                params![space.to_string(), user.to_string()],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn spaces_for(&self, user: UserId) -> Result<Vec<(SpaceRecord, Option<bool>)>> {
+        self.read("spaces_for", move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT s.id, s.name, s.owner, s.personal, s.created_at, m.writable FROM spaces s \
+                 LEFT JOIN space_members m ON m.space_id = s.id AND m.user_id = ?1 \
+                 WHERE s.owner = ?1 OR m.user_id IS NOT NULL ORDER BY s.personal DESC, s.name",
+            )?;
+            let rows = stmt.query_map([user.to_string()], |r| {
+                let space = space_at(r)?;
+                let share: Option<bool> = r.get(5)?;
+                Ok((space, share))
+            })?;
+            Ok(rows
+                .collect::<rusqlite::Result<Vec<_>>>()?
+                .into_iter()
+                .map(|(s, share)| {
+                    let share = if s.owner == user { None } else { share };
+                    (s, share)
+                })
+                .collect())
+        })
+        .await
+    }
+
     async fn create_upload(&self, u: UploadRecord) -> Result<()> {
         self.write("create_upload", move |c| {
             c.execute(

@@ -51,9 +51,8 @@ pub enum Command {
     /// Chat: rooms (`#name` or id) and direct messages (`@user`).
     #[command(subcommand)]
     Chat(ChatCmd),
-    /// Files in your space: put, get, ls, versions.
-    #[command(subcommand)]
-    Files(FilesCmd),
+    /// Files: put, get, ls, mv, rm, versions, restore, spaces and sharing.
+    Files(FilesArgs),
     /// Run a PromQL query: a table now, or a sparkline per series over a range.
     Query(QueryArgs),
     /// Alerts, silences and rule reloads.
@@ -107,6 +106,15 @@ pub struct QueryArgs {
     pub resolution: Option<String>,
 }
 
+#[derive(Args)]
+pub struct FilesArgs {
+    /// A shared space (its name or id from `sb files spaces`) [default: your own].
+    #[arg(long, global = true)]
+    pub space: Option<String>,
+    #[command(subcommand)]
+    pub cmd: FilesCmd,
+}
+
 #[derive(Subcommand)]
 pub enum FilesCmd {
     /// Upload a local file to a path in your space, e.g. `sb files put report.pdf
@@ -138,6 +146,17 @@ pub enum FilesCmd {
     },
     /// A file's versions, newest first.
     Versions { path: String },
+    /// Your own space and those shared with you.
+    Spaces,
+    /// Make a space to share.
+    SpaceCreate { name: String },
+    /// Share a space you own with a user (read or write), or stop (none).
+    Share {
+        space: String,
+        user: String,
+        #[arg(long, default_value = "read", value_parser = ["read", "write", "none"])]
+        access: String,
+    },
 }
 
 #[derive(Subcommand)]

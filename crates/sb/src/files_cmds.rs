@@ -1,6 +1,6 @@
 //! `sb files …`: uploads and downloads with progress, listings and versions.
 
-use crate::cli::FilesCmd;
+use crate::cli::{FilesArgs, FilesCmd};
 use crate::client_cmds::{logged_in, output};
 use anyhow::Context;
 
@@ -26,9 +26,32 @@ fn device_name() -> String {
         .unwrap_or_default()
 }
 
-pub async fn files(cmd: FilesCmd, json: bool) -> anyhow::Result<()> {
+/// A space's id from its name or id, among those the caller can see.
+async fn space_id(client: &sb_client::Client, space: &str) -> anyhow::Result<String> {
+    let spaces = client.files_spaces().await?;
+    let found: Vec<_> = spaces
+        .iter()
+        .filter(|s| s.id == space || s.name == space)
+        .collect();
+    match found[..] {
+        [one] => Ok(one.id.clone()),
+        [] => {
+            anyhow::bail!("no space {space:?} of yours or shared with you; see `sb files spaces`")
+        }
+        _ => anyhow::bail!(
+            "several spaces are called {space:?}; name one by its id (`sb files spaces`)"
+        ),
+    }
+}
+
+pub async fn files(args: FilesArgs, json: bool) -> anyhow::Result<()> {
     let (_, client) = logged_in()?;
-    match cmd {
+    let space = match &args.space {
+        Some(s) => Some(space_id(&client, s).await?),
+        None => None,
+    };
+    let space = space.as_deref();
+    match args.cmd {
         FilesCmd::Put { local, remote } => {
             if !local.is_file() {
                 anyhow::bail!("{} is not a file", local.display());
@@ -36,7 +59,7 @@ pub async fn files(cmd: FilesCmd, json: bool) -> anyhow::Result<()> {
             eprintln!("  chunking {}…", local.display());
             let bar = progress("uploading", remote.clone());
             let r = client
-                .put_file(&local, &remote, None, &device_name(), &bar)
+                .put_file(space, &local, &remote, None, &device_name(), &bar)
                 .await;
             eprintln!();
             let (info, stats) = r.with_context(|| {
@@ -72,7 +95,7 @@ pub async fn files(cmd: FilesCmd, json: bool) -> anyhow::Result<()> {
                     .context("name the local file: sb files get REMOTE LOCAL")?,
             };
             let bar = progress("downloading", remote.clone());
-            let r = client.get_file(&remote, version, &local, &bar).await;
+            let r = client.get_file(space, &remote, version, &local, &bar).await;
             eprintln!();
             let info = r.with_context(|| {
                 format!("downloading {remote}; run the same command again to resume")
@@ -88,7 +111,9 @@ pub async fn files(cmd: FilesCmd, json: bool) -> anyhow::Result<()> {
             })
         }
         FilesCmd::Ls { folder } => {
-            let list = client.files_list(folder.as_deref().unwrap_or("/")).await?;
+            let list = client
+                .files_list(space, folder.as_deref().unwrap_or("/"))
+                .await?;
             output(json, &list, || {
                 if list.is_empty() {
                     println!("(no files)");
@@ -105,7 +130,7 @@ pub async fn files(cmd: FilesCmd, json: bool) -> anyhow::Result<()> {
             })
         }
         FilesCmd::Mv { from, to } => {
-            let moved = client.files_move(&from, &to).await?;
+            let moved = client.files_move(space, &from, &to).await?;
             output(json, &moved, || {
                 for f in &moved {
                     println!("moved to {}", f.path);
@@ -113,7 +138,7 @@ pub async fn files(cmd: FilesCmd, json: bool) -> anyhow::Result<()> {
             })
         }
         FilesCmd::Rm { path } => {
-            let f = client.files_remove(&path).await?;
+            let f = client.files_remove(space, &path).await?;
             output(json, &f, || {
                 println!(
                     "{} moved to the trash; `sb files restore {}` brings it back",
@@ -122,14 +147,53 @@ pub async fn files(cmd: FilesCmd, json: bool) -> anyhow::Result<()> {
             })
         }
         FilesCmd::Restore { path, version } => {
-            let f = client.files_restore(&path, version).await?;
+            let f = client.files_restore(space, &path, version).await?;
             output(json, &f, || match version {
                 Some(v) => println!("{} version {v} restored as version {}", f.path, f.version),
                 None => println!("{} restored from the trash (version {})", f.path, f.version),
             })
         }
+        FilesCmd::Spaces => {
+            let list = client.files_spaces().await?;
+            output(json, &list, || {
+                for s in &list {
+                    println!(
+                        "{}  {:<20} owner {:<16} {}{}",
+                        s.id,
+                        s.name,
+                        s.owner,
+                        s.access,
+                        if s.personal { " (personal)" } else { "" }
+                    );
+                }
+            })
+        }
+        FilesCmd::SpaceCreate { name } => {
+            let s = client.files_create_space(&name).await?;
+            output(json, &s, || {
+                println!(
+                    "space {} created ({}); share it with `sb files share {} USER --access write`",
+                    s.name, s.id, s.name
+                );
+            })
+        }
+        FilesCmd::Share {
+            space: target,
+            user,
+            access,
+        } => {
+            let id = space_id(&client, &target).await?;
+            client.files_share(&id, &user, &access).await?;
+            if !json {
+                match access.as_str() {
+                    "none" => println!("{target} is no longer shared with {user}"),
+                    a => println!("{target} shared with {user} ({a})"),
+                }
+            }
+            Ok(())
+        }
         FilesCmd::Versions { path } => {
-            let list = client.files_versions(&path).await?;
+            let list = client.files_versions(space, &path).await?;
             output(json, &list, || {
                 for v in &list {
                     println!(

@@ -75,6 +75,7 @@ async fn a_large_file_round_trips_resumes_and_dedups() {
     let (size, blake3, chunks) = sb_client::files::manifest(&big).unwrap();
     let started = admin
         .files_start_upload(&UploadStart {
+            space: None,
             path: "/data/big.bin".into(),
             size,
             blake3,
@@ -106,7 +107,7 @@ async fn a_large_file_round_trips_resumes_and_dedups() {
     let err = admin.files_commit(&started.upload_id).await.unwrap_err();
     assert_eq!(err.status(), Some(409), "{err}");
     let (info, stats) = admin
-        .put_file(&big, "/data/big.bin", None, "test", &|_, _| {})
+        .put_file(None, &big, "/data/big.bin", None, "test", &|_, _| {})
         .await
         .unwrap();
     assert_eq!(stats.bytes_sent, size - sent_early, "only the rest is sent");
@@ -117,7 +118,7 @@ async fn a_large_file_round_trips_resumes_and_dedups() {
     let back = tmp.path().join("back.bin");
     let last = std::sync::atomic::AtomicU64::new(0);
     admin
-        .get_file("/data/big.bin", None, &back, &|done, _| {
+        .get_file(None, "/data/big.bin", None, &back, &|done, _| {
             last.store(done, std::sync::atomic::Ordering::Relaxed)
         })
         .await
@@ -137,7 +138,7 @@ async fn a_large_file_round_trips_resumes_and_dedups() {
         std::io::copy(&mut src, &mut out).unwrap();
     }
     let (v2, stats) = admin
-        .put_file(&edited, "/data/big.bin", Some(1), "test", &|_, _| {})
+        .put_file(None, &edited, "/data/big.bin", Some(1), "test", &|_, _| {})
         .await
         .unwrap();
     assert_eq!(v2.version, 2);
@@ -154,12 +155,12 @@ async fn a_large_file_round_trips_resumes_and_dedups() {
     );
     // A writer still based on version 1 is refused, not silently overwriting.
     let err = admin
-        .put_file(&big, "/data/big.bin", Some(1), "test", &|_, _| {})
+        .put_file(None, &big, "/data/big.bin", Some(1), "test", &|_, _| {})
         .await
         .unwrap_err();
     assert_eq!(err.status(), Some(409), "{err}");
 
-    let versions = admin.files_versions("/data/big.bin").await.unwrap();
+    let versions = admin.files_versions(None, "/data/big.bin").await.unwrap();
     assert_eq!(
         versions.iter().map(|v| v.version).collect::<Vec<_>>(),
         vec![2, 1]
@@ -168,7 +169,7 @@ async fn a_large_file_round_trips_resumes_and_dedups() {
     // The first version is still there to read.
     let old = tmp.path().join("old.bin");
     admin
-        .get_file("/data/big.bin", Some(1), &old, &|_, _| {})
+        .get_file(None, "/data/big.bin", Some(1), &old, &|_, _| {})
         .await
         .unwrap();
     assert!(same_files(&big, &old));
@@ -183,7 +184,7 @@ async fn ranges_resumed_downloads_listings_and_privacy() {
     let data = noise(3_000_000, 9);
     std::fs::write(&file, &data).unwrap();
     admin
-        .put_file(&file, "/docs/f.bin", Some(0), "test", &|_, _| {})
+        .put_file(None, &file, "/docs/f.bin", Some(0), "test", &|_, _| {})
         .await
         .unwrap();
 
@@ -219,7 +220,7 @@ async fn ranges_resumed_downloads_listings_and_privacy() {
     std::fs::write(sb_client::files::part_path(&local), &data[..1_000_000]).unwrap();
     let first = std::sync::Mutex::new(None);
     admin
-        .get_file("/docs/f.bin", None, &local, &|done, _| {
+        .get_file(None, "/docs/f.bin", None, &local, &|done, _| {
             first.lock().unwrap().get_or_insert(done);
         })
         .await
@@ -232,7 +233,7 @@ async fn ranges_resumed_downloads_listings_and_privacy() {
     assert!(std::fs::read(&local).unwrap() == data);
     assert!(!sb_client::files::part_path(&local).exists());
 
-    let list = admin.files_list("/docs").await.unwrap();
+    let list = admin.files_list(None, "/docs").await.unwrap();
     assert_eq!(list.len(), 1);
     assert_eq!(
         (list[0].path.as_str(), list[0].size),
@@ -241,9 +242,9 @@ async fn ranges_resumed_downloads_listings_and_privacy() {
 
     // Another user has a space of their own: admin's files are not in it.
     let bob = server.user(&admin, "bob").await;
-    assert!(bob.files_list("/").await.unwrap().is_empty());
+    assert!(bob.files_list(None, "/").await.unwrap().is_empty());
     let err = bob
-        .get_file("/docs/f.bin", None, &tmp.path().join("x"), &|_, _| {})
+        .get_file(None, "/docs/f.bin", None, &tmp.path().join("x"), &|_, _| {})
         .await
         .unwrap_err();
     assert_eq!(err.status(), Some(404));
@@ -251,6 +252,7 @@ async fn ranges_resumed_downloads_listings_and_privacy() {
     // Bad input: a clear 400, nothing stored.
     let err = admin
         .files_start_upload(&UploadStart {
+            space: None,
             path: "/../etc/passwd".into(),
             size: 1,
             blake3: "00".repeat(32),
@@ -373,4 +375,95 @@ fn files_from_the_cli() {
     );
     assert!(!out.status.success());
     assert!(stderr(&out).contains("already at"), "{}", stderr(&out));
+}
+
+#[tokio::test]
+async fn spaces_are_private_unless_shared_and_read_only_shares_cannot_write() {
+    let server = TestServer::start();
+    let admin = server.admin().await;
+    let ann = server.user(&admin, "ann").await;
+    let bob = server.user(&admin, "bob").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("plan.txt");
+    std::fs::write(&file, noise(50_000, 5)).unwrap();
+
+    let team = ann.files_create_space("team").await.unwrap();
+    ann.put_file(Some(&team.id), &file, "/plan.txt", None, "t", &|_, _| {})
+        .await
+        .unwrap();
+    // Not shared: bob cannot list, read or write it, and cannot tell it exists.
+    let no = bob.files_list(Some(&team.id), "/").await.unwrap_err();
+    assert_eq!(no.status(), Some(404), "{no}");
+    let no = bob
+        .put_file(Some(&team.id), &file, "/mine.txt", None, "t", &|_, _| {})
+        .await
+        .unwrap_err();
+    assert_eq!(no.status(), Some(404), "{no}");
+    // …the same answer as for a space that does not exist.
+    let ghost = sb_core::SpaceId::new_at(sb_core::UnixMillis(1)).to_string();
+    let unknown = bob.files_list(Some(&ghost), "/").await.unwrap_err();
+    assert_eq!(
+        unknown.to_string().replace(&ghost, "X"),
+        no.to_string().replace(&team.id, "X")
+    );
+    // The admin role opens nobody's files either.
+    assert_eq!(
+        admin
+            .files_list(Some(&team.id), "/")
+            .await
+            .unwrap_err()
+            .status(),
+        Some(404)
+    );
+
+    // Read-only: bob reads, but every write is refused and nothing changes.
+    ann.files_share(&team.id, "bob", "read").await.unwrap();
+    assert_eq!(bob.files_list(Some(&team.id), "/").await.unwrap().len(), 1);
+    let got = tmp.path().join("got.txt");
+    bob.get_file(Some(&team.id), "/plan.txt", None, &got, &|_, _| {})
+        .await
+        .unwrap();
+    assert!(std::fs::read(&got).unwrap() == std::fs::read(&file).unwrap());
+    for err in [
+        bob.put_file(Some(&team.id), &file, "/mine.txt", None, "t", &|_, _| {})
+            .await
+            .unwrap_err(),
+        bob.files_remove(Some(&team.id), "/plan.txt")
+            .await
+            .unwrap_err(),
+        bob.files_move(Some(&team.id), "/plan.txt", "/x.txt")
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(err.status(), Some(403), "{err}");
+    }
+    assert_eq!(ann.files_list(Some(&team.id), "/").await.unwrap().len(), 1);
+    // Only the owner shares.
+    assert_eq!(
+        bob.files_share(&team.id, "admin", "write")
+            .await
+            .unwrap_err()
+            .status(),
+        Some(403)
+    );
+
+    // Read-write: bob writes; withdrawn: bob is out again.
+    ann.files_share(&team.id, "bob", "write").await.unwrap();
+    bob.put_file(Some(&team.id), &file, "/mine.txt", None, "t", &|_, _| {})
+        .await
+        .unwrap();
+    let spaces = bob.files_spaces().await.unwrap();
+    assert!(
+        spaces
+            .iter()
+            .any(|s| s.id == team.id && s.access == "write" && s.owner == "ann")
+    );
+    ann.files_share(&team.id, "bob", "none").await.unwrap();
+    assert_eq!(
+        bob.files_list(Some(&team.id), "/")
+            .await
+            .unwrap_err()
+            .status(),
+        Some(404)
+    );
 }
