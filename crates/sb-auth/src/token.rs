@@ -10,6 +10,8 @@ pub const SESSION_PREFIX: &str = "sbs_";
 pub const API_TOKEN_PREFIX: &str = "sbt_";
 pub const INVITE_PREFIX: &str = "sbi_";
 pub const SETUP_PREFIX: &str = "sbsetup_";
+/// Expiring download links for files.
+pub const LINK_PREFIX: &str = "sbl_";
 
 /// Longest token text accepted from a client; anything longer is rejected before hashing.
 pub const TOKEN_LENGTH_MAX: usize = 128;

@@ -5,8 +5,8 @@ use crate::{Client, ClientError, Result};
 use reqwest::Method;
 use sb_blob::chunker;
 use sb_proto::{
-    ChunkInfo, FileInfo, FileMove, FileRestore, FileVersionInfo, SpaceCreate, SpaceInfo,
-    SpaceShare, UploadStart, UploadStarted,
+    ChunkInfo, FileInfo, FileMove, FileRestore, FileVersionInfo, LinkCreate, LinkCreated,
+    SpaceCreate, SpaceInfo, SpaceShare, UploadStart, UploadStarted,
 };
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -157,6 +157,31 @@ impl Client {
             Self::NO_BODY,
         )
         .await
+    }
+
+    /// A download link to a file, usable without a credential until it expires.
+    pub async fn files_link(
+        &self,
+        space: Option<&str>,
+        path: &str,
+        version: Option<i64>,
+        expires_in_secs: u64,
+    ) -> Result<LinkCreated> {
+        let req = LinkCreate {
+            space: space.map(str::to_string),
+            path: path.to_string(),
+            version,
+            expires_in_secs,
+        };
+        self.call(Method::POST, "/v1/files/links", Some(&req)).await
+    }
+
+    /// The server's URL for a path it returned (a link's `url_path`).
+    pub fn url_for(&self, path: &str) -> String {
+        self.base
+            .join(path)
+            .map(|u| u.to_string())
+            .unwrap_or_else(|_| path.to_string())
     }
 
     pub async fn files_spaces(&self) -> Result<Vec<SpaceInfo>> {

@@ -312,6 +312,8 @@ pub struct FilesConfig {
     pub path_length_max: usize,
     /// Most entries one listing returns.
     pub list_page_max: usize,
+    /// Longest lifetime of a download link.
+    pub link_ttl_max_secs: u64,
 }
 
 impl Default for FilesConfig {
@@ -322,6 +324,7 @@ impl Default for FilesConfig {
             upload_ttl_secs: 24 * 3600,
             path_length_max: 4096,
             list_page_max: 10_000,
+            link_ttl_max_secs: 30 * 24 * 3600,
         }
     }
 }
@@ -646,6 +649,8 @@ upload_ttl_secs = 86400
 path_length_max = 4096
 # Most entries one listing returns.
 list_page_max = 10000
+# Longest lifetime of a download link (`sb files link`).
+link_ttl_max_secs = 2592000
 
 [monitoring]
 # Largest remote_write or line-protocol body as sent, and a remote_write body decompressed.

@@ -11,10 +11,13 @@ use sb_auth::{Action, Auth, AuthError, Ctx, Resource};
 use sb_blob::{BlobId, BlobStore, LocalBlobStore};
 use sb_core::config::FilesConfig;
 use sb_core::{ErrorCode, FileId, SpaceId, UnixMillis, UploadId};
-use sb_proto::{FileInfo, FileVersionInfo, SpaceInfo, UploadStart, UploadStarted};
+use sb_proto::{
+    FileInfo, FileVersionInfo, LinkCreate, LinkCreated, SpaceInfo, UploadStart, UploadStarted,
+};
 use sb_store::StoreError;
 use sb_store::files::{
-    ChunkRef, CommitError, FileRecord, FilesStore, SpaceRecord, UploadRecord, VersionRecord,
+    ChunkRef, CommitError, FileRecord, FilesStore, LinkRecord, SpaceRecord, UploadRecord,
+    VersionRecord,
 };
 use std::sync::Arc;
 
@@ -583,6 +586,62 @@ impl Files {
             return Err(FilesError::NotFound(format!("no file or folder {from}")));
         }
         Ok(moved.iter().map(file_info).collect())
+    }
+
+    /// An expiring download link to a file the caller may read.
+    pub async fn create_link(&self, cx: Ctx<'_>, req: LinkCreate) -> Result<LinkCreated> {
+        if req.expires_in_secs == 0 || req.expires_in_secs > self.cfg.link_ttl_max_secs {
+            return Err(FilesError::Invalid(format!(
+                "a link lasts 1 to {} seconds (files.link_ttl_max_secs)",
+                self.cfg.link_ttl_max_secs
+            )));
+        }
+        // The file must be there to link to (and readable by the caller).
+        let (info, _) = self
+            .open(cx, req.space.as_deref(), &req.path, req.version)
+            .await?;
+        let space = self.space(cx, req.space.as_deref(), Action::Read).await?;
+        let token = sb_auth::token::generate(sb_auth::token::LINK_PREFIX);
+        let expires_at = UnixMillis(cx.now.0 + req.expires_in_secs as i64 * 1000);
+        self.store
+            .create_link(LinkRecord {
+                token_hash: sb_auth::token::hash(token.expose()),
+                space_id: space,
+                path: info.path,
+                version: req.version,
+                created_by: cx.subject.user_id,
+                created_at: cx.now,
+                expires_at,
+            })
+            .await?;
+        Ok(LinkCreated {
+            url_path: format!("/v1/files/links/{}", token.expose()),
+            expires_at_ms: expires_at.0,
+        })
+    }
+
+    /// What a download link gives, if it is known, unexpired, and its file still there.
+    pub async fn open_link(&self, token: &str, now: UnixMillis) -> Result<VersionRecord> {
+        let gone = || FilesError::NotFound("this link is unknown or has expired".into());
+        if token.len() > sb_auth::token::TOKEN_LENGTH_MAX {
+            return Err(gone());
+        }
+        let link = self
+            .store
+            .link(sb_auth::token::hash(token))
+            .await?
+            .filter(|l| l.expires_at.0 > now.0)
+            .ok_or_else(gone)?;
+        let file = self
+            .store
+            .file_by_path(link.space_id, &link.path)
+            .await?
+            .filter(|f| f.deleted_at.is_none())
+            .ok_or_else(gone)?;
+        self.store
+            .version(file.id, link.version.unwrap_or(file.head))
+            .await?
+            .ok_or_else(gone)
     }
 
     /// The blob store, for streaming a version's chunks.

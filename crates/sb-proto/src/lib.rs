@@ -272,6 +272,25 @@ pub struct FileRestore {
     pub version: Option<i64>,
 }
 
+/// `POST /v1/files/links`: a download link anyone holding it may use until it expires.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LinkCreate {
+    #[serde(default)]
+    pub space: Option<String>,
+    pub path: String,
+    /// A fixed version (default: whatever is newest when the link is used).
+    #[serde(default)]
+    pub version: Option<i64>,
+    pub expires_in_secs: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LinkCreated {
+    /// `GET` this path (no credential needed) until `expires_at_ms`.
+    pub url_path: String,
+    pub expires_at_ms: i64,
+}
+
 /// A file space the caller owns or has a share of.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SpaceInfo {

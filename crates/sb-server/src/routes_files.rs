@@ -235,6 +235,34 @@ pub async fn content(
         .files
         .open(c.cx(), q.space.as_deref(), &q.path, q.version)
         .await?;
+    Ok(serve(&st, &headers, &version))
+}
+
+#[utoipa::path(post, path = "/v1/files/links", tag = "files", request_body = LinkCreate,
+    responses((status = 201, body = LinkCreated), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn create_link(
+    State(st): St,
+    c: Caller,
+    ApiJson(req): ApiJson<LinkCreate>,
+) -> Result<(StatusCode, Json<LinkCreated>), ApiError> {
+    let link = st.files.create_link(c.cx(), req).await?;
+    Ok((StatusCode::CREATED, Json(link)))
+}
+
+#[utoipa::path(get, path = "/v1/files/links/{token}", tag = "files",
+    params(("token" = String, Path, description = "the link's token; no other credential")),
+    responses((status = 200, description = "the file's bytes"), (status = 206, description = "the requested range"), (status = 404, body = ErrorBody, description = "unknown or expired")))]
+pub async fn link_download(
+    State(st): St,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let version = st.files.open_link(&token, crate::now()).await?;
+    Ok(serve(&st, &headers, &version))
+}
+
+/// A version's content, whole or the single range asked for, streamed chunk by chunk.
+fn serve(st: &AppState, headers: &HeaderMap, version: &sb_store::files::VersionRecord) -> Response {
     let len = version.size;
     let range = headers
         .get(header::RANGE)
@@ -243,11 +271,11 @@ pub async fn content(
     let (start, end, status) = match range {
         Some(Some((a, b))) => (a, b + 1, StatusCode::PARTIAL_CONTENT),
         Some(None) => {
-            return Ok((
+            return (
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 [(header::CONTENT_RANGE, format!("bytes */{len}"))],
             )
-                .into_response());
+                .into_response();
         }
         None => (0, len, StatusCode::OK),
     };
@@ -304,7 +332,7 @@ pub async fn content(
             format!("bytes {start}-{}/{len}", end - 1),
         );
     }
-    Ok(resp)
+    resp
 }
 
 #[cfg(test)]

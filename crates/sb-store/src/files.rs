@@ -103,6 +103,19 @@ pub struct UploadRecord {
     pub expires_at: UnixMillis,
 }
 
+/// An expiring download link, found by the SHA-256 of its token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkRecord {
+    pub token_hash: [u8; 32],
+    pub space_id: SpaceId,
+    pub path: String,
+    /// A fixed version, or `None` for whatever is newest when it is used.
+    pub version: Option<i64>,
+    pub created_by: UserId,
+    pub created_at: UnixMillis,
+    pub expires_at: UnixMillis,
+}
+
 /// One entry of a space's change feed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChangeRecord {
@@ -202,6 +215,8 @@ pub trait FilesStore: Send + Sync + 'static {
         to: &str,
         at: UnixMillis,
     ) -> Result<Vec<FileRecord>>;
+    async fn create_link(&self, link: LinkRecord) -> Result<()>;
+    async fn link(&self, token_hash: [u8; 32]) -> Result<Option<LinkRecord>>;
     /// Changes of a space after sequence number `after`, oldest first.
     async fn changes(&self, space: SpaceId, after: i64, limit: usize) -> Result<Vec<ChangeRecord>>;
 }

@@ -276,6 +276,16 @@ CREATE TABLE space_members (
     PRIMARY KEY (space_id, user_id)
 ) STRICT, WITHOUT ROWID;
 
+CREATE TABLE file_links (
+    token_hash BLOB PRIMARY KEY,
+    space_id   TEXT NOT NULL REFERENCES spaces(id) ON DELETE CASCADE,
+    path       TEXT NOT NULL,
+    version    INTEGER,
+    created_by TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+
 CREATE TABLE file_changes (
     space_id TEXT NOT NULL REFERENCES spaces(id) ON DELETE CASCADE,
     seq      INTEGER NOT NULL,

@@ -516,6 +516,48 @@ impl FilesStore for SqliteStore {
         .await
     }
 
+    async fn create_link(&self, l: LinkRecord) -> Result<()> {
+        self.write("create_link", move |c| {
+            c.execute(
+                "INSERT INTO file_links (token_hash, space_id, path, version, created_by, created_at, expires_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    l.token_hash.to_vec(),
+                    l.space_id.to_string(),
+                    l.path,
+                    l.version,
+                    l.created_by.to_string(),
+                    l.created_at.0,
+                    l.expires_at.0
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn link(&self, token_hash: [u8; 32]) -> Result<Option<LinkRecord>> {
+        self.read("link", move |c| {
+            Ok(c.query_row(
+                "SELECT space_id, path, version, created_by, created_at, expires_at FROM file_links WHERE token_hash = ?1",
+                [token_hash.to_vec()],
+                |r| {
+                    Ok(LinkRecord {
+                        token_hash,
+                        space_id: parse_id(r.get(0)?)?,
+                        path: r.get(1)?,
+                        version: r.get(2)?,
+                        created_by: parse_id(r.get(3)?)?,
+                        created_at: UnixMillis(r.get(4)?),
+                        expires_at: UnixMillis(r.get(5)?),
+                    })
+                },
+            )
+            .optional()?)
+        })
+        .await
+    }
+
     async fn changes(&self, space: SpaceId, after: i64, limit: usize) -> Result<Vec<ChangeRecord>> {
         self.read("changes", move |c| {
             let mut stmt = c.prepare_cached(

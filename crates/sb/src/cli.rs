@@ -146,6 +146,16 @@ pub enum FilesCmd {
     },
     /// A file's versions, newest first.
     Versions { path: String },
+    /// A download link anyone holding it can use until it expires (no account needed).
+    Link {
+        path: String,
+        /// How long it works, e.g. 1h or 7d.
+        #[arg(long, default_value = "7d")]
+        expires: String,
+        /// Link this version for good [default: whatever is newest when it is used].
+        #[arg(long)]
+        version: Option<i64>,
+    },
     /// Your own space and those shared with you.
     Spaces,
     /// Make a space to share.

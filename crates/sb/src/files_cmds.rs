@@ -153,6 +153,36 @@ pub async fn files(args: FilesArgs, json: bool) -> anyhow::Result<()> {
                 None => println!("{} restored from the trash (version {})", f.path, f.version),
             })
         }
+        FilesCmd::Link {
+            path,
+            expires,
+            version,
+        } => {
+            let secs = crate::client_cmds::parse_duration(&expires)
+                .context("--expires, e.g. 1h or 7d")?
+                .as_secs();
+            let link = client.files_link(space, &path, version, secs).await?;
+            let url = client.url_for(&link.url_path);
+            #[derive(serde::Serialize)]
+            struct Out<'a> {
+                url: &'a str,
+                expires_at_ms: i64,
+            }
+            output(
+                json,
+                &Out {
+                    url: &url,
+                    expires_at_ms: link.expires_at_ms,
+                },
+                || {
+                    println!("{url}");
+                    eprintln!(
+                        "  works without an account until {}",
+                        when(link.expires_at_ms)
+                    );
+                },
+            )
+        }
         FilesCmd::Spaces => {
             let list = client.files_spaces().await?;
             output(json, &list, || {

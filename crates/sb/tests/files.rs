@@ -467,3 +467,66 @@ async fn spaces_are_private_unless_shared_and_read_only_shares_cannot_write() {
         Some(404)
     );
 }
+
+#[tokio::test]
+async fn download_links_work_without_an_account_until_they_expire() {
+    let server = TestServer::start();
+    let admin = server.admin().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("share.bin");
+    let data = noise(400_000, 8);
+    std::fs::write(&file, &data).unwrap();
+    admin
+        .put_file(None, &file, "/pub/share.bin", None, "t", &|_, _| {})
+        .await
+        .unwrap();
+    let link = admin
+        .files_link(None, "/pub/share.bin", None, 3600)
+        .await
+        .unwrap();
+    // No credential at all.
+    let anon = server.client();
+    let resp = anon
+        .raw_with_headers(Method::GET, &link.url_path, &[], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(resp.bytes().await.unwrap() == data);
+    // A link with a guessed or altered token is refused.
+    let bad = format!("{}x", link.url_path);
+    let resp = anon
+        .raw_with_headers(Method::GET, &bad, &[], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    // An expired link is refused.
+    let short = admin
+        .files_link(None, "/pub/share.bin", None, 1)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let resp = anon
+        .raw_with_headers(Method::GET, &short.url_path, &[], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    assert!(resp.text().await.unwrap().contains("expired"));
+    // Over the configured lifetime, or to a file that is not there: a clear 4xx.
+    let err = admin
+        .files_link(None, "/pub/share.bin", None, 365 * 24 * 3600)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(400));
+    let err = admin
+        .files_link(None, "/pub/none.bin", None, 60)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(404));
+    // A trashed file's link stops working.
+    admin.files_remove(None, "/pub/share.bin").await.unwrap();
+    let resp = anon
+        .raw_with_headers(Method::GET, &link.url_path, &[], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+}
