@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod chat;
+mod files;
 mod metrics;
 mod rollups;
 mod store;
@@ -46,6 +47,8 @@ enum Scenarios {
     Metrics(metrics::MetricsArgs),
     /// What rollup tiers cost per series, in memory and on disk (in process).
     Rollups(rollups::RollupArgs),
+    /// Files: upload and download MB/s against cp and dd, and the dedup of an edited file.
+    Files(files::FilesArgs),
 }
 
 #[derive(clap::Args)]
@@ -225,6 +228,7 @@ async fn main() -> anyhow::Result<()> {
         Scenarios::Store(args) => store::run(args).await,
         Scenarios::Metrics(args) => metrics::run(&cli.sb, args).await,
         Scenarios::Rollups(args) => rollups::run(&args),
+        Scenarios::Files(args) => files::run(&cli.sb, args).await,
     }
 }
 
