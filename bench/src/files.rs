@@ -55,9 +55,12 @@ fn evict(path: &Path) {
 }
 
 fn progress(label: &'static str) -> impl Fn(u64, u64) + Send + Sync {
+    let shown = std::sync::atomic::AtomicU64::new(u64::MAX);
     move |done, total| {
         let pct = (done * 100).checked_div(total).unwrap_or(100);
-        eprint!("\r  {label}: {pct:>3}%");
+        if shown.swap(pct, std::sync::atomic::Ordering::Relaxed) != pct {
+            eprint!("\r  {label}: {pct:>3}%");
+        }
     }
 }
 

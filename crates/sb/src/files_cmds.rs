@@ -6,8 +6,13 @@ use anyhow::Context;
 
 /// A progress line on stderr: `verb label: pct% (x of y MiB)`.
 fn progress(verb: &'static str, label: String) -> impl Fn(u64, u64) + Send + Sync + 'static {
+    // Redrawn when the percentage moves, not on every network read.
+    let shown = std::sync::atomic::AtomicU64::new(u64::MAX);
     move |done, total| {
         let pct = (done * 100).checked_div(total).unwrap_or(100);
+        if shown.swap(pct, std::sync::atomic::Ordering::Relaxed) == pct {
+            return;
+        }
         eprint!(
             "\r  {verb} {label}: {pct:>3}% ({:.1} of {:.1} MiB)",
             done as f64 / 1_048_576.0,
