@@ -5,8 +5,8 @@ use crate::{Client, ClientError, Result};
 use reqwest::Method;
 use sb_blob::chunker;
 use sb_proto::{
-    ChunkInfo, FileInfo, FileMove, FileRestore, FileVersionInfo, LinkCreate, LinkCreated,
-    SpaceCreate, SpaceInfo, SpaceShare, UploadStart, UploadStarted,
+    ChunkInfo, FileChange, FileInfo, FileMove, FileRestore, FileVersionInfo, LinkCreate,
+    LinkCreated, SpaceCreate, SpaceInfo, SpaceShare, UploadStart, UploadStarted,
 };
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -154,6 +154,16 @@ impl Client {
                 enc(path),
                 space_param(space)
             ),
+            Self::NO_BODY,
+        )
+        .await
+    }
+
+    /// A space's changes after `after` (the last `seq` seen), oldest first, one page.
+    pub async fn files_changes(&self, space: Option<&str>, after: i64) -> Result<Vec<FileChange>> {
+        self.call(
+            Method::GET,
+            &format!("/v1/files/changes?after={after}{}", space_param(space)),
             Self::NO_BODY,
         )
         .await

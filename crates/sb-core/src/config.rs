@@ -314,6 +314,8 @@ pub struct FilesConfig {
     pub list_page_max: usize,
     /// Longest lifetime of a download link.
     pub link_ttl_max_secs: u64,
+    /// Most changes one change-feed page returns.
+    pub changes_page_max: usize,
 }
 
 impl Default for FilesConfig {
@@ -325,6 +327,7 @@ impl Default for FilesConfig {
             path_length_max: 4096,
             list_page_max: 10_000,
             link_ttl_max_secs: 30 * 24 * 3600,
+            changes_page_max: 1_000,
         }
     }
 }
@@ -651,6 +654,8 @@ path_length_max = 4096
 list_page_max = 10000
 # Longest lifetime of a download link (`sb files link`).
 link_ttl_max_secs = 2592000
+# Most changes one page of a space's change feed returns (`GET /v1/files/changes`).
+changes_page_max = 1000
 
 [monitoring]
 # Largest remote_write or line-protocol body as sent, and a remote_write body decompressed.

@@ -12,7 +12,8 @@ use sb_blob::{BlobId, BlobStore, LocalBlobStore};
 use sb_core::config::FilesConfig;
 use sb_core::{ErrorCode, FileId, SpaceId, UnixMillis, UploadId};
 use sb_proto::{
-    FileInfo, FileVersionInfo, LinkCreate, LinkCreated, SpaceInfo, UploadStart, UploadStarted,
+    FileChange, FileInfo, FileVersionInfo, LinkCreate, LinkCreated, SpaceInfo, UploadStart,
+    UploadStarted,
 };
 use sb_store::StoreError;
 use sb_store::files::{
@@ -586,6 +587,30 @@ impl Files {
             return Err(FilesError::NotFound(format!("no file or folder {from}")));
         }
         Ok(moved.iter().map(file_info).collect())
+    }
+
+    /// The space's changes after sequence number `after`, oldest first, a page at a time: what
+    /// a syncing client asks for with the last `seq` it saw.
+    pub async fn changes(
+        &self,
+        cx: Ctx<'_>,
+        space: Option<&str>,
+        after: i64,
+    ) -> Result<Vec<FileChange>> {
+        let space = self.space(cx, space, Action::Read).await?;
+        Ok(self
+            .store
+            .changes(space, after, self.cfg.changes_page_max)
+            .await?
+            .into_iter()
+            .map(|c| FileChange {
+                seq: c.seq,
+                path: c.path,
+                version: c.version,
+                deleted: c.deleted,
+                at_ms: c.at.0,
+            })
+            .collect())
     }
 
     /// An expiring download link to a file the caller may read.

@@ -291,6 +291,18 @@ pub struct LinkCreated {
     pub expires_at_ms: i64,
 }
 
+/// One entry of a space's change feed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FileChange {
+    /// Ask for changes after the last `seq` seen to get only what is new.
+    pub seq: i64,
+    pub path: String,
+    pub version: i64,
+    /// Removed from this path (trashed, or moved away).
+    pub deleted: bool,
+    pub at_ms: i64,
+}
+
 /// A file space the caller owns or has a share of.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SpaceInfo {

@@ -139,6 +139,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .routes(routes!(routes_files::spaces, routes_files::create_space))
         .routes(routes!(routes_files::share_space))
         .routes(routes!(routes_files::create_link))
+        .routes(routes!(routes_files::changes))
         .routes(routes!(routes_files::link_download))
         .routes(routes!(routes_files::versions))
         .routes(routes!(routes_files::content))

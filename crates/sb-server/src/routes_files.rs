@@ -238,6 +238,30 @@ pub async fn content(
     Ok(serve(&st, &headers, &version))
 }
 
+#[derive(Deserialize, IntoParams)]
+pub struct ChangesQuery {
+    #[serde(default)]
+    pub space: Option<String>,
+    /// The last `seq` seen (default 0: from the beginning).
+    #[serde(default)]
+    pub after: i64,
+}
+
+#[utoipa::path(get, path = "/v1/files/changes", tag = "files", params(ChangesQuery),
+    responses((status = 200, body = Vec<FileChange>, description = "oldest first, at most files.changes_page_max"), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn changes(
+    State(st): St,
+    c: Caller,
+    ApiQuery(q): ApiQuery<ChangesQuery>,
+) -> Result<Json<Vec<FileChange>>, ApiError> {
+    Ok(Json(
+        st.files
+            .changes(c.cx(), q.space.as_deref(), q.after)
+            .await?,
+    ))
+}
+
 #[utoipa::path(post, path = "/v1/files/links", tag = "files", request_body = LinkCreate,
     responses((status = 201, body = LinkCreated), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn create_link(

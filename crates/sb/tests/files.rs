@@ -240,9 +240,41 @@ async fn ranges_resumed_downloads_listings_and_privacy() {
         ("/docs/f.bin", 3_000_000)
     );
 
+    // The change feed: the upload, then a rename as a removal and an arrival.
+    let feed = admin.files_changes(None, 0).await.unwrap();
+    assert_eq!(feed.len(), 1);
+    assert_eq!(
+        (
+            feed[0].seq,
+            feed[0].path.as_str(),
+            feed[0].version,
+            feed[0].deleted
+        ),
+        (1, "/docs/f.bin", 1, false)
+    );
+    admin
+        .files_move(None, "/docs/f.bin", "/docs/g.bin")
+        .await
+        .unwrap();
+    let feed = admin.files_changes(None, 1).await.unwrap();
+    let seen: Vec<(&str, bool)> = feed.iter().map(|c| (c.path.as_str(), c.deleted)).collect();
+    assert_eq!(seen, vec![("/docs/f.bin", true), ("/docs/g.bin", false)]);
+    assert!(
+        admin
+            .files_changes(None, feed[1].seq)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    admin
+        .files_move(None, "/docs/g.bin", "/docs/f.bin")
+        .await
+        .unwrap();
+
     // Another user has a space of their own: admin's files are not in it.
     let bob = server.user(&admin, "bob").await;
     assert!(bob.files_list(None, "/").await.unwrap().is_empty());
+    assert!(bob.files_changes(None, 0).await.unwrap().is_empty());
     let err = bob
         .get_file(None, "/docs/f.bin", None, &tmp.path().join("x"), &|_, _| {})
         .await

@@ -342,6 +342,7 @@ async fn openapi_documents_every_route_and_every_documented_route_exists() {
         ("PUT", "/v1/files/spaces/{space}/members"),
         ("POST", "/v1/files/links"),
         ("GET", "/v1/files/links/{token}"),
+        ("GET", "/v1/files/changes"),
         ("GET", "/healthz"),
         ("GET", "/readyz"),
         ("GET", "/metrics"),
