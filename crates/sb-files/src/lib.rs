@@ -669,6 +669,12 @@ impl Files {
             .ok_or_else(gone)
     }
 
+    /// Forgets uploads never committed within `files.upload_ttl_secs` (their chunks stay for
+    /// garbage collection); returns how many.
+    pub async fn prune_uploads(&self, now: UnixMillis) -> Result<u64> {
+        Ok(self.store.prune_uploads(now).await?)
+    }
+
     /// The blob store, for streaming a version's chunks.
     pub fn blobs(&self) -> &LocalBlobStore {
         &self.blobs

@@ -256,7 +256,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     serve(config, shutdown).await
 }
 
-/// How often ended sessions are pruned.
+/// How often ended sessions and expired uploads are pruned.
 const SESSION_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
 async fn prune_sessions_periodically(st: Arc<AppState>) {
@@ -264,11 +264,18 @@ async fn prune_sessions_periodically(st: Arc<AppState>) {
     loop {
         tokio::select! {
             _ = st.shutdown.cancelled() => return,
-            _ = tick.tick() => match st.auth.prune_ended_sessions(now()).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(sessions = n, "pruned ended sessions"),
-                Err(e) => tracing::warn!(error = %e, "pruning sessions failed"),
-            },
+            _ = tick.tick() => {
+                match st.auth.prune_ended_sessions(now()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(sessions = n, "pruned ended sessions"),
+                    Err(e) => tracing::warn!(error = %e, "pruning sessions failed"),
+                }
+                match st.files.prune_uploads(now()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(uploads = n, "forgot expired uploads"),
+                    Err(e) => tracing::warn!(error = %e, "pruning uploads failed"),
+                }
+            }
         }
     }
 }

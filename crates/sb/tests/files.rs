@@ -240,9 +240,25 @@ async fn ranges_resumed_downloads_listings_and_privacy() {
         ("/docs/f.bin", 3_000_000)
     );
 
+    // An empty file goes up and down too.
+    let empty = tmp.path().join("empty.txt");
+    std::fs::write(&empty, b"").unwrap();
+    let (info, stats) = admin
+        .put_file(None, &empty, "/empty.txt", None, "test", &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!((info.size, stats.chunks), (0, 0));
+    let empty_back = tmp.path().join("empty-back.txt");
+    admin
+        .get_file(None, "/empty.txt", None, &empty_back, &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&empty_back).unwrap(), b"");
+    admin.files_remove(None, "/empty.txt").await.unwrap();
+
     // The change feed: the upload, then a rename as a removal and an arrival.
     let feed = admin.files_changes(None, 0).await.unwrap();
-    assert_eq!(feed.len(), 1);
+    assert_eq!(feed.len(), 3, "f.bin, then empty.txt written and trashed");
     assert_eq!(
         (
             feed[0].seq,
@@ -256,7 +272,7 @@ async fn ranges_resumed_downloads_listings_and_privacy() {
         .files_move(None, "/docs/f.bin", "/docs/g.bin")
         .await
         .unwrap();
-    let feed = admin.files_changes(None, 1).await.unwrap();
+    let feed = admin.files_changes(None, 3).await.unwrap();
     let seen: Vec<(&str, bool)> = feed.iter().map(|c| (c.path.as_str(), c.deleted)).collect();
     assert_eq!(seen, vec![("/docs/f.bin", true), ("/docs/g.bin", false)]);
     assert!(
