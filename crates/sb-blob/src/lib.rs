@@ -231,6 +231,22 @@ impl LocalBlobStore {
         self.0.remove(id)
     }
 
+    /// Marks a blob as just used (its copies' modification time), so garbage collection's
+    /// grace period protects a blob a new upload is about to refer to.
+    pub fn touch(&self, id: BlobId) {
+        let me = &self.0;
+        for d in 0..me.dirs.len() {
+            for compressed in [true, false] {
+                if let Ok(f) = std::fs::File::options()
+                    .write(true)
+                    .open(me.path_in(d, id, compressed))
+                {
+                    let _ = f.set_modified(std::time::SystemTime::now());
+                }
+            }
+        }
+    }
+
     /// Whether a copy of the blob is stored where it belongs (not read or verified: a
     /// damaged copy is found on read or by scrub).
     pub fn contains(&self, id: BlobId) -> bool {

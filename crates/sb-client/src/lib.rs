@@ -459,6 +459,12 @@ impl Client {
             .await
     }
 
+    /// Applies file retention and deletes unreferenced blobs now (admin).
+    pub async fn admin_gc(&self) -> Result<GcReport> {
+        self.call(Method::POST, "/v1/admin/blobs/gc", Self::NO_BODY)
+            .await
+    }
+
     /// Re-hashes every blob copy on the server (admin); can take long on a large store.
     pub async fn admin_scrub(&self) -> Result<ScrubReport> {
         self.call(Method::POST, "/v1/admin/blobs/scrub", Self::NO_BODY)

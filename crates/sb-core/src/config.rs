@@ -86,6 +86,9 @@ pub struct BlobsConfig {
     pub zstd_level: i32,
     /// Decoded blobs kept in memory for repeated reads, in bytes (0: none).
     pub cache_bytes: usize,
+    /// A blob nothing refers to is deleted once it is this old (so one being uploaded or
+    /// about to be referenced is never taken).
+    pub gc_grace_secs: u64,
 }
 
 impl Default for BlobsConfig {
@@ -95,6 +98,7 @@ impl Default for BlobsConfig {
             replicas: 1,
             zstd_level: 3,
             cache_bytes: 256 * 1024 * 1024,
+            gc_grace_secs: 24 * 3600,
         }
     }
 }
@@ -316,6 +320,12 @@ pub struct FilesConfig {
     pub link_ttl_max_secs: u64,
     /// Most changes one change-feed page returns.
     pub changes_page_max: usize,
+    /// Versions older than the newest `version_keep_last` *and* older than
+    /// `version_keep_days` are deleted (hourly); the newest version always stays.
+    pub version_keep_last: u32,
+    pub version_keep_days: u32,
+    /// Trashed files are deleted for good after this long.
+    pub trash_retention_secs: u64,
 }
 
 impl Default for FilesConfig {
@@ -328,6 +338,9 @@ impl Default for FilesConfig {
             list_page_max: 10_000,
             link_ttl_max_secs: 30 * 24 * 3600,
             changes_page_max: 1_000,
+            version_keep_last: 20,
+            version_keep_days: 30,
+            trash_retention_secs: 30 * 24 * 3600,
         }
     }
 }
@@ -558,6 +571,9 @@ replicas = 1
 zstd_level = 3
 # Decoded blobs kept in memory for repeated reads.
 cache_bytes = 268435456
+# Blobs nothing refers to (old file versions, purged trash, abandoned uploads) are deleted
+# hourly once this old, or on `sb admin gc`.
+gc_grace_secs = 86400
 
 [auth]
 # "open": anyone may register. "invite": an admin's invite is needed. "closed": nobody.
@@ -656,6 +672,12 @@ list_page_max = 10000
 link_ttl_max_secs = 2592000
 # Most changes one page of a space's change feed returns (`GET /v1/files/changes`).
 changes_page_max = 1000
+# A version is deleted once it is both more than version_keep_last behind the newest and older
+# than version_keep_days (hourly); the newest version always stays.
+version_keep_last = 20
+version_keep_days = 30
+# Trashed files are deleted for good after this long.
+trash_retention_secs = 2592000
 
 [monitoring]
 # Largest remote_write or line-protocol body as sent, and a remote_write body decompressed.

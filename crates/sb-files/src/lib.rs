@@ -331,8 +331,13 @@ impl Files {
         for c in &chunks {
             let bid = BlobId::from_bytes(c.id);
             let s = bid.to_string();
-            if !self.blobs.contains(bid) && !missing.contains(&s) {
-                missing.push(s);
+            if !self.blobs.contains(bid) {
+                if !missing.contains(&s) {
+                    missing.push(s);
+                }
+            } else {
+                // About to be referenced: keep garbage collection off it.
+                self.blobs.touch(bid);
             }
         }
         self.store
@@ -667,6 +672,37 @@ impl Files {
             .version(file.id, link.version.unwrap_or(file.head))
             .await?
             .ok_or_else(gone)
+    }
+
+    /// Deletes versions and trashed files past their retention (`files.version_keep_*`,
+    /// `files.trash_retention_secs`); returns (versions, files) deleted.
+    pub async fn apply_retention(&self, now: UnixMillis) -> Result<(u64, u64)> {
+        let days = i64::from(self.cfg.version_keep_days) * 86_400_000;
+        let versions = self
+            .store
+            .prune_versions(
+                i64::from(self.cfg.version_keep_last.max(1)),
+                UnixMillis(now.0 - days),
+            )
+            .await?;
+        let files = self
+            .store
+            .purge_trash(UnixMillis(
+                now.0 - self.cfg.trash_retention_secs as i64 * 1000,
+            ))
+            .await?;
+        Ok((versions, files))
+    }
+
+    /// Every chunk a file version or an upload in progress refers to.
+    pub async fn referenced_chunks(&self) -> Result<Vec<BlobId>> {
+        Ok(self
+            .store
+            .referenced_chunks()
+            .await?
+            .into_iter()
+            .map(BlobId::from_bytes)
+            .collect())
     }
 
     /// Forgets uploads never committed within `files.upload_ttl_secs` (their chunks stay for

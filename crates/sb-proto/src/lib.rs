@@ -329,6 +329,18 @@ pub struct SpaceShare {
     pub access: String,
 }
 
+/// What `POST /v1/admin/blobs/gc` (also run hourly) removed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GcReport {
+    /// File versions past `files.version_keep_*`.
+    pub versions_deleted: u64,
+    /// Trashed files past `files.trash_retention_secs`.
+    pub files_purged: u64,
+    pub blobs_kept: u64,
+    /// Blobs nothing refers to, older than `blobs.gc_grace_secs`.
+    pub blobs_deleted: u64,
+}
+
 /// What `POST /v1/admin/blobs/scrub` found: every copy of every blob re-hashed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ScrubReport {

@@ -58,6 +58,8 @@ pub struct AppState {
     pub files: Arc<sb_files::Files>,
     pub monitor: Arc<sb_monitor::Monitor>,
     pub blobs: sb_blob::LocalBlobStore,
+    /// Chat's store, for the attachments blob garbage collection must keep.
+    chat_store: Arc<dyn sb_store::ChatStore>,
     /// Attachment transfers in progress (`chat.attachment_transfers_concurrent_max`).
     transfers: tokio::sync::Semaphore,
     pub config: Arc<Config>,
@@ -109,6 +111,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .routes(routes!(routes::admin_audit))
         .routes(routes!(routes::admin_audit_verify))
         .routes(routes!(routes::admin_scrub))
+        .routes(routes!(routes::admin_gc))
         .routes(routes!(routes_chat::my_rooms, routes_chat::create_room))
         .routes(routes!(routes_chat::public_rooms))
         .routes(routes!(routes_chat::direct_room))
@@ -275,9 +278,51 @@ async fn prune_sessions_periodically(st: Arc<AppState>) {
                     Ok(n) => tracing::info!(uploads = n, "forgot expired uploads"),
                     Err(e) => tracing::warn!(error = %e, "pruning uploads failed"),
                 }
+                match collect_garbage(&st).await {
+                    Ok(r) if r.versions_deleted + r.files_purged + r.blobs_deleted == 0 => {}
+                    Ok(r) => tracing::info!(versions = r.versions_deleted, files = r.files_purged, blobs = r.blobs_deleted, "retention and garbage collection"),
+                    Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+                }
             }
         }
     }
+}
+
+/// Applies file retention, then deletes the blobs nothing refers to (file versions, uploads
+/// in progress, chat attachments) once older than `blobs.gc_grace_secs`.
+pub(crate) async fn collect_garbage(st: &AppState) -> anyhow::Result<sb_proto::GcReport> {
+    let (versions_deleted, files_purged) = st.files.apply_retention(now()).await?;
+    let mut keep: std::collections::HashSet<sb_blob::BlobId> =
+        st.files.referenced_chunks().await?.into_iter().collect();
+    for hex in st.chat_store.attachment_blobs().await? {
+        if let Ok(id) = hex.parse() {
+            keep.insert(id);
+        }
+    }
+    let blobs = st.blobs.clone();
+    let grace = Duration::from_secs(st.config.blobs.gc_grace_secs);
+    let (kept, deleted) = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, u64)> {
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(grace)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        let (mut kept, mut deleted) = (0, 0);
+        for (id, modified) in blobs.list()? {
+            if keep.contains(&id) || modified >= cutoff {
+                kept += 1;
+            } else {
+                blobs.remove(id)?;
+                deleted += 1;
+            }
+        }
+        Ok((kept, deleted))
+    })
+    .await??;
+    Ok(sb_proto::GcReport {
+        versions_deleted,
+        files_purged,
+        blobs_kept: kept,
+        blobs_deleted: deleted,
+    })
 }
 
 async fn checkpoint(st: &AppState) {
@@ -372,6 +417,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         auth.clone(),
         config.files.clone(),
     ));
+    let chat_store: Arc<dyn sb_store::ChatStore> = sqlite.clone();
     let chat = Arc::new(sb_chat::Chat::new(
         sqlite,
         Arc::new(blobs.clone()),
@@ -417,6 +463,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         files,
         monitor,
         blobs,
+        chat_store,
         transfers: tokio::sync::Semaphore::new(
             config.chat.attachment_transfers_concurrent_max.max(1),
         ),

@@ -396,6 +396,30 @@ pub async fn admin_scrub(State(st): St, c: Caller) -> Result<Json<ScrubReport>, 
     Ok(Json(report))
 }
 
+#[utoipa::path(post, path = "/v1/admin/blobs/gc", tag = "admin",
+    responses((status = 200, body = GcReport), (status = "4XX", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn admin_gc(State(st): St, c: Caller) -> Result<Json<GcReport>, ApiError> {
+    st.auth
+        .authorize(c.cx(), Action::Update, &Resource::Storage)
+        .await?;
+    let r = crate::collect_garbage(&st).await.map_err(|e| {
+        tracing::error!(error = %e, "garbage collection failed");
+        ApiError::new(
+            ErrorCode::Internal,
+            format!("garbage collection failed: {e}"),
+        )
+    })?;
+    st.auth
+        .record(
+            c.cx(),
+            "blobs.gc",
+            "storage".into(),
+            serde_json::json!({"versions": r.versions_deleted, "files": r.files_purged, "blobs": r.blobs_deleted}),
+        )
+        .await?;
+    Ok(Json(r))
+}
+
 #[utoipa::path(get, path = "/healthz", tag = "system",
     responses((status = 200, body = Health, description = "the process is up")))]
 pub async fn healthz() -> Json<Health> {

@@ -294,6 +294,8 @@ pub trait ChatStore: Send + Sync + 'static {
     /// The device's queued Welcomes, removed as they are handed over.
     async fn take_welcomes(&self, user: UserId, device: &str) -> Result<Vec<WelcomeRecord>>;
     async fn attachment(&self, room: RoomId, id: AttachmentId) -> Result<Option<AttachmentRecord>>;
+    /// The blob (BLAKE3, hex) of every attachment, for blob garbage collection.
+    async fn attachment_blobs(&self) -> Result<Vec<String>>;
     /// Messages with `seq > after`, oldest first, at most `limit`.
     async fn messages_after(
         &self,

@@ -1081,4 +1081,37 @@ pub async fn run_files<S: Store + crate::files::FilesStore>(s: &S) {
     assert_eq!(ann_sees, vec![(home.clone(), None), (team.clone(), None)]);
     s.set_space_member(team.id, gus.id, None).await.unwrap();
     assert!(s.spaces_for(gus.id).await.unwrap().is_empty());
+
+    // Retention: old versions beyond the newest go, then what the trash holds; the chunks
+    // still referenced are those of what is left.
+    let mut refs = s.referenced_chunks().await.unwrap();
+    refs.sort();
+    assert_eq!(refs, vec![[1; 32], [2; 32], [3; 32], [5; 32]]);
+    assert_eq!(s.prune_versions(1, at(1_000_000)).await.unwrap(), 1);
+    assert_eq!(
+        s.versions(f.id).await.unwrap().len(),
+        1,
+        "the newest is kept"
+    );
+    assert_eq!(s.prune_versions(1, at(1_000_000)).await.unwrap(), 0);
+    let mut refs = s.referenced_chunks().await.unwrap();
+    refs.sort();
+    assert_eq!(
+        refs,
+        vec![[1; 32], [3; 32], [5; 32]],
+        "chunk 2 was only in version 1"
+    );
+    s.trash_file(home.id, "/docs2/b.txt", at(13_000))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.purge_trash(at(12_999)).await.unwrap(), 0, "not yet");
+    assert_eq!(s.purge_trash(at(13_001)).await.unwrap(), 1);
+    assert!(
+        s.file_by_path(home.id, "/docs2/b.txt")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(!s.referenced_chunks().await.unwrap().contains(&[5; 32]));
 }

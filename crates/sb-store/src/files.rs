@@ -215,6 +215,13 @@ pub trait FilesStore: Send + Sync + 'static {
         to: &str,
         at: UnixMillis,
     ) -> Result<Vec<FileRecord>>;
+    /// Deletes old versions: a version goes once it is more than `keep_last` behind its file's
+    /// newest and older than `older_than` (the newest is always kept); returns how many.
+    async fn prune_versions(&self, keep_last: i64, older_than: UnixMillis) -> Result<u64>;
+    /// Deletes files trashed before `before`, with their versions; returns how many.
+    async fn purge_trash(&self, before: UnixMillis) -> Result<u64>;
+    /// Every chunk a version or an upload in progress refers to.
+    async fn referenced_chunks(&self) -> Result<Vec<[u8; 32]>>;
     async fn create_link(&self, link: LinkRecord) -> Result<()>;
     async fn link(&self, token_hash: [u8; 32]) -> Result<Option<LinkRecord>>;
     /// Changes of a space after sequence number `after`, oldest first.

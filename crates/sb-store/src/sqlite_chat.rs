@@ -468,6 +468,15 @@ impl ChatStore for SqliteStore {
         .await
     }
 
+    async fn attachment_blobs(&self) -> Result<Vec<String>> {
+        self.read("attachment_blobs", |c| {
+            let mut stmt = c.prepare_cached("SELECT DISTINCT blob FROM attachments")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+        })
+        .await
+    }
+
     async fn attachment(&self, room: RoomId, id: AttachmentId) -> Result<Option<AttachmentRecord>> {
         self.read("attachment", move |c| {
             Ok(c.query_row(

@@ -516,6 +516,47 @@ impl FilesStore for SqliteStore {
         .await
     }
 
+    async fn prune_versions(&self, keep_last: i64, older_than: UnixMillis) -> Result<u64> {
+        self.write("prune_versions", move |c| {
+            Ok(c.execute(
+                "DELETE FROM file_versions WHERE created_at < ?2 AND version <= \
+                 (SELECT f.head FROM files f WHERE f.id = file_versions.file_id) - ?1",
+                params![keep_last.max(1), older_than.0],
+            )? as u64)
+        })
+        .await
+    }
+
+    async fn purge_trash(&self, before: UnixMillis) -> Result<u64> {
+        self.write("purge_trash", move |c| {
+            Ok(c.execute(
+                "DELETE FROM files WHERE deleted_at IS NOT NULL AND deleted_at < ?1",
+                [before.0],
+            )? as u64)
+        })
+        .await
+    }
+
+    async fn referenced_chunks(&self) -> Result<Vec<[u8; 32]>> {
+        self.read("referenced_chunks", |c| {
+            let mut out = std::collections::HashSet::new();
+            for sql in [
+                "SELECT chunks FROM file_versions",
+                "SELECT chunks FROM file_uploads",
+            ] {
+                let mut stmt = c.prepare_cached(sql)?;
+                let mut rows = stmt.query([])?;
+                while let Some(r) = rows.next()? {
+                    for ch in chunks_at(r, 0)? {
+                        out.insert(ch.id);
+                    }
+                }
+            }
+            Ok(out.into_iter().collect())
+        })
+        .await
+    }
+
     async fn create_link(&self, l: LinkRecord) -> Result<()> {
         self.write("create_link", move |c| {
             c.execute(

@@ -398,6 +398,9 @@ pub enum AdminCmd {
     },
     /// Query the audit log, or verify its hash chain.
     Audit(AuditArgs),
+    /// Delete file versions and trash past their retention, then every blob nothing refers to
+    /// (older than blobs.gc_grace_secs); also runs hourly.
+    Gc,
     /// Re-hash every stored copy of every file chunk and attachment; rewrite damaged or
     /// missing copies from a good replica (blobs.replicas), and name what is lost.
     Scrub,

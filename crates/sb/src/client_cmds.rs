@@ -574,6 +574,15 @@ async fn admin(c: AdminCmd, json: bool) -> anyhow::Result<()> {
             )
         }
         AdminCmd::Audit(a) => audit(&client, a, json).await,
+        AdminCmd::Gc => {
+            let r = client.admin_gc().await?;
+            output(json, &r, || {
+                println!(
+                    "{} old versions and {} trashed files deleted; {} blobs deleted, {} kept.",
+                    r.versions_deleted, r.files_purged, r.blobs_deleted, r.blobs_kept
+                );
+            })
+        }
         AdminCmd::Scrub => {
             eprintln!("Scrubbing: re-hashing every copy of every blob on the server…");
             let r = client.admin_scrub().await?;

@@ -202,3 +202,93 @@ async fn a_corrupt_file_chunk_is_detected_on_read_and_by_scrub_and_repaired_from
         assert_eq!(again["corrupt_copies"], 0, "{again}");
     }
 }
+
+#[tokio::test]
+async fn retention_and_gc_delete_what_nothing_refers_to_and_keep_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = tmp.path().join("disk");
+    let config = tmp.path().join("sb.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[blobs]\ndirs = [{:?}]\ngc_grace_secs = 0\n\n[files]\nversion_keep_last = 1\nversion_keep_days = 0\ntrash_retention_secs = 0\n",
+            disk.display().to_string()
+        ),
+    )
+    .unwrap();
+    let server = TestServer::start_with(ServerOptions {
+        config: Some(config),
+        ..Default::default()
+    });
+    let home = tempfile::tempdir().unwrap();
+    register_admin_cli(&server, home.path());
+    let admin = server.login("admin").await;
+    let gc = || json(&sb(home.path(), &["admin", "gc", "--json"], ""));
+    let noise = |seed: u32| -> Vec<u8> {
+        (0..300_000u32)
+            .map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect()
+    };
+    // Two versions of one file, and a chat attachment.
+    let local = tmp.path().join("f.bin");
+    for seed in [1, 2] {
+        std::fs::write(&local, noise(seed)).unwrap();
+        admin
+            .put_file(None, &local, "/f.bin", None, "t", &|_, _| {})
+            .await
+            .unwrap();
+    }
+    let room = admin
+        .create_room(&RoomCreate {
+            name: "keep".into(),
+            topic: String::new(),
+            public: false,
+            encrypted: false,
+        })
+        .await
+        .unwrap();
+    let att = admin
+        .upload(
+            &room.id,
+            "a.bin",
+            "application/octet-stream",
+            noise(3),
+            |_, _| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(copies(&disk).len(), 3);
+
+    // Version 1 is past retention: it and its chunk go; version 2 and the attachment stay.
+    let r = gc();
+    assert_eq!(
+        (r["versions_deleted"].clone(), r["blobs_deleted"].clone()),
+        (1.into(), 1.into()),
+        "{r}"
+    );
+    assert_eq!(copies(&disk).len(), 2);
+    let back = tmp.path().join("back.bin");
+    admin
+        .get_file(None, "/f.bin", None, &back, &|_, _| {})
+        .await
+        .unwrap();
+    assert!(std::fs::read(&back).unwrap() == noise(2));
+    assert_eq!(admin.files_versions(None, "/f.bin").await.unwrap().len(), 1);
+
+    // Trashed and past the trash's retention: purged with its chunk.
+    admin.files_remove(None, "/f.bin").await.unwrap();
+    let r = gc();
+    assert_eq!(
+        (r["files_purged"].clone(), r["blobs_deleted"].clone()),
+        (1.into(), 1.into()),
+        "{r}"
+    );
+    assert_eq!(copies(&disk).len(), 1);
+    let (_, bytes) = admin.download(&room.id, &att.id).await.unwrap();
+    assert!(bytes == noise(3), "the attachment is kept");
+    // Nothing left to do, and not for plain users.
+    let r = gc();
+    assert_eq!(r["blobs_deleted"], 0);
+    let bob = server.user(&admin, "bob").await;
+    assert_eq!(bob.admin_gc().await.unwrap_err().status(), Some(403));
+}

@@ -328,6 +328,7 @@ async fn openapi_documents_every_route_and_every_documented_route_exists() {
         ("POST", "/v1/alerts/silences"),
         ("DELETE", "/v1/alerts/silences/{id}"),
         ("POST", "/v1/admin/blobs/scrub"),
+        ("POST", "/v1/admin/blobs/gc"),
         ("POST", "/v1/files/uploads"),
         ("PUT", "/v1/files/uploads/{upload}/chunks/{chunk}"),
         ("POST", "/v1/files/uploads/{upload}/commit"),
