@@ -2,8 +2,6 @@
 //! (`cp`, and `dd` with fsync), and what an edit costs to send (dedup).
 
 use anyhow::Context;
-use sb_client::{Client, Trust};
-use sb_core::Secret;
 use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
@@ -94,19 +92,7 @@ pub async fn run(sb: &str, args: FilesArgs) -> anyhow::Result<()> {
     std::fs::remove_file(work.path().join("dd.bin"))?;
 
     let server = crate::start(sb, &[])?;
-    let c = Client::new(&server.url, &Trust::Fingerprint(server.fingerprint.clone()))?;
-    c.register(&sb_proto::RegisterRequest {
-        username: "bench".into(),
-        password: Secret::new(crate::PASSWORD.into()),
-        setup_token: Some(Secret::new(server.setup_token.clone())),
-        invite: None,
-    })
-    .await?;
-    let token = c
-        .login("bench", Secret::new(crate::PASSWORD.into()))
-        .await?
-        .token;
-    let c = c.with_token(token);
+    let c = crate::bench_admin(&server).await?;
 
     evict(&file);
     let t = Instant::now();

@@ -232,8 +232,8 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn auth(sb: &str, args: Args) -> anyhow::Result<()> {
-    let server = start(sb, &[])?;
+/// Registers the admin account `bench` with the setup token; a client logged in as it.
+pub(crate) async fn bench_admin(server: &Server) -> anyhow::Result<Client> {
     let c = Client::new(&server.url, &Trust::Fingerprint(server.fingerprint.clone()))?;
     c.register(&sb_proto::RegisterRequest {
         username: "bench".into(),
@@ -242,9 +242,14 @@ async fn auth(sb: &str, args: Args) -> anyhow::Result<()> {
         invite: None,
     })
     .await?;
-    let session = c.login("bench", Secret::new(PASSWORD.into())).await?.token;
-    let api = Client::new(&server.url, &Trust::Fingerprint(server.fingerprint.clone()))?
-        .with_token(session)
+    let token = c.login("bench", Secret::new(PASSWORD.into())).await?.token;
+    Ok(c.with_token(token))
+}
+
+async fn auth(sb: &str, args: Args) -> anyhow::Result<()> {
+    let server = start(sb, &[])?;
+    let api = bench_admin(&server)
+        .await?
         .create_token(&sb_proto::TokenCreate {
             name: "bench".into(),
             scopes: vec!["read".into()],

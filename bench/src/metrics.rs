@@ -5,8 +5,6 @@
 use anyhow::{Context, bail};
 use futures_util::future::BoxFuture;
 use hdrhistogram::Histogram;
-use sb_client::{Client, Trust};
-use sb_core::Secret;
 use sb_tsdb::Labels;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -348,22 +346,7 @@ pub async fn run(sb: &str, args: MetricsArgs) -> anyhow::Result<()> {
             ("SB_MONITORING__SELF_SCRAPE_INTERVAL_MS", "0".into()),
         ],
     )?;
-    let c = Client::new(&server.url, &Trust::Fingerprint(server.fingerprint.clone()))?;
-    c.register(&sb_proto::RegisterRequest {
-        username: "bench".into(),
-        password: Secret::new(crate::PASSWORD.into()),
-        setup_token: Some(Secret::new(server.setup_token.clone())),
-        invite: None,
-    })
-    .await?;
-    let token = c
-        .login("bench", Secret::new(crate::PASSWORD.into()))
-        .await?
-        .token;
-    let client = std::sync::Arc::new(
-        Client::new(&server.url, &Trust::Fingerprint(server.fingerprint.clone()))?
-            .with_token(token),
-    );
+    let client = std::sync::Arc::new(crate::bench_admin(&server).await?);
     let (wc, qc) = (client.clone(), client.clone());
     let ours = Target {
         name: "Switchboard",

@@ -109,6 +109,45 @@ fn record_change(
     Ok(seq)
 }
 
+impl SqliteStore {
+    /// Moves a live file to the trash (`trash`), or a trashed one back, recording the change;
+    /// `None` if there is no such file in that state.
+    async fn set_trashed(
+        &self,
+        space: SpaceId,
+        path: &str,
+        at: UnixMillis,
+        trash: bool,
+    ) -> Result<Option<FileRecord>> {
+        let path = path.to_string();
+        self.write("set_trashed", move |c| {
+            let tx = c.savepoint()?;
+            let sid = space.to_string();
+            let Some(f) =
+                file_by_path(&tx, &sid, &path)?.filter(|f| f.deleted_at.is_none() == trash)
+            else {
+                return Ok(None);
+            };
+            if trash {
+                tx.execute(
+                    "UPDATE files SET deleted_at = ?2 WHERE id = ?1",
+                    params![f.id.to_string(), at.0],
+                )?;
+            } else {
+                tx.execute(
+                    "UPDATE files SET deleted_at = NULL, modified_at = ?2 WHERE id = ?1",
+                    params![f.id.to_string(), at.0],
+                )?;
+            }
+            record_change(&tx, &sid, &path, &f.id.to_string(), f.head, trash, at)?;
+            let f = file_by_path(&tx, &sid, &path)?;
+            tx.commit()?;
+            Ok(f)
+        })
+        .await
+    }
+}
+
 #[async_trait]
 impl FilesStore for SqliteStore {
     async fn personal_space(
@@ -423,23 +462,7 @@ impl FilesStore for SqliteStore {
         path: &str,
         at: UnixMillis,
     ) -> Result<Option<FileRecord>> {
-        let path = path.to_string();
-        self.write("trash_file", move |c| {
-            let tx = c.savepoint()?;
-            let sid = space.to_string();
-            let Some(f) = file_by_path(&tx, &sid, &path)?.filter(|f| f.deleted_at.is_none()) else {
-                return Ok(None);
-            };
-            tx.execute(
-                "UPDATE files SET deleted_at = ?2 WHERE id = ?1",
-                params![f.id.to_string(), at.0],
-            )?;
-            record_change(&tx, &sid, &path, &f.id.to_string(), f.head, true, at)?;
-            let f = file_by_path(&tx, &sid, &path)?;
-            tx.commit()?;
-            Ok(f)
-        })
-        .await
+        self.set_trashed(space, path, at, true).await
     }
 
     async fn untrash_file(
@@ -448,23 +471,7 @@ impl FilesStore for SqliteStore {
         path: &str,
         at: UnixMillis,
     ) -> Result<Option<FileRecord>> {
-        let path = path.to_string();
-        self.write("untrash_file", move |c| {
-            let tx = c.savepoint()?;
-            let sid = space.to_string();
-            let Some(f) = file_by_path(&tx, &sid, &path)?.filter(|f| f.deleted_at.is_some()) else {
-                return Ok(None);
-            };
-            tx.execute(
-                "UPDATE files SET deleted_at = NULL, modified_at = ?2 WHERE id = ?1",
-                params![f.id.to_string(), at.0],
-            )?;
-            record_change(&tx, &sid, &path, &f.id.to_string(), f.head, false, at)?;
-            let f = file_by_path(&tx, &sid, &path)?;
-            tx.commit()?;
-            Ok(f)
-        })
-        .await
+        self.set_trashed(space, path, at, false).await
     }
 
     async fn move_files(

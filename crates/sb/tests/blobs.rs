@@ -30,18 +30,21 @@ fn copies(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-#[tokio::test]
-async fn replicated_blobs_survive_a_corrupt_copy_and_scrub_repairs_damage() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (d1, d2) = (tmp.path().join("disk1"), tmp.path().join("disk2"));
-    let config = tmp.path().join("sb.toml");
+/// A server whose blobs live in `dirs` (with `extra` TOML appended), an admin registered for
+/// the CLI in the returned home, and that admin's SDK client.
+async fn start_with_blob_dirs(
+    tmp: &Path,
+    dirs: &[&Path],
+    extra: &str,
+) -> (TestServer, tempfile::TempDir, sb_client::Client) {
+    let config = tmp.join("sb.toml");
+    let list: Vec<String> = dirs
+        .iter()
+        .map(|d| format!("{:?}", d.display().to_string()))
+        .collect();
     std::fs::write(
         &config,
-        format!(
-            "[blobs]\ndirs = [{:?}, {:?}]\nreplicas = 2\ncache_bytes = 0\n",
-            d1.display().to_string(),
-            d2.display().to_string()
-        ),
+        format!("[blobs]\ndirs = [{}]\n{extra}", list.join(", ")),
     )
     .unwrap();
     let server = TestServer::start_with(ServerOptions {
@@ -51,6 +54,15 @@ async fn replicated_blobs_survive_a_corrupt_copy_and_scrub_repairs_damage() {
     let home = tempfile::tempdir().unwrap();
     register_admin_cli(&server, home.path());
     let admin = server.login("admin").await;
+    (server, home, admin)
+}
+
+#[tokio::test]
+async fn replicated_blobs_survive_a_corrupt_copy_and_scrub_repairs_damage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (d1, d2) = (tmp.path().join("disk1"), tmp.path().join("disk2"));
+    let (server, home, admin) =
+        start_with_blob_dirs(tmp.path(), &[&d1, &d2], "replicas = 2\ncache_bytes = 0\n").await;
     let room = admin
         .create_room(&RoomCreate {
             name: "vault".into(),
@@ -150,23 +162,8 @@ async fn replicated_blobs_survive_a_corrupt_copy_and_scrub_repairs_damage() {
 async fn a_corrupt_file_chunk_is_detected_on_read_and_by_scrub_and_repaired_from_its_replica() {
     let tmp = tempfile::tempdir().unwrap();
     let (d1, d2) = (tmp.path().join("disk1"), tmp.path().join("disk2"));
-    let config = tmp.path().join("sb.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[blobs]\ndirs = [{:?}, {:?}]\nreplicas = 2\ncache_bytes = 0\n",
-            d1.display().to_string(),
-            d2.display().to_string()
-        ),
-    )
-    .unwrap();
-    let server = TestServer::start_with(ServerOptions {
-        config: Some(config),
-        ..Default::default()
-    });
-    let home = tempfile::tempdir().unwrap();
-    register_admin_cli(&server, home.path());
-    let admin = server.login("admin").await;
+    let (_server, home, admin) =
+        start_with_blob_dirs(tmp.path(), &[&d1, &d2], "replicas = 2\ncache_bytes = 0\n").await;
     let local = tmp.path().join("doc.bin");
     let data: Vec<u8> = (0..300_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
@@ -207,22 +204,12 @@ async fn a_corrupt_file_chunk_is_detected_on_read_and_by_scrub_and_repaired_from
 async fn retention_and_gc_delete_what_nothing_refers_to_and_keep_the_rest() {
     let tmp = tempfile::tempdir().unwrap();
     let disk = tmp.path().join("disk");
-    let config = tmp.path().join("sb.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[blobs]\ndirs = [{:?}]\ngc_grace_secs = 0\n\n[files]\nversion_keep_last = 1\nversion_keep_days = 0\ntrash_retention_secs = 0\n",
-            disk.display().to_string()
-        ),
+    let (server, home, admin) = start_with_blob_dirs(
+        tmp.path(),
+        &[&disk],
+        "gc_grace_secs = 0\n\n[files]\nversion_keep_last = 1\nversion_keep_days = 0\ntrash_retention_secs = 0\n",
     )
-    .unwrap();
-    let server = TestServer::start_with(ServerOptions {
-        config: Some(config),
-        ..Default::default()
-    });
-    let home = tempfile::tempdir().unwrap();
-    register_admin_cli(&server, home.path());
-    let admin = server.login("admin").await;
+    .await;
     let gc = || json(&sb(home.path(), &["admin", "gc", "--json"], ""));
     let noise = |seed: u32| -> Vec<u8> {
         (0..300_000u32)
