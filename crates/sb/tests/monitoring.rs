@@ -1394,19 +1394,8 @@ async fn each_tenant_has_its_own_series_and_rate_limits() {
     assert_eq!(s, 204, "{body}");
 
     // Over its samples per second, a tenant gets 429 with Retry-After; the other goes on.
-    let resp = admin
-        .raw_with_headers(
-            Method::POST,
-            "/api/v1/write",
-            &[
-                ("content-type", "application/x-protobuf"),
-                ("content-encoding", "snappy"),
-            ],
-            remote_write::encode(&[series("a", 90)]),
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 204);
+    let (s, body) = write(&admin, &[series("a", 90)]).await;
+    assert_eq!(s, 204, "{body}");
     let resp = admin
         .raw_with_headers(
             Method::POST,
