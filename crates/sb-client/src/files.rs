@@ -24,15 +24,15 @@ pub struct PutStats {
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> ClientError {
-    ClientError::Protocol(format!("{}: {e}", path.display()))
+    ClientError::Local(format!("{}: {e}", path.display()))
 }
 
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 /// `&space=ID` when a space other than the caller's own is meant.
-fn space_param(space: Option<&str>) -> String {
+pub(crate) fn space_param(space: Option<&str>) -> String {
     space
         .map(|s| format!("&space={}", enc(s)))
         .unwrap_or_default()
@@ -101,11 +101,21 @@ impl Client {
         .await
     }
 
-    /// Moves a file to the trash.
-    pub async fn files_remove(&self, space: Option<&str>, path: &str) -> Result<FileInfo> {
+    /// Moves a file to the trash; with `version`, only if it is still at that version.
+    pub async fn files_remove(
+        &self,
+        space: Option<&str>,
+        path: &str,
+        version: Option<i64>,
+    ) -> Result<FileInfo> {
+        let version = version.map(|v| format!("&version={v}")).unwrap_or_default();
         self.call(
             Method::DELETE,
-            &format!("/v1/files?path={}{}", enc(path), space_param(space)),
+            &format!(
+                "/v1/files?path={}{}{version}",
+                enc(path),
+                space_param(space)
+            ),
             Self::NO_BODY,
         )
         .await

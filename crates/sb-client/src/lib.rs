@@ -8,6 +8,7 @@
 pub mod e2ee;
 pub mod files;
 pub mod state;
+pub mod sync;
 mod tls;
 
 pub use tls::probe_fingerprint;
@@ -68,6 +69,9 @@ pub enum ClientError {
     Protocol(String),
     #[error("end-to-end encryption: {0}")]
     E2ee(String),
+    /// A local file or folder could not be read or written.
+    #[error("{0}")]
+    Local(String),
 }
 
 impl ClientError {

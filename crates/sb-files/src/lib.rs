@@ -9,6 +9,7 @@
 
 use sb_auth::{Action, Auth, AuthError, Ctx, Resource};
 use sb_blob::{BlobId, BlobStore, LocalBlobStore};
+use sb_bus::{Bus, Subscription};
 use sb_core::config::FilesConfig;
 use sb_core::{ErrorCode, FileId, SpaceId, UnixMillis, UploadId};
 use sb_proto::{
@@ -21,6 +22,17 @@ use sb_store::files::{
     VersionRecord,
 };
 use std::sync::Arc;
+
+/// Announced on the files bus under [`space_topic`] after every change to a space.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpaceChanged {
+    pub space: SpaceId,
+}
+
+/// The bus topic of one space's change announcements.
+pub fn space_topic(space: SpaceId) -> String {
+    format!("files/space/{space}")
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum FilesError {
@@ -137,6 +149,7 @@ pub struct Files {
     store: Arc<dyn FilesStore>,
     blobs: LocalBlobStore,
     auth: Arc<Auth>,
+    bus: Bus<SpaceChanged>,
     cfg: FilesConfig,
 }
 
@@ -161,14 +174,35 @@ impl Files {
         store: Arc<dyn FilesStore>,
         blobs: LocalBlobStore,
         auth: Arc<Auth>,
+        bus: Bus<SpaceChanged>,
         cfg: FilesConfig,
     ) -> Self {
         Self {
             store,
             blobs,
             auth,
+            bus,
             cfg,
         }
+    }
+
+    fn changed(&self, space: SpaceId) {
+        self.bus
+            .publish(&space_topic(space), SpaceChanged { space });
+    }
+
+    /// Subscribes to a space's change announcements, after checking the caller may read it.
+    pub async fn watch(
+        &self,
+        cx: Ctx<'_>,
+        space: Option<&str>,
+    ) -> Result<(SpaceId, Subscription<SpaceChanged>)> {
+        let space = self.space(cx, space, Action::Read).await?;
+        let sub = self
+            .bus
+            .subscribe(&space_topic(space))
+            .map_err(|e| FilesError::Internal(e.to_string()))?;
+        Ok((space, sub))
     }
 
     pub fn config(&self) -> &FilesConfig {
@@ -448,7 +482,10 @@ impl Files {
             .commit_upload(u.id, FileId::new_at(cx.now), cx.now)
             .await
         {
-            Ok((file, _)) => Ok(file_info(&file)),
+            Ok((file, _)) => {
+                self.changed(u.space_id);
+                Ok(file_info(&file))
+            }
             Err(CommitError::NoUpload) => Err(FilesError::NotFound(format!(
                 "no upload {upload} (already committed?)"
             ))),
@@ -486,15 +523,30 @@ impl Files {
         Ok((file_info(&file), v))
     }
 
-    /// Moves a file to the trash (restorable with [`Files::restore`]).
-    pub async fn remove(&self, cx: Ctx<'_>, space: Option<&str>, path: &str) -> Result<FileInfo> {
+    /// Moves a file to the trash (restorable with [`Files::restore`]); with `version`, only
+    /// if the file is still at that version (a sync client deleting what it last saw must not
+    /// delete an edit it has not seen).
+    pub async fn remove(
+        &self,
+        cx: Ctx<'_>,
+        space: Option<&str>,
+        path: &str,
+        version: Option<i64>,
+    ) -> Result<FileInfo> {
         let space = self.space(cx, space, Action::Delete).await?;
         let path = normalize_path(path, self.cfg.path_length_max)?;
-        let f = self
-            .store
-            .trash_file(space, &path, cx.now)
-            .await?
-            .ok_or_else(|| FilesError::NotFound(format!("no file {path}")))?;
+        let f = match self.store.trash_file(space, &path, cx.now, version).await {
+            Ok(Some(f)) => f,
+            Ok(None) => return Err(FilesError::NotFound(format!("no file {path}"))),
+            Err(StoreError::Conflict(_)) => {
+                return Err(FilesError::Conflict(format!(
+                    "{path} changed after version {}; nothing was deleted",
+                    version.unwrap_or(0)
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.changed(space);
         Ok(file_info(&f))
     }
 
@@ -515,6 +567,7 @@ impl Files {
                 .untrash_file(space, &path, cx.now)
                 .await?
                 .ok_or_else(|| FilesError::NotFound(format!("no file {path} in the trash")))?;
+            self.changed(space);
             return Ok(file_info(&f));
         };
         let file = self
@@ -552,7 +605,10 @@ impl Files {
             .commit_upload(id, FileId::new_at(cx.now), cx.now)
             .await
         {
-            Ok((f, _)) => Ok(file_info(&f)),
+            Ok((f, _)) => {
+                self.changed(space);
+                Ok(file_info(&f))
+            }
             Err(CommitError::Conflict { .. }) => Err(FilesError::Conflict(format!(
                 "{path} changed while restoring; try again"
             ))),
@@ -591,6 +647,7 @@ impl Files {
         if moved.is_empty() {
             return Err(FilesError::NotFound(format!("no file or folder {from}")));
         }
+        self.changed(space);
         Ok(moved.iter().map(file_info).collect())
     }
 
@@ -614,6 +671,8 @@ impl Files {
                 version: c.version,
                 deleted: c.deleted,
                 at_ms: c.at.0,
+                size: c.size,
+                blake3: c.blake3,
             })
             .collect())
     }

@@ -240,6 +240,15 @@ pub struct FileInfo {
     pub deleted: bool,
 }
 
+/// One version's content as its chunks, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FileChunks {
+    pub version: i64,
+    pub size: u64,
+    pub blake3: String,
+    pub chunks: Vec<ChunkInfo>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct FileVersionInfo {
     pub version: i64,
@@ -301,6 +310,11 @@ pub struct FileChange {
     /// Removed from this path (trashed, or moved away).
     pub deleted: bool,
     pub at_ms: i64,
+    /// The size and BLAKE3 of `version` (0 and empty once that version is deleted).
+    #[serde(default)]
+    pub size: u64,
+    #[serde(default)]
+    pub blake3: String,
 }
 
 /// A file space the caller owns or has a share of.
@@ -654,6 +668,14 @@ pub enum ClientFrame {
     SetPresence { id: String, status: String },
     /// The user is typing in a room (send every few seconds while typing); not answered.
     ChatTyping { room: String },
+    /// Be told when a file space changes (`files_changed`), to fetch its change feed; `space`
+    /// is the caller's own when absent. Answered with `files_watching`. One space per
+    /// connection: a second `files_watch` replaces the first.
+    FilesWatch {
+        id: String,
+        #[serde(default)]
+        space: Option<String>,
+    },
     /// Send a message; answered with `chat_ack`.
     ChatSend {
         id: String,
@@ -695,6 +717,16 @@ pub enum ServerFrame {
         message_id: String,
         seq: i64,
         duplicate: bool,
+    },
+    /// `files_watch` took effect: changes to `space` after this are announced.
+    FilesWatching {
+        id: String,
+        space: String,
+    },
+    /// The watched space changed; ask `/v1/files/changes` for what is new. Several changes
+    /// in a row may be announced once.
+    FilesChanged {
+        space: String,
     },
     /// A message in one of the user's rooms, in room order, once per connection.
     ChatMessage {

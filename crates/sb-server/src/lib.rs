@@ -146,6 +146,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .routes(routes!(routes_files::link_download))
         .routes(routes!(routes_files::versions))
         .routes(routes!(routes_files::content))
+        .routes(routes!(routes_files::chunks))
         .routes(routes!(routes_alerts::alerts))
         .routes(routes!(routes_alerts::reload))
         .routes(routes!(
@@ -415,6 +416,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         sqlite.clone(),
         blobs.clone(),
         auth.clone(),
+        Bus::new(bus_config),
         config.files.clone(),
     ));
     let chat_store: Arc<dyn sb_store::ChatStore> = sqlite.clone();

@@ -126,10 +126,13 @@ pub struct RemoveQuery {
     #[serde(default)]
     pub space: Option<String>,
     pub path: String,
+    /// Only if the file is still at this version (409 otherwise).
+    #[serde(default)]
+    pub version: Option<i64>,
 }
 
 #[utoipa::path(delete, path = "/v1/files", tag = "files", params(RemoveQuery),
-    responses((status = 200, body = FileInfo, description = "moved to the trash"), (status = "4XX", body = ErrorBody)),
+    responses((status = 200, body = FileInfo, description = "moved to the trash"), (status = 409, body = ErrorBody, description = "the file is no longer at `version`"), (status = "4XX", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn remove(
     State(st): St,
@@ -137,7 +140,9 @@ pub async fn remove(
     ApiQuery(q): ApiQuery<RemoveQuery>,
 ) -> Result<Json<FileInfo>, ApiError> {
     Ok(Json(
-        st.files.remove(c.cx(), q.space.as_deref(), &q.path).await?,
+        st.files
+            .remove(c.cx(), q.space.as_deref(), &q.path, q.version)
+            .await?,
     ))
 }
 
@@ -236,6 +241,33 @@ pub async fn content(
         .open(c.cx(), q.space.as_deref(), &q.path, q.version)
         .await?;
     Ok(serve(&st, &headers, &version))
+}
+
+#[utoipa::path(get, path = "/v1/files/chunks", tag = "files", params(PathQuery),
+    responses((status = 200, body = FileChunks, description = "the version's content chunks, in order: a client holding some of them fetches only the rest, by Range"), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn chunks(
+    State(st): St,
+    c: Caller,
+    ApiQuery(q): ApiQuery<PathQuery>,
+) -> Result<Json<FileChunks>, ApiError> {
+    let (_, v) = st
+        .files
+        .open(c.cx(), q.space.as_deref(), &q.path, q.version)
+        .await?;
+    Ok(Json(FileChunks {
+        version: v.version,
+        size: v.size,
+        blake3: v.blake3,
+        chunks: v
+            .chunks
+            .iter()
+            .map(|ch| ChunkInfo {
+                id: sb_blob::BlobId::from_bytes(ch.id).to_string(),
+                len: ch.len,
+            })
+            .collect(),
+    }))
 }
 
 #[derive(Deserialize, IntoParams)]

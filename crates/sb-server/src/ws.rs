@@ -135,6 +135,9 @@ fn is_too_big(e: &axum::Error) -> bool {
 /// each room.
 struct ChatCursors(Delivery, HashMap<RoomId, std::time::Instant>);
 
+/// The file space a connection watches, if any.
+type FilesWatch = Option<(String, sb_bus::Subscription<sb_files::SpaceChanged>)>;
+
 /// A connection's typing announcements per room are passed on at most this often.
 const TYPING_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -276,6 +279,19 @@ impl ChatCursors {
     }
 }
 
+/// The watched space once it changes (announcements queued meanwhile are folded into one);
+/// `Err` when the subscription ended. Never resolves without a watch.
+async fn next_change(watch: &mut FilesWatch) -> Result<String, String> {
+    let Some((space, sub)) = watch else {
+        return std::future::pending().await;
+    };
+    if sub.recv().await.is_err() {
+        return Err(space.clone());
+    }
+    while let Ok(Some(_)) = sub.try_recv() {}
+    Ok(space.clone())
+}
+
 fn frame_error(id: Option<String>, code: ErrorCode, message: &str) -> ServerFrame {
     ServerFrame::Error {
         id,
@@ -287,6 +303,7 @@ fn frame_error(id: Option<String>, code: ErrorCode, message: &str) -> ServerFram
 async fn handle_frame(
     st: &AppState,
     cursors: &mut ChatCursors,
+    watch: &mut FilesWatch,
     cx: Ctx<'_>,
     user: &UserInfo,
     text: &str,
@@ -298,6 +315,19 @@ async fn handle_frame(
             user: user.clone(),
         }],
         Ok(ClientFrame::ChatSync { id, cursors: c }) => cursors.sync(&st.chat, cx, id, c).await,
+        Ok(ClientFrame::FilesWatch { id, space }) => {
+            match st.files.watch(cx, space.as_deref()).await {
+                Ok((space, sub)) => {
+                    let space = space.to_string();
+                    *watch = Some((space.clone(), sub));
+                    vec![ServerFrame::FilesWatching { id, space }]
+                }
+                Err(e) => {
+                    let e = ApiError::from(e);
+                    vec![frame_error(Some(id), e.code, &e.message)]
+                }
+            }
+        }
         Ok(ClientFrame::ChatRead { id, room, seq }) => {
             let Ok(room) = room.parse::<RoomId>() else {
                 return vec![frame_error(
@@ -455,6 +485,7 @@ async fn run(
     let interval = Duration::from_millis(st.config.limits.ws_ping_interval_ms.max(10));
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     let mut unanswered = 0u32;
+    let mut watch: FilesWatch = None;
     let out: Option<Message> = 'conn: loop {
         let frames = tokio::select! {
             _ = st.shutdown.cancelled() => break Some(close(1001, "server shutting down")),
@@ -474,6 +505,14 @@ async fn run(
                     cursors.on_event(&st.chat, cx, m.payload).await
                 }
                 Err(_) => break Some(close(close_code::SLOW_CONSUMER, "too far behind; resume from your cursors")),
+            },
+            changed = next_change(&mut watch) => match changed {
+                Ok(space) => vec![ServerFrame::FilesChanged { space }],
+                Err(space) => {
+                    watch = None;
+                    vec![ServerFrame::FilesChanged { space }, frame_error(None, ErrorCode::Overloaded,
+                        "file change announcements fell behind; send files_watch again")]
+                }
             },
             _ = ping.tick() => {
                 if unanswered >= 2 {
@@ -500,7 +539,7 @@ async fn run(
                 Some(Ok(Message::Text(text))) => {
                     unanswered = 0;
                     let cx = Ctx { subject: &subject, origin: &origin, now: now() };
-                    handle_frame(&st, &mut cursors, cx, &user, &text).await
+                    handle_frame(&st, &mut cursors, &mut watch, cx, &user, &text).await
                 }
             },
         };

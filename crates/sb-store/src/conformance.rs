@@ -981,21 +981,37 @@ pub async fn run_files<S: Store + crate::files::FilesStore>(s: &S) {
         vec![1, 2, 3]
     );
     assert_eq!(feed[2].path, "/docs2/b.txt");
+    assert_eq!((feed[1].version, feed[1].size), (2, 17), "{feed:?}");
+    assert_eq!(feed[1].blake3, vs[0].blake3);
     assert_eq!(s.changes(home.id, 2, 100).await.unwrap().len(), 1);
 
     // Expired uploads are pruned.
     assert_eq!(s.prune_uploads(at(200_000)).await.unwrap(), 1);
     assert!(s.upload(u3).await.unwrap().is_none());
 
-    // Trash and back; a trashed file is not listed but keeps its versions.
+    // Trash and back; a trashed file is not listed but keeps its versions. Trashing with an
+    // expected version that is no longer the head changes nothing.
+    assert!(matches!(
+        s.trash_file(home.id, "/docs/a.txt", at(9_999), Some(1))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(
+        s.file_by_path(home.id, "/docs/a.txt")
+            .await
+            .unwrap()
+            .unwrap()
+            .deleted_at
+            .is_none()
+    );
     let t = s
-        .trash_file(home.id, "/docs/a.txt", at(10_000))
+        .trash_file(home.id, "/docs/a.txt", at(10_000), Some(2))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(t.deleted_at, Some(at(10_000)));
     assert!(
-        s.trash_file(home.id, "/docs/a.txt", at(10_001))
+        s.trash_file(home.id, "/docs/a.txt", at(10_001), None)
             .await
             .unwrap()
             .is_none()
@@ -1101,7 +1117,7 @@ pub async fn run_files<S: Store + crate::files::FilesStore>(s: &S) {
         vec![[1; 32], [3; 32], [5; 32]],
         "chunk 2 was only in version 1"
     );
-    s.trash_file(home.id, "/docs2/b.txt", at(13_000))
+    s.trash_file(home.id, "/docs2/b.txt", at(13_000), None)
         .await
         .unwrap()
         .unwrap();

@@ -127,6 +127,9 @@ pub struct ChangeRecord {
     pub version: i64,
     pub deleted: bool,
     pub at: UnixMillis,
+    /// That version's size and content hash (0 and empty once the version is gone).
+    pub size: u64,
+    pub blake3: String,
 }
 
 /// Why a commit did not happen.
@@ -192,11 +195,13 @@ pub trait FilesStore: Send + Sync + 'static {
     async fn versions(&self, file: FileId) -> Result<Vec<VersionRecord>>;
     async fn version(&self, file: FileId, version: i64) -> Result<Option<VersionRecord>>;
     /// Moves a file to the trash (its versions are kept); `None` if there is no live file.
+    /// With `expect_head`, only if the file is still at that version (`Conflict` otherwise).
     async fn trash_file(
         &self,
         space: SpaceId,
         path: &str,
         at: UnixMillis,
+        expect_head: Option<i64>,
     ) -> Result<Option<FileRecord>>;
     /// Brings a file back from the trash; `None` if none is trashed there.
     async fn untrash_file(

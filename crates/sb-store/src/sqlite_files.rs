@@ -118,6 +118,7 @@ impl SqliteStore {
         path: &str,
         at: UnixMillis,
         trash: bool,
+        expect_head: Option<i64>,
     ) -> Result<Option<FileRecord>> {
         let path = path.to_string();
         self.write("set_trashed", move |c| {
@@ -128,6 +129,11 @@ impl SqliteStore {
             else {
                 return Ok(None);
             };
+            if expect_head.is_some_and(|want| want != f.head) {
+                return Err(StoreError::Conflict(
+                    "the file is not at the expected version",
+                ));
+            }
             if trash {
                 tx.execute(
                     "UPDATE files SET deleted_at = ?2 WHERE id = ?1",
@@ -461,8 +467,9 @@ impl FilesStore for SqliteStore {
         space: SpaceId,
         path: &str,
         at: UnixMillis,
+        expect_head: Option<i64>,
     ) -> Result<Option<FileRecord>> {
-        self.set_trashed(space, path, at, true).await
+        self.set_trashed(space, path, at, true, expect_head).await
     }
 
     async fn untrash_file(
@@ -471,7 +478,7 @@ impl FilesStore for SqliteStore {
         path: &str,
         at: UnixMillis,
     ) -> Result<Option<FileRecord>> {
-        self.set_trashed(space, path, at, false).await
+        self.set_trashed(space, path, at, false, None).await
     }
 
     async fn move_files(
@@ -609,8 +616,10 @@ impl FilesStore for SqliteStore {
     async fn changes(&self, space: SpaceId, after: i64, limit: usize) -> Result<Vec<ChangeRecord>> {
         self.read("changes", move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT seq, space_id, path, file_id, version, deleted, at FROM file_changes \
-                 WHERE space_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                "SELECT c.seq, c.space_id, c.path, c.file_id, c.version, c.deleted, c.at, \
+                 v.size, v.blake3 FROM file_changes c LEFT JOIN file_versions v \
+                 ON v.file_id = c.file_id AND v.version = c.version \
+                 WHERE c.space_id = ?1 AND c.seq > ?2 ORDER BY c.seq LIMIT ?3",
             )?;
             let rows = stmt.query_map(params![space.to_string(), after, limit as i64], |r| {
                 Ok(ChangeRecord {
@@ -621,6 +630,8 @@ impl FilesStore for SqliteStore {
                     version: r.get(4)?,
                     deleted: r.get(5)?,
                     at: UnixMillis(r.get(6)?),
+                    size: r.get::<_, Option<i64>>(7)?.unwrap_or(0) as u64,
+                    blake3: r.get::<_, Option<String>>(8)?.unwrap_or_default(),
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)

@@ -156,6 +156,23 @@ pub enum FilesCmd {
         #[arg(long)]
         version: Option<i64>,
     },
+    /// Keep a local folder and a remote folder in sync both ways, e.g. `sb files sync
+    /// ~/Documents /docs`. Only changed chunks move. When both sides edited a file, the
+    /// local edit is kept beside it as `NAME.sync-conflict-<time>-<device>.EXT`; an edit
+    /// beats a delete. The folder's index lives in LOCAL/.sb-sync.
+    Sync {
+        local: std::path::PathBuf,
+        remote: String,
+        /// Keep running: sync again whenever a file here or on the server changes.
+        #[arg(long)]
+        watch: bool,
+        /// In watch mode, sync at least this often even without a change announced.
+        #[arg(long, default_value = "60s")]
+        poll: String,
+        /// This machine's name in conflict copies and versions [default: the hostname].
+        #[arg(long)]
+        device: Option<String>,
+    },
     /// Your own space and those shared with you.
     Spaces,
     /// Make a space to share.

@@ -3,6 +3,7 @@
 use crate::cli::{FilesArgs, FilesCmd};
 use crate::client_cmds::{logged_in, output};
 use anyhow::Context;
+use sb_client::sync::{SyncEvent, SyncReport, Wake};
 
 /// A progress line on stderr: `verb label: pct% (x of y MiB)`.
 fn progress(verb: &'static str, label: String) -> impl Fn(u64, u64) + Send + Sync + 'static {
@@ -19,6 +20,83 @@ fn progress(verb: &'static str, label: String) -> impl Fn(u64, u64) + Send + Syn
             total as f64 / 1_048_576.0
         );
     }
+}
+
+/// Per-file transfer progress on stderr, only for transfers worth watching (over 8 MiB).
+fn transfer_progress() -> impl Fn(&str, u64, u64) + Send + Sync {
+    let shown = std::sync::Mutex::new((String::new(), u64::MAX));
+    move |path, done, total| {
+        if total < 8 << 20 {
+            return;
+        }
+        let pct = done * 100 / total;
+        let mut last = shown.lock().unwrap_or_else(|e| e.into_inner());
+        if last.0 == path && last.1 == pct {
+            return;
+        }
+        *last = (path.to_string(), pct);
+        eprint!(
+            "\r  {path}: {pct:>3}% ({:.1} of {:.1} MiB)",
+            done as f64 / 1_048_576.0,
+            total as f64 / 1_048_576.0
+        );
+        if done == total {
+            eprintln!();
+        }
+    }
+}
+
+fn describe(e: &SyncEvent) -> String {
+    match e {
+        SyncEvent::Uploaded { path, bytes_sent } => format!("  ↑ {path} ({bytes_sent} bytes sent)"),
+        SyncEvent::Downloaded {
+            path,
+            bytes_fetched,
+        } => {
+            format!("  ↓ {path} ({bytes_fetched} bytes fetched)")
+        }
+        SyncEvent::DeletedLocal { path } => {
+            format!("  ✗ {path} (deleted here: it was deleted on the server)")
+        }
+        SyncEvent::DeletedRemote { path } => {
+            format!("  ✗ {path} (deleted on the server: it was deleted here)")
+        }
+        SyncEvent::Conflict { path, copy } => format!(
+            "  ! {path} was edited on both sides: the server's version keeps the name, this one is {copy}"
+        ),
+        SyncEvent::Deferred { path, reason } => format!("  … {path}: {reason}; retrying"),
+        SyncEvent::Skipped { path, reason } => format!("  ? {path} skipped: {reason}"),
+    }
+}
+
+fn report_changed(r: &SyncReport) -> bool {
+    r.uploaded
+        + r.downloaded
+        + r.deleted_local
+        + r.deleted_remote
+        + r.conflicts.len()
+        + r.skipped.len()
+        > 0
+}
+
+fn summary(r: &SyncReport) -> String {
+    let mut s = format!(
+        "in sync: {} files; {} up ({} bytes), {} down ({} bytes), {} deleted here, {} deleted on the server",
+        r.files,
+        r.uploaded,
+        r.bytes_sent,
+        r.downloaded,
+        r.bytes_fetched,
+        r.deleted_local,
+        r.deleted_remote
+    );
+    if !r.conflicts.is_empty() {
+        s.push_str(&format!("; conflict copies: {}", r.conflicts.join(", ")));
+    }
+    if !r.skipped.is_empty() {
+        s.push_str(&format!("; {} skipped (see above)", r.skipped.len()));
+    }
+    s
 }
 
 fn when(ms: i64) -> String {
@@ -143,7 +221,7 @@ pub async fn files(args: FilesArgs, json: bool) -> anyhow::Result<()> {
             })
         }
         FilesCmd::Rm { path } => {
-            let f = client.files_remove(space, &path).await?;
+            let f = client.files_remove(space, &path, None).await?;
             output(json, &f, || {
                 println!(
                     "{} moved to the trash; `sb files restore {}` brings it back",
@@ -187,6 +265,47 @@ pub async fn files(args: FilesArgs, json: bool) -> anyhow::Result<()> {
                     );
                 },
             )
+        }
+        FilesCmd::Sync {
+            local,
+            remote,
+            watch,
+            poll,
+            device,
+        } => {
+            let device = device.unwrap_or_else(device_name);
+            let syncer = sb_client::sync::Syncer::open(
+                client,
+                &local,
+                &remote,
+                space.map(str::to_string),
+                &device,
+            )?;
+            let event = |e: &SyncEvent| eprintln!("{}", describe(e));
+            let bytes = transfer_progress();
+            if watch {
+                let poll = crate::client_cmds::parse_duration(&poll).context("--poll, e.g. 30s")?;
+                eprintln!(
+                    "  watching {} ⇄ {remote}; Ctrl-C stops",
+                    syncer.root().display()
+                );
+                let on_run = |wake: Wake, r: Result<&SyncReport, &sb_client::ClientError>| match r {
+                    Ok(report) if json => {
+                        println!("{}", serde_json::to_string(report).unwrap_or_default())
+                    }
+                    Ok(report) if wake == Wake::Start || report_changed(report) => {
+                        println!("{}", summary(report))
+                    }
+                    Ok(_) => {}
+                    Err(e) => eprintln!("  sync failed: {e}; retrying on the next change"),
+                };
+                syncer.watch(poll, &event, &bytes, &on_run).await?;
+                return Ok(());
+            }
+            let report = syncer.run(&event, &bytes).await.context(
+                "syncing stopped; run the same command again to carry on where it left off",
+            )?;
+            output(json, &report, || println!("{}", summary(&report)))
         }
         FilesCmd::Spaces => {
             let list = client.files_spaces().await?;

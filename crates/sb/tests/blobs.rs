@@ -263,7 +263,7 @@ async fn retention_and_gc_delete_what_nothing_refers_to_and_keep_the_rest() {
     assert_eq!(admin.files_versions(None, "/f.bin").await.unwrap().len(), 1);
 
     // Trashed and past the trash's retention: purged with its chunk.
-    admin.files_remove(None, "/f.bin").await.unwrap();
+    admin.files_remove(None, "/f.bin", None).await.unwrap();
     let r = gc();
     assert_eq!(
         (r["files_purged"].clone(), r["blobs_deleted"].clone()),

@@ -257,7 +257,7 @@ async fn ranges_resumed_downloads_listings_and_privacy() {
         .await
         .unwrap();
     assert_eq!(std::fs::read(&empty_back).unwrap(), b"");
-    admin.files_remove(None, "/empty.txt").await.unwrap();
+    admin.files_remove(None, "/empty.txt", None).await.unwrap();
 
     // The change feed: the upload, then a rename as a removal and an arrival.
     let feed = admin.files_changes(None, 0).await.unwrap();
@@ -479,7 +479,7 @@ async fn spaces_are_private_unless_shared_and_read_only_shares_cannot_write() {
         bob.put_file(Some(&team.id), &file, "/mine.txt", None, "t", &|_, _| {})
             .await
             .unwrap_err(),
-        bob.files_remove(Some(&team.id), "/plan.txt")
+        bob.files_remove(Some(&team.id), "/plan.txt", None)
             .await
             .unwrap_err(),
         bob.files_move(Some(&team.id), "/plan.txt", "/x.txt")
@@ -574,7 +574,10 @@ async fn download_links_work_without_an_account_until_they_expire() {
         .unwrap_err();
     assert_eq!(err.status(), Some(404));
     // A trashed file's link stops working.
-    admin.files_remove(None, "/pub/share.bin").await.unwrap();
+    admin
+        .files_remove(None, "/pub/share.bin", None)
+        .await
+        .unwrap();
     let resp = anon
         .raw_with_headers(Method::GET, &link.url_path, &[], Vec::new())
         .await

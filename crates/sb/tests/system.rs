@@ -336,6 +336,7 @@ async fn openapi_documents_every_route_and_every_documented_route_exists() {
         ("DELETE", "/v1/files"),
         ("GET", "/v1/files/versions"),
         ("GET", "/v1/files/content"),
+        ("GET", "/v1/files/chunks"),
         ("POST", "/v1/files/restore"),
         ("POST", "/v1/files/move"),
         ("GET", "/v1/files/spaces"),
