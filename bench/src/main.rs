@@ -20,6 +20,7 @@ mod files;
 mod metrics;
 mod rollups;
 mod store;
+mod sync;
 
 /// Counts heap bytes for `sb-bench rollups`.
 #[global_allocator]
@@ -49,6 +50,8 @@ enum Scenarios {
     Rollups(rollups::RollupArgs),
     /// Files: upload and download MB/s against cp and dd, and the dedup of an edited file.
     Files(files::FilesArgs),
+    /// Sync: propagating one changed file in a 10k-file tree, against rsync.
+    Sync(sync::SyncArgs),
 }
 
 #[derive(clap::Args)]
@@ -229,6 +232,7 @@ async fn main() -> anyhow::Result<()> {
         Scenarios::Metrics(args) => metrics::run(&cli.sb, args).await,
         Scenarios::Rollups(args) => rollups::run(&args),
         Scenarios::Files(args) => files::run(&cli.sb, args).await,
+        Scenarios::Sync(args) => sync::run(&cli.sb, args).await,
     }
 }
 
