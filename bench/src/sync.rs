@@ -80,7 +80,7 @@ pub async fn run(sb: &str, args: SyncArgs) -> anyhow::Result<()> {
     let count = std::sync::atomic::AtomicUsize::new(0);
     let event = |_: &sb_client::sync::SyncEvent| {
         let n = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        if n % 500 == 0 {
+        if n.is_multiple_of(500) {
             eprint!("\r  {n} files");
         }
     };

@@ -1,0 +1,1098 @@
+//! The broker: sessions, routing, retained messages, wills, and one task per connection that
+//! speaks MQTT 3.1.1 or 5.0 over any byte stream (TCP, TLS, WebSocket).
+//!
+//! Every session has one queue of messages for its client and a window of messages in flight
+//! (sent at QoS 1 or 2 and not yet acknowledged). Routing a publish only appends to the queues
+//! of the matching sessions and wakes their connections; a connection moves messages from its
+//! queue into the window as far as the client's receive maximum allows. A session whose client
+//! is away (a persistent session) keeps its queue, up to `queue_max` messages; what does not fit
+//! is dropped and counted. Publishing never waits for a subscriber.
+
+use crate::codec::{
+    self, Ack, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, Publish, QoS, SubAck,
+    SubOptions, UnsubAck, Version, reason,
+};
+use crate::router::{Entry, Router};
+use crate::topic;
+use bytes::{Bytes, BytesMut};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
+
+/// The broker's limits.
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    /// Largest packet accepted from a client (and announced to v5 clients).
+    pub packet_size_max: usize,
+    /// QoS 1 and 2 messages a client may have in flight to the server (receive maximum).
+    pub inflight_max: u16,
+    /// Messages waiting for one session's client, online or away.
+    pub queue_max: usize,
+    /// Levels in a topic name or filter.
+    pub topic_depth_max: usize,
+    /// Topic aliases a v5 client may use towards the server.
+    pub topic_alias_max: u16,
+    /// Longest session expiry granted (v3 persistent sessions get this).
+    pub session_expiry_max_secs: u32,
+    /// Longest keep-alive accepted; clients asking more (or none) are told this one (v5).
+    pub keep_alive_max_secs: u16,
+    /// Retained messages kept in all.
+    pub retained_max: usize,
+    /// Time a new connection has to send CONNECT.
+    pub connect_timeout: Duration,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            packet_size_max: 256 * 1024,
+            inflight_max: 64,
+            queue_max: 1000,
+            topic_depth_max: 16,
+            topic_alias_max: 32,
+            session_expiry_max_secs: 7 * 24 * 3600,
+            keep_alive_max_secs: 600,
+            retained_max: 100_000,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a CONNECT is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    BadCredentials,
+    NotAuthorized,
+    Unavailable,
+}
+
+impl Refusal {
+    fn code(self, v: Version) -> u8 {
+        match (self, v) {
+            (Refusal::BadCredentials, Version::V5) => reason::BAD_USERNAME_OR_PASSWORD,
+            (Refusal::NotAuthorized, Version::V5) => reason::NOT_AUTHORIZED,
+            (Refusal::Unavailable, Version::V5) => reason::SERVER_UNAVAILABLE,
+            (Refusal::BadCredentials, Version::V311) => reason::V3_BAD_CREDENTIALS,
+            (Refusal::NotAuthorized, Version::V311) => reason::V3_NOT_AUTHORIZED,
+            (Refusal::Unavailable, Version::V311) => reason::V3_SERVER_UNAVAILABLE,
+        }
+    }
+}
+
+/// Who may connect, publish and subscribe: the server plugs its identities and `authorize()`
+/// in here.
+#[async_trait::async_trait]
+pub trait Access: Send + Sync + 'static {
+    type Principal: Clone + Send + Sync + 'static;
+    /// Authenticates a CONNECT (user name, password, client id).
+    async fn connect(&self, connect: &Connect) -> Result<Self::Principal, Refusal>;
+    /// May `who` publish to `topic`? A denial is the implementation's to count and audit.
+    async fn may_publish(&self, who: &Self::Principal, topic: &str) -> bool;
+    /// May `who` subscribe to `filter` (without its `$share/GROUP/` prefix)?
+    async fn may_subscribe(&self, who: &Self::Principal, filter: &str) -> bool;
+    /// Resolves when `who`'s credential stops being valid: the connection is closed at once.
+    async fn revoked(&self, who: &Self::Principal) {
+        let _ = who;
+        std::future::pending::<()>().await
+    }
+    /// Told of every message accepted from `who` (after authorization), e.g. for telemetry.
+    fn accepted(&self, who: &Self::Principal, message: &Message) {
+        let _ = (who, message);
+    }
+}
+
+/// A message as the broker routes it.
+#[derive(Clone, Debug)]
+pub struct Message {
+    pub topic: Arc<str>,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// The v5 properties passed on to subscribers (response topic, correlation data, user
+    /// properties, content type, payload format).
+    pub properties: Properties,
+    pub expires_at: Option<Instant>,
+    /// The client that published it (for no-local).
+    pub from: Arc<str>,
+}
+
+impl Message {
+    fn expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+}
+
+/// One message waiting for, or in flight to, one client.
+#[derive(Clone, Debug)]
+struct Queued {
+    msg: Arc<Message>,
+    qos: QoS,
+    retain: bool,
+    sub_ids: Vec<u32>,
+}
+
+#[derive(Clone, Debug)]
+enum Flight {
+    /// Sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Sent(Queued),
+    /// PUBREC received and PUBREL sent; waiting for PUBCOMP.
+    Released,
+}
+
+#[derive(Debug)]
+struct SessionState {
+    subs: HashMap<String, (SubOptions, Option<u32>)>,
+    queue: VecDeque<Queued>,
+    inflight: BTreeMap<u16, Flight>,
+    /// QoS 2 packet ids received and not yet released: a resend is not routed twice.
+    incoming: HashSet<u16>,
+    next_pkid: u16,
+    /// The connection attached to this session (0: none).
+    connection: u64,
+    expiry_secs: u32,
+    /// What the client accepts: receive maximum, maximum packet size.
+    receive_max: u16,
+    packet_max: usize,
+    version: Version,
+}
+
+struct Session {
+    client_id: Arc<str>,
+    state: Mutex<SessionState>,
+    /// Rung when something is queued.
+    wake: Notify,
+    /// The connection this session belongs to: a connection that sees another id here was
+    /// taken over.
+    attached: tokio::sync::watch::Sender<u64>,
+}
+
+impl Session {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SessionState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct BrokerStats {
+    pub connections: AtomicUsize,
+    pub received: AtomicU64,
+    pub sent: AtomicU64,
+    pub dropped: AtomicU64,
+    pub denied: AtomicU64,
+    pub malformed: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    router: Router,
+    sessions: HashMap<Arc<str>, Arc<Session>>,
+    retained: HashMap<Arc<str>, Arc<Message>>,
+}
+
+pub struct Broker<A: Access> {
+    cfg: BrokerConfig,
+    access: A,
+    state: RwLock<State>,
+    next_connection: AtomicU64,
+    share_turn: AtomicUsize,
+    pub stats: BrokerStats,
+}
+
+/// Why a connection ends.
+enum End {
+    /// The client sent DISCONNECT (normal: no will, unless v5 asked for it).
+    Client {
+        will: bool,
+    },
+    /// Anything else: the will is published.
+    Abnormal,
+    TakenOver,
+}
+
+impl<A: Access> Broker<A> {
+    pub fn new(cfg: BrokerConfig, access: A) -> Arc<Self> {
+        Arc::new(Self {
+            cfg,
+            access,
+            state: RwLock::new(State::default()),
+            next_connection: AtomicU64::new(1),
+            share_turn: AtomicUsize::new(0),
+            stats: BrokerStats::default(),
+        })
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.cfg
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sessions held (connected or away).
+    pub fn session_count(&self) -> usize {
+        self.read().sessions.len()
+    }
+
+    /// Routes a message to every matching subscription; stores or clears it as retained.
+    /// Returns how many sessions it was queued for.
+    pub fn publish(&self, msg: Message) -> usize {
+        let msg = Arc::new(msg);
+        if msg.retain {
+            let mut st = self.write();
+            if msg.payload.is_empty() {
+                st.retained.remove(&msg.topic);
+            } else if st.retained.len() < self.cfg.retained_max
+                || st.retained.contains_key(&msg.topic)
+            {
+                st.retained.insert(msg.topic.clone(), msg.clone());
+            }
+        }
+        let st = self.read();
+        let mut matched = Vec::new();
+        st.router.matches(&msg.topic, &mut matched);
+        // One delivery per session: the highest QoS of its overlapping subscriptions, with all
+        // their identifiers. A share group delivers to one member.
+        let mut per_client: HashMap<&str, (QoS, bool, Vec<u32>)> = HashMap::new();
+        let mut by_group: HashMap<&str, Vec<&Entry>> = HashMap::new();
+        for e in &matched {
+            match &e.share {
+                Some(g) => by_group.entry(g).or_default().push(e),
+                None => {
+                    if e.options.no_local && *e.client == *msg.from {
+                        continue;
+                    }
+                    let slot =
+                        per_client
+                            .entry(&e.client)
+                            .or_insert((QoS::AtMostOnce, false, Vec::new()));
+                    slot.0 = slot.0.max(e.options.qos);
+                    slot.1 |= e.options.retain_as_published;
+                    slot.2.extend(e.id);
+                }
+            }
+        }
+        for members in by_group.values() {
+            let connected: Vec<&&Entry> = members
+                .iter()
+                .filter(|e| {
+                    st.sessions
+                        .get(&*e.client)
+                        .is_some_and(|s| s.lock().connection != 0)
+                })
+                .collect();
+            let pool: Vec<&&Entry> = if connected.is_empty() {
+                members.iter().collect()
+            } else {
+                connected
+            };
+            let turn = self.share_turn.fetch_add(1, Ordering::Relaxed);
+            if let Some(e) = pool.get(turn % pool.len().max(1)) {
+                let slot =
+                    per_client
+                        .entry(&e.client)
+                        .or_insert((QoS::AtMostOnce, false, Vec::new()));
+                slot.0 = slot.0.max(e.options.qos);
+                slot.2.extend(e.id);
+            }
+        }
+        let mut delivered = 0;
+        for (client, (qos, rap, sub_ids)) in per_client {
+            let Some(session) = st.sessions.get(client) else {
+                continue;
+            };
+            let q = Queued {
+                msg: msg.clone(),
+                qos: qos.min(msg.qos),
+                // Live messages go out with retain cleared unless retain-as-published.
+                retain: msg.retain && rap,
+                sub_ids,
+            };
+            if self.enqueue(session, q) {
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+
+    fn enqueue(&self, session: &Session, q: Queued) -> bool {
+        let mut s = session.lock();
+        if s.queue.len() >= self.cfg.queue_max {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        s.queue.push_back(q);
+        drop(s);
+        session.wake.notify_one();
+        true
+    }
+
+    /// Serves one client connection until it ends.
+    pub async fn serve<S>(self: Arc<Self>, mut io: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let mut buf = BytesMut::with_capacity(4096);
+        // CONNECT first, within the timeout.
+        let connect = match tokio::time::timeout(
+            self.cfg.connect_timeout,
+            read_packet(&mut io, &mut buf, None, self.cfg.packet_size_max),
+        )
+        .await
+        {
+            Ok(Ok(Some(Packet::Connect(c)))) => *c,
+            Ok(Err(DecodeError::UnsupportedVersion(level))) => {
+                // Answer in the client's own version where it can read it (v3 return code 1).
+                let (code, v) = if level == 5 {
+                    (reason::UNSUPPORTED_PROTOCOL_VERSION, Version::V5)
+                } else {
+                    (reason::V3_REFUSED_PROTOCOL, Version::V311)
+                };
+                let _ = send(&mut io, &connack(false, code), v).await;
+                return;
+            }
+            Ok(Err(_)) => {
+                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            _ => return,
+        };
+        let v = connect.version;
+        let who = match self.access.connect(&connect).await {
+            Ok(p) => p,
+            Err(r) => {
+                let _ = send(&mut io, &connack(false, r.code(v)), v).await;
+                return;
+            }
+        };
+        let mut props = Properties::default();
+        let client_id: Arc<str> = if connect.client_id.is_empty() {
+            if v == Version::V311 && !connect.clean_start {
+                let _ = send(&mut io, &connack(false, reason::V3_REFUSED_IDENTIFIER), v).await;
+                return;
+            }
+            let id = format!("auto-{}", uuid::Uuid::new_v4().simple());
+            props.assigned_client_identifier = Some(id.clone());
+            id.into()
+        } else {
+            connect.client_id.as_str().into()
+        };
+        let expiry = match v {
+            Version::V5 => connect.properties.session_expiry_interval.unwrap_or(0),
+            Version::V311 if connect.clean_start => 0,
+            Version::V311 => u32::MAX,
+        }
+        .min(self.cfg.session_expiry_max_secs);
+        let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        let (session, present) = self.attach(&client_id, &connect, expiry, connection);
+        self.stats.connections.fetch_add(1, Ordering::Relaxed);
+        let keep_alive =
+            if connect.keep_alive == 0 || connect.keep_alive > self.cfg.keep_alive_max_secs {
+                if v == Version::V5 {
+                    props.server_keep_alive = Some(self.cfg.keep_alive_max_secs);
+                    self.cfg.keep_alive_max_secs
+                } else {
+                    connect.keep_alive
+                }
+            } else {
+                connect.keep_alive
+            };
+        if v == Version::V5 {
+            props.receive_maximum = Some(self.cfg.inflight_max);
+            props.topic_alias_maximum = Some(self.cfg.topic_alias_max);
+            props.maximum_packet_size = Some(self.cfg.packet_size_max as u32);
+            props.retain_available = Some(true);
+            props.wildcard_subscription_available = Some(true);
+            props.subscription_identifier_available = Some(true);
+            props.shared_subscription_available = Some(true);
+            if connect.properties.session_expiry_interval.unwrap_or(0) > expiry {
+                props.session_expiry_interval = Some(expiry);
+            }
+        }
+        let ack = Packet::ConnAck(ConnAck {
+            session_present: present,
+            code: reason::SUCCESS,
+            properties: props,
+        });
+        let mut conn = Conn {
+            broker: self.clone(),
+            session: session.clone(),
+            id: connection,
+            who,
+            version: v,
+            out: BytesMut::new(),
+            aliases: HashMap::new(),
+            connect_will: connect.will.clone(),
+            will_delay: connect
+                .will
+                .as_ref()
+                .and_then(|w| w.properties.will_delay_interval)
+                .unwrap_or(0),
+            expiry,
+        };
+        let end = if send(&mut io, &ack, v).await.is_err() {
+            End::Abnormal
+        } else {
+            conn.resend_inflight();
+            conn.run(&mut io, &mut buf, keep_alive).await
+        };
+        self.stats.connections.fetch_sub(1, Ordering::Relaxed);
+        conn.finish(end).await;
+    }
+
+    /// Takes over or creates the session for `client_id`; whether one was resumed.
+    fn attach(
+        &self,
+        client_id: &Arc<str>,
+        connect: &Connect,
+        expiry: u32,
+        connection: u64,
+    ) -> (Arc<Session>, bool) {
+        let mut st = self.write();
+        if let Some(old) = st.sessions.get(client_id).cloned() {
+            if !connect.clean_start {
+                old.attached.send_replace(connection);
+                let mut s = old.lock();
+                s.connection = connection;
+                s.expiry_secs = expiry;
+                s.version = connect.version;
+                s.receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX);
+                s.packet_max = connect
+                    .properties
+                    .maximum_packet_size
+                    .map_or(usize::MAX, |m| m as usize);
+                drop(s);
+                return (old, true);
+            }
+            old.attached.send_replace(u64::MAX);
+            let subs: Vec<String> = old.lock().subs.keys().cloned().collect();
+            for f in subs {
+                remove_sub(&mut st.router, &f, client_id);
+            }
+        }
+        let session = Arc::new(Session {
+            client_id: client_id.clone(),
+            state: Mutex::new(SessionState {
+                subs: HashMap::new(),
+                queue: VecDeque::new(),
+                inflight: BTreeMap::new(),
+                incoming: HashSet::new(),
+                next_pkid: 1,
+                connection,
+                expiry_secs: expiry,
+                receive_max: connect.properties.receive_maximum.unwrap_or(u16::MAX),
+                packet_max: connect
+                    .properties
+                    .maximum_packet_size
+                    .map_or(usize::MAX, |m| m as usize),
+                version: connect.version,
+            }),
+            wake: Notify::new(),
+            attached: tokio::sync::watch::Sender::new(connection),
+        });
+        st.sessions.insert(client_id.clone(), session.clone());
+        (session, false)
+    }
+
+    /// Removes a session that has expired (if no connection came back for it meanwhile).
+    fn expire(&self, session: &Arc<Session>) {
+        let mut st = self.write();
+        let Some(current) = st.sessions.get(&session.client_id) else {
+            return;
+        };
+        if !Arc::ptr_eq(current, session) || session.lock().connection != 0 {
+            return;
+        }
+        let subs: Vec<String> = session.lock().subs.keys().cloned().collect();
+        for f in subs {
+            remove_sub(&mut st.router, &f, &session.client_id);
+        }
+        st.sessions.remove(&session.client_id);
+    }
+}
+
+fn remove_sub(router: &mut Router, full: &str, client: &str) {
+    if let Ok((share, filter)) = topic::split_share(full) {
+        let share = share.map(|g| format!("{g}/{filter}"));
+        router.remove(filter, client, share.as_deref());
+    }
+}
+
+fn connack(present: bool, code: u8) -> Packet {
+    Packet::ConnAck(ConnAck {
+        session_present: present,
+        code,
+        properties: Properties::default(),
+    })
+}
+
+async fn send<S: AsyncWrite + Unpin>(io: &mut S, p: &Packet, v: Version) -> std::io::Result<()> {
+    let mut b = BytesMut::new();
+    codec::encode(p, v, &mut b);
+    io.write_all(&b).await?;
+    io.flush().await
+}
+
+/// Reads until one whole packet is buffered; `Ok(None)` at end of stream.
+async fn read_packet<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    v: Option<Version>,
+    max: usize,
+) -> Result<Option<Packet>, DecodeError> {
+    loop {
+        if let Some(p) = codec::decode(buf, v, max)? {
+            return Ok(Some(p));
+        }
+        match io.read_buf(buf).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// One connection's state.
+struct Conn<A: Access> {
+    broker: Arc<Broker<A>>,
+    session: Arc<Session>,
+    id: u64,
+    who: A::Principal,
+    version: Version,
+    out: BytesMut,
+    aliases: HashMap<u16, Arc<str>>,
+    connect_will: Option<codec::Will>,
+    will_delay: u32,
+    expiry: u32,
+}
+
+impl<A: Access> Conn<A> {
+    fn packet(&mut self, p: &Packet) {
+        codec::encode(p, self.version, &mut self.out);
+    }
+
+    fn disconnect(&mut self, code: u8) {
+        if self.version == Version::V5 {
+            self.packet(&Packet::Disconnect(Disconnect {
+                code,
+                properties: Properties::default(),
+            }));
+        }
+    }
+
+    /// Messages in flight from an earlier connection go out again, marked DUP (PUBREL for
+    /// those already received).
+    fn resend_inflight(&mut self) {
+        let s = self.session.clone();
+        let st = s.lock();
+        let flights: Vec<(u16, Flight)> =
+            st.inflight.iter().map(|(k, v)| (*k, v.clone())).collect();
+        drop(st);
+        for (pkid, f) in flights {
+            match f {
+                Flight::Sent(q) => {
+                    let p = self.publish_packet(&q, pkid, true);
+                    self.packet(&p);
+                }
+                Flight::Released => self.packet(&Packet::PubRel(Ack::new(pkid, reason::SUCCESS))),
+            }
+        }
+    }
+
+    fn publish_packet(&self, q: &Queued, pkid: u16, dup: bool) -> Packet {
+        let mut properties = if self.version == Version::V5 {
+            q.msg.properties.clone()
+        } else {
+            Properties::default()
+        };
+        if self.version == Version::V5 {
+            properties.subscription_identifiers = q.sub_ids.clone();
+            if let Some(t) = q.msg.expires_at {
+                let left = t.saturating_duration_since(Instant::now()).as_secs();
+                properties.message_expiry_interval = Some(left.max(1) as u32);
+            }
+        }
+        Packet::Publish(Publish {
+            dup: dup && q.qos != QoS::AtMostOnce,
+            qos: q.qos,
+            retain: q.retain,
+            topic: q.msg.topic.to_string(),
+            pkid: if q.qos == QoS::AtMostOnce { 0 } else { pkid },
+            payload: q.msg.payload.clone(),
+            properties,
+        })
+    }
+
+    /// Moves queued messages into the window while the client's receive maximum allows.
+    fn flush_queue(&mut self) {
+        let now = Instant::now();
+        let session = self.session.clone();
+        let mut st = session.lock();
+        while let Some(q) = st.queue.front() {
+            if q.qos != QoS::AtMostOnce && st.inflight.len() >= usize::from(st.receive_max) {
+                break;
+            }
+            let Some(q) = st.queue.pop_front() else { break };
+            if q.msg.expired(now) {
+                continue;
+            }
+            let pkid = if q.qos == QoS::AtMostOnce {
+                0
+            } else {
+                let mut id = st.next_pkid;
+                while st.inflight.contains_key(&id) || id == 0 {
+                    id = id.wrapping_add(1);
+                }
+                st.next_pkid = id.wrapping_add(1);
+                id
+            };
+            let p = self.publish_packet(&q, pkid, false);
+            // A packet larger than the client accepts is dropped (MQTT-3.1.2-24).
+            if codec::encoded_len(&p, self.version) > st.packet_max {
+                self.broker.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if q.qos != QoS::AtMostOnce {
+                st.inflight.insert(pkid, Flight::Sent(q));
+            }
+            codec::encode(&p, self.version, &mut self.out);
+            self.broker.stats.sent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut S,
+        buf: &mut BytesMut,
+        keep_alive: u16,
+    ) -> End {
+        let grace = if keep_alive == 0 {
+            Duration::from_secs(u64::from(u32::MAX))
+        } else {
+            Duration::from_millis(u64::from(keep_alive) * 1500)
+        };
+        let session = self.session.clone();
+        let broker = self.broker.clone();
+        let mut attached = session.attached.subscribe();
+        let mut deadline = tokio::time::Instant::now() + grace;
+        self.flush_queue();
+        loop {
+            if !self.out.is_empty() {
+                let out = self.out.split();
+                if io.write_all(&out).await.is_err() || io.flush().await.is_err() {
+                    return End::Abnormal;
+                }
+            }
+            // Whole packets already buffered are handled before reading more.
+            match codec::decode(buf, Some(self.version), broker.cfg.packet_size_max) {
+                Ok(Some(p)) => match self.handle(p).await {
+                    Some(end) => {
+                        if !self.out.is_empty() {
+                            let _ = io.write_all(&self.out).await;
+                            let _ = io.flush().await;
+                        }
+                        return end;
+                    }
+                    None => continue,
+                },
+                Ok(None) => {}
+                Err(e) => {
+                    broker.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    self.disconnect(e.reason());
+                    let _ = io.write_all(&self.out).await;
+                    let _ = io.flush().await;
+                    return End::Abnormal;
+                }
+            }
+            tokio::select! {
+                r = io.read_buf(buf) => match r {
+                    Ok(0) | Err(_) => return End::Abnormal,
+                    Ok(_) => deadline = tokio::time::Instant::now() + grace,
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.disconnect(reason::KEEP_ALIVE_TIMEOUT);
+                    let _ = io.write_all(&self.out).await;
+                    return End::Abnormal;
+                }
+                _ = session.wake.notified() => self.flush_queue(),
+                _ = attached.changed() => {
+                    if *attached.borrow_and_update() != self.id {
+                        self.disconnect(reason::SESSION_TAKEN_OVER);
+                        let _ = io.write_all(&self.out).await;
+                        let _ = io.flush().await;
+                        return End::TakenOver;
+                    }
+                }
+                _ = broker.access.revoked(&self.who) => {
+                    self.disconnect(reason::NOT_AUTHORIZED);
+                    let _ = io.write_all(&self.out).await;
+                    let _ = io.flush().await;
+                    return End::Abnormal;
+                }
+            }
+        }
+    }
+
+    /// Handles one packet from the client; `Some` ends the connection.
+    async fn handle(&mut self, p: Packet) -> Option<End> {
+        let broker = self.broker.clone();
+        match p {
+            Packet::Publish(p) => return self.on_publish(p).await,
+            Packet::PubAck(a) => {
+                let mut st = self.session.lock();
+                if matches!(st.inflight.get(&a.pkid), Some(Flight::Sent(q)) if q.qos == QoS::AtLeastOnce)
+                {
+                    st.inflight.remove(&a.pkid);
+                }
+                drop(st);
+                self.flush_queue();
+            }
+            Packet::PubRec(a) => {
+                let mut st = self.session.lock();
+                let known = matches!(st.inflight.get(&a.pkid), Some(Flight::Sent(q)) if q.qos == QoS::ExactlyOnce)
+                    || matches!(st.inflight.get(&a.pkid), Some(Flight::Released));
+                if known && a.code < 0x80 {
+                    st.inflight.insert(a.pkid, Flight::Released);
+                    drop(st);
+                    self.packet(&Packet::PubRel(Ack::new(a.pkid, reason::SUCCESS)));
+                } else {
+                    // An error code ends the exchange; an unknown id is answered anyway.
+                    if known {
+                        st.inflight.remove(&a.pkid);
+                    }
+                    drop(st);
+                    if !known {
+                        self.packet(&Packet::PubRel(Ack::new(
+                            a.pkid,
+                            reason::PACKET_ID_NOT_FOUND,
+                        )));
+                    }
+                    self.flush_queue();
+                }
+            }
+            Packet::PubComp(a) => {
+                let mut st = self.session.lock();
+                if matches!(st.inflight.get(&a.pkid), Some(Flight::Released)) {
+                    st.inflight.remove(&a.pkid);
+                }
+                drop(st);
+                self.flush_queue();
+            }
+            Packet::PubRel(a) => {
+                let known = self.session.lock().incoming.remove(&a.pkid);
+                let code = if known {
+                    reason::SUCCESS
+                } else {
+                    reason::PACKET_ID_NOT_FOUND
+                };
+                self.packet(&Packet::PubComp(Ack::new(a.pkid, code)));
+            }
+            Packet::Subscribe(s) => self.on_subscribe(s).await,
+            Packet::Unsubscribe(u) => {
+                let mut codes = Vec::new();
+                for f in &u.filters {
+                    let existed = self.session.lock().subs.remove(f).is_some();
+                    if existed {
+                        remove_sub(&mut broker.write().router, f, &self.session.client_id);
+                    }
+                    codes.push(if existed {
+                        reason::SUCCESS
+                    } else {
+                        reason::NO_SUBSCRIPTION_EXISTED
+                    });
+                }
+                self.packet(&Packet::UnsubAck(UnsubAck {
+                    pkid: u.pkid,
+                    codes,
+                    properties: Properties::default(),
+                }));
+            }
+            Packet::PingReq => self.packet(&Packet::PingResp),
+            Packet::Disconnect(d) => {
+                if let Some(e) = d.properties.session_expiry_interval {
+                    // A session closed with expiry 0 cannot be made persistent now.
+                    if self.expiry == 0 && e > 0 {
+                        self.disconnect(reason::PROTOCOL_ERROR);
+                        return Some(End::Abnormal);
+                    }
+                    self.expiry = e.min(broker.cfg.session_expiry_max_secs);
+                }
+                return Some(End::Client {
+                    will: d.code == reason::DISCONNECT_WITH_WILL,
+                });
+            }
+            Packet::Auth(_) => {
+                self.disconnect(reason::BAD_AUTH_METHOD);
+                return Some(End::Abnormal);
+            }
+            // Server-to-client packets from a client.
+            Packet::Connect(_)
+            | Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp => {
+                self.disconnect(reason::PROTOCOL_ERROR);
+                return Some(End::Abnormal);
+            }
+        }
+        None
+    }
+
+    async fn on_publish(&mut self, mut p: Publish) -> Option<End> {
+        let broker = self.broker.clone();
+        broker.stats.received.fetch_add(1, Ordering::Relaxed);
+        // Topic aliases (v5): an alias with a topic sets it, an alias alone stands for it.
+        if let Some(alias) = p.properties.topic_alias.take() {
+            if alias == 0 || alias > broker.cfg.topic_alias_max {
+                self.disconnect(reason::TOPIC_ALIAS_INVALID);
+                return Some(End::Abnormal);
+            }
+            if p.topic.is_empty() {
+                match self.aliases.get(&alias) {
+                    Some(t) => p.topic = t.to_string(),
+                    None => {
+                        self.disconnect(reason::PROTOCOL_ERROR);
+                        return Some(End::Abnormal);
+                    }
+                }
+            } else {
+                self.aliases.insert(alias, p.topic.as_str().into());
+            }
+        }
+        if topic::check_name(&p.topic, broker.cfg.topic_depth_max).is_err() {
+            self.disconnect(reason::TOPIC_NAME_INVALID);
+            return Some(End::Abnormal);
+        }
+        if p.qos != QoS::AtMostOnce {
+            let st = self.session.lock();
+            if p.qos == QoS::ExactlyOnce
+                && !st.incoming.contains(&p.pkid)
+                && st.incoming.len() >= usize::from(broker.cfg.inflight_max)
+            {
+                drop(st);
+                self.disconnect(reason::RECEIVE_MAXIMUM_EXCEEDED);
+                return Some(End::Abnormal);
+            }
+        }
+        let allowed = broker.access.may_publish(&self.who, &p.topic).await;
+        let code = if allowed {
+            reason::SUCCESS
+        } else {
+            reason::NOT_AUTHORIZED
+        };
+        if !allowed {
+            broker.stats.denied.fetch_add(1, Ordering::Relaxed);
+        }
+        let duplicate = p.qos == QoS::ExactlyOnce && self.session.lock().incoming.contains(&p.pkid);
+        if allowed && !duplicate {
+            let expires_at = p
+                .properties
+                .message_expiry_interval
+                .map(|s| Instant::now() + Duration::from_secs(u64::from(s)));
+            let props = &p.properties;
+            let msg = Message {
+                topic: p.topic.as_str().into(),
+                payload: p.payload.clone(),
+                qos: p.qos,
+                retain: p.retain,
+                properties: Properties {
+                    payload_format_utf8: props.payload_format_utf8,
+                    content_type: props.content_type.clone(),
+                    response_topic: props.response_topic.clone(),
+                    correlation_data: props.correlation_data.clone(),
+                    user_properties: props.user_properties.clone(),
+                    ..Properties::default()
+                },
+                expires_at,
+                from: self.session.client_id.clone(),
+            };
+            broker.access.accepted(&self.who, &msg);
+            let n = broker.publish(msg);
+            if p.qos == QoS::ExactlyOnce {
+                self.session.lock().incoming.insert(p.pkid);
+            }
+            let _ = n;
+        } else if p.qos == QoS::ExactlyOnce && allowed {
+            // A resend of a message already routed: acknowledged again, not routed twice.
+        }
+        let v5 = self.version == Version::V5;
+        // v3 has no way to say no: the message is dropped and acknowledged as usual.
+        let code = if v5 { code } else { reason::SUCCESS };
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.packet(&Packet::PubAck(Ack::new(p.pkid, code))),
+            QoS::ExactlyOnce => self.packet(&Packet::PubRec(Ack::new(p.pkid, code))),
+        }
+        None
+    }
+
+    async fn on_subscribe(&mut self, s: codec::Subscribe) {
+        let broker = self.broker.clone();
+        let v5 = self.version == Version::V5;
+        let sub_id = s.properties.subscription_identifiers.first().copied();
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut retained_for: Vec<(String, SubOptions)> = Vec::new();
+        for (full, opts) in s.filters {
+            let parsed = topic::split_share(&full).and_then(|(share, f)| {
+                topic::check_filter(f, broker.cfg.topic_depth_max).map(|_| (share, f))
+            });
+            let Ok((share, filter)) = parsed else {
+                codes.push(if v5 {
+                    reason::TOPIC_FILTER_INVALID
+                } else {
+                    reason::V3_SUBACK_FAILURE
+                });
+                continue;
+            };
+            if share.is_some() && opts.no_local {
+                codes.push(if v5 {
+                    reason::PROTOCOL_ERROR
+                } else {
+                    reason::V3_SUBACK_FAILURE
+                });
+                continue;
+            }
+            if !broker.access.may_subscribe(&self.who, filter).await {
+                broker.stats.denied.fetch_add(1, Ordering::Relaxed);
+                codes.push(if v5 {
+                    reason::NOT_AUTHORIZED
+                } else {
+                    reason::V3_SUBACK_FAILURE
+                });
+                continue;
+            }
+            let entry = Entry {
+                client: self.session.client_id.clone(),
+                // A share group is its name and its filter.
+                share: share.map(|g| Arc::from(format!("{g}/{filter}"))),
+                options: opts,
+                id: sub_id,
+            };
+            let is_new = broker.write().router.insert(filter, entry);
+            self.session
+                .lock()
+                .subs
+                .insert(full.clone(), (opts, sub_id));
+            // Retained messages: on every subscribe (0), only a new one (1), never (2); never
+            // to a share group.
+            if share.is_none()
+                && (opts.retain_handling == 0 || (opts.retain_handling == 1 && is_new))
+            {
+                retained_for.push((filter.to_string(), opts));
+            }
+            codes.push(opts.qos as u8);
+        }
+        self.packet(&Packet::SubAck(SubAck {
+            pkid: s.pkid,
+            codes,
+            properties: Properties::default(),
+        }));
+        if !retained_for.is_empty() {
+            let now = Instant::now();
+            let matches: Vec<(Arc<Message>, SubOptions)> = {
+                let st = broker.read();
+                let mut v = Vec::new();
+                for (f, o) in &retained_for {
+                    for m in st.retained.values() {
+                        if topic::matches(f, &m.topic) && !m.expired(now) {
+                            v.push((m.clone(), *o));
+                        }
+                    }
+                }
+                v
+            };
+            for (m, o) in matches {
+                let q = Queued {
+                    qos: o.qos.min(m.qos),
+                    msg: m,
+                    retain: true,
+                    sub_ids: sub_id.into_iter().collect(),
+                };
+                broker.enqueue(&self.session, q);
+            }
+        }
+    }
+
+    /// After the connection: the will (unless the client said goodbye), and the session kept
+    /// for its expiry or removed.
+    async fn finish(self, end: End) {
+        let broker = self.broker.clone();
+        let session = self.session.clone();
+        let taken_over = matches!(end, End::TakenOver);
+        if !taken_over {
+            let mut st = session.lock();
+            st.connection = 0;
+            st.expiry_secs = self.expiry;
+        }
+        let will = match end {
+            End::Client { will } => will,
+            End::Abnormal => true,
+            End::TakenOver => false,
+        };
+        if will && let Some(w) = self.connect_will.clone() {
+            let delay = self.will_delay.min(self.expiry);
+            let msg = Message {
+                topic: w.topic.as_str().into(),
+                payload: w.payload.clone(),
+                qos: w.qos,
+                retain: w.retain,
+                properties: Properties {
+                    payload_format_utf8: w.properties.payload_format_utf8,
+                    content_type: w.properties.content_type.clone(),
+                    response_topic: w.properties.response_topic.clone(),
+                    correlation_data: w.properties.correlation_data.clone(),
+                    user_properties: w.properties.user_properties.clone(),
+                    ..Properties::default()
+                },
+                expires_at: w
+                    .properties
+                    .message_expiry_interval
+                    .map(|s| Instant::now() + Duration::from_secs(u64::from(s))),
+                from: session.client_id.clone(),
+            };
+            if broker.access.may_publish(&self.who, &w.topic).await {
+                if delay == 0 {
+                    broker.publish(msg);
+                } else {
+                    // Sent after the delay unless the client is back by then.
+                    let (b, s) = (broker.clone(), session.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
+                        let back = {
+                            let st = b.read();
+                            st.sessions.get(&s.client_id).is_some_and(|cur| {
+                                !Arc::ptr_eq(cur, &s) || cur.lock().connection != 0
+                            })
+                        };
+                        if !back {
+                            b.publish(msg);
+                        }
+                    });
+                }
+            } else {
+                broker.stats.denied.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if taken_over {
+            // A wake-up this connection took may have been meant for its successor.
+            session.wake.notify_one();
+            return;
+        }
+        if self.expiry == 0 {
+            broker.expire(&session);
+        } else if self.expiry != u32::MAX {
+            let (b, s, secs) = (broker.clone(), session.clone(), self.expiry);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(u64::from(secs))).await;
+                b.expire(&s);
+            });
+        }
+    }
+}
