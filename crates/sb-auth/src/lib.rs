@@ -612,7 +612,7 @@ impl Auth {
         let hash = self.hasher.hash(new).await?;
         let keep = match subject.credential {
             Credential::Session(id) => Some(id),
-            Credential::ApiToken { .. } => None,
+            Credential::ApiToken { .. } | Credential::Device(_) => None,
         };
         let revoked = self.store.change_password(owner, &hash, keep, now).await?;
         for id in &revoked {

@@ -4,7 +4,7 @@
 //! membership or a file grant) into the [`Resource`], so the policy can be read and tested as a
 //! table. Services add resources as variants; each variant states its rule in one match arm.
 
-use sb_core::{Role, RoomId, RoomRole, SessionId, SpaceId, TokenId, UserId};
+use sb_core::{DeviceId, Role, RoomId, RoomRole, SessionId, SpaceId, TokenId, UserId};
 use serde::{Deserialize, Serialize};
 
 /// What an API token may be used for. Sessions carry every scope their role allows.
@@ -39,7 +39,13 @@ impl Scope {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Credential {
     Session(SessionId),
-    ApiToken { id: TokenId, scopes: Vec<Scope> },
+    ApiToken {
+        id: TokenId,
+        scopes: Vec<Scope>,
+    },
+    /// A device's secret (MQTT). The subject's user is the device's owner, but a device may
+    /// do nothing but use its topics: see [`authorize`].
+    Device(DeviceId),
 }
 
 impl Credential {
@@ -47,6 +53,7 @@ impl Credential {
         match self {
             Credential::Session(_) => true,
             Credential::ApiToken { scopes, .. } => scopes.contains(&scope),
+            Credential::Device(_) => scope != Scope::Admin,
         }
     }
 
@@ -55,6 +62,7 @@ impl Credential {
         match self {
             Credential::Session(id) => id.to_string(),
             Credential::ApiToken { id, .. } => id.to_string(),
+            Credential::Device(id) => id.to_string(),
         }
     }
 }
@@ -133,6 +141,17 @@ pub enum Resource {
         owner: bool,
         writable_share: Option<bool>,
     },
+    /// An MQTT topic (Read: subscribe; Create: publish), with how it relates to the subject:
+    /// under its own namespace (`devices/<id>/…` for a device, `users/<name>/…` for a user),
+    /// granted to the device's group, or under a device the user registered.
+    MqttTopic {
+        own_namespace: bool,
+        group_grant: bool,
+        owned_device: bool,
+    },
+    /// The device registry. Read: list; Create: register; Update/Delete: rotate and revoke
+    /// (the owner, or an admin).
+    Devices { owner: Option<UserId> },
     /// Joining a room on one's own.
     RoomJoin {
         id: RoomId,
@@ -156,6 +175,8 @@ impl Resource {
             Resource::Metrics => "metrics".into(),
             Resource::Storage => "storage".into(),
             Resource::FileSpace { id, .. } => format!("space:{id}"),
+            Resource::MqttTopic { .. } => "mqtt-topic".into(),
+            Resource::Devices { .. } => "devices".into(),
         }
     }
 }
@@ -172,6 +193,21 @@ pub enum Denial {
 pub fn authorize(subject: &Subject, action: Action, resource: &Resource) -> Result<(), Denial> {
     let admin = subject.role == Role::Admin;
     let owns = |owner: &UserId| *owner == subject.user_id;
+    // A device may use its own topics and its group's, and nothing else.
+    if let Credential::Device(_) = subject.credential {
+        return match resource {
+            Resource::MqttTopic {
+                own_namespace,
+                group_grant,
+                ..
+            } if matches!(action, Action::Read | Action::Create)
+                && (*own_namespace || *group_grant) =>
+            {
+                Ok(())
+            }
+            _ => Err(Denial::NotPermitted),
+        };
+    }
     let needs_admin = matches!(
         resource,
         Resource::Users | Resource::Invites | Resource::Audit | Resource::Storage
@@ -221,6 +257,19 @@ pub fn authorize(subject: &Subject, action: Action, resource: &Resource) -> Resu
             Action::Read | Action::Create => true,
             Action::Update | Action::Delete => admin,
         },
+        // Users: their own namespace and their devices' topics; admins: every topic.
+        Resource::MqttTopic {
+            own_namespace,
+            owned_device,
+            ..
+        } => {
+            matches!(action, Action::Read | Action::Create)
+                && (admin || *own_namespace || *owned_device)
+        }
+        Resource::Devices { owner } => match action {
+            Action::Read | Action::Create => true,
+            Action::Update | Action::Delete => admin || owner.as_ref().is_some_and(owns),
+        },
     };
     if allowed {
         Ok(())
@@ -252,6 +301,59 @@ mod tests {
             id: TokenId::new_at(UnixMillis(1)),
             scopes: scopes.to_vec(),
         }
+    }
+
+    #[test]
+    fn devices_use_their_own_and_their_groups_topics_only() {
+        let device = subject(
+            Role::User,
+            Credential::Device(DeviceId::new_at(UnixMillis(1))),
+        );
+        let topic = |own, group, owned| Resource::MqttTopic {
+            own_namespace: own,
+            group_grant: group,
+            owned_device: owned,
+        };
+        for action in [Action::Read, Action::Create] {
+            assert_eq!(
+                authorize(&device, action, &topic(true, false, false)),
+                Ok(())
+            );
+            assert_eq!(
+                authorize(&device, action, &topic(false, true, false)),
+                Ok(())
+            );
+            assert!(authorize(&device, action, &topic(false, false, true)).is_err());
+        }
+        // Even as an admin's device, nothing else: no realtime, metrics, files or users.
+        let admins_device = subject(
+            Role::Admin,
+            Credential::Device(DeviceId::new_at(UnixMillis(1))),
+        );
+        for r in [
+            Resource::Realtime,
+            Resource::Metrics,
+            Resource::Users,
+            Resource::Devices { owner: None },
+            topic(false, false, false),
+        ] {
+            assert!(
+                authorize(&admins_device, Action::Read, &r).is_err(),
+                "{r:?}"
+            );
+        }
+        // Users: their namespace and devices; admins every topic.
+        let user = subject(Role::User, session());
+        assert_eq!(
+            authorize(&user, Action::Create, &topic(false, false, true)),
+            Ok(())
+        );
+        assert!(authorize(&user, Action::Read, &topic(false, false, false)).is_err());
+        let admin = subject(Role::Admin, session());
+        assert_eq!(
+            authorize(&admin, Action::Read, &topic(false, false, false)),
+            Ok(())
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! what the CLI remembers between runs (pinned fingerprints, the current login) in the user's
 //! config directory, files at mode 0600. [`e2ee`] is one device's MLS state for encrypted rooms.
 
+pub mod devices;
 pub mod e2ee;
 pub mod files;
 pub mod state;

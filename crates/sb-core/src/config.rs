@@ -25,6 +25,7 @@ pub struct Config {
     pub chat: ChatConfig,
     pub files: FilesConfig,
     pub monitoring: MonitoringConfig,
+    pub mqtt: MqttConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -300,6 +301,69 @@ pub struct ChatConfig {
     /// Attachment uploads and downloads in progress at once; each holds up to
     /// `attachment_size_bytes_max` in memory. Further transfers wait their turn.
     pub attachment_transfers_concurrent_max: usize,
+}
+
+/// One MQTT listener.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttListener {
+    pub bind: SocketAddr,
+    /// TLS with the server's certificate (as on the HTTPS listener).
+    #[serde(default)]
+    pub tls: bool,
+    /// Clients without credentials may connect, limited to `mqtt.anonymous_topics`.
+    #[serde(default)]
+    pub allow_anonymous: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Listeners besides `sb serve --mqtt ADDR` (plain TCP, no anonymous clients).
+    pub listeners: Vec<MqttListener>,
+    /// Open MQTT connections at most, over all listeners.
+    pub connections_max: usize,
+    /// Largest packet a client may send (announced to MQTT 5 clients).
+    pub packet_size_bytes_max: usize,
+    /// QoS 1 and 2 messages a client may have in flight to the server.
+    pub inflight_max: u16,
+    /// Messages waiting for one session (connected or away); beyond it they are dropped.
+    pub queue_max: usize,
+    pub topic_depth_max: usize,
+    /// Topic aliases an MQTT 5 client may use.
+    pub topic_alias_max: u16,
+    /// Longest session expiry granted (MQTT 3.1.1 persistent sessions get this).
+    pub session_expiry_max_secs: u32,
+    /// Longest keep-alive accepted (MQTT 5 clients asking more are told this one).
+    pub keep_alive_max_secs: u16,
+    pub retained_max: usize,
+    /// Time a new connection has to send CONNECT.
+    pub connect_timeout_ms: u64,
+    /// Topic filters each device group may publish and subscribe to, besides its devices' own
+    /// `devices/<id>/#`.
+    pub group_topics: std::collections::BTreeMap<String, Vec<String>>,
+    /// Topic filters anonymous clients (on listeners that allow them) may use.
+    pub anonymous_topics: Vec<String>,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            listeners: Vec::new(),
+            connections_max: 100_000,
+            packet_size_bytes_max: 256 * 1024,
+            inflight_max: 64,
+            queue_max: 1000,
+            topic_depth_max: 16,
+            topic_alias_max: 32,
+            session_expiry_max_secs: 7 * 24 * 3600,
+            keep_alive_max_secs: 600,
+            retained_max: 100_000,
+            connect_timeout_ms: 10_000,
+            group_topics: Default::default(),
+            anonymous_topics: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -742,6 +806,36 @@ rollups = [
 #   job = "node"
 #   targets = ["127.0.0.1:9100"]
 scrape = []
+
+[mqtt]
+# Listeners besides `sb serve --mqtt ADDR` (plain TCP, no anonymous clients), e.g.
+#   listeners = [{ bind = "0.0.0.0:8883", tls = true },
+#                { bind = "127.0.0.1:1884", allow_anonymous = true }]
+listeners = []
+# Open MQTT connections at most, over all listeners.
+connections_max = 100000
+# Largest packet a client may send (announced to MQTT 5 clients); larger ones close the
+# connection with reason 0x95.
+packet_size_bytes_max = 262144
+# QoS 1 and 2 messages a client may have in flight to the server (its receive maximum).
+inflight_max = 64
+# Messages waiting for one session, connected or away; beyond it they are dropped and counted.
+queue_max = 1000
+topic_depth_max = 16
+# Topic aliases an MQTT 5 client may use.
+topic_alias_max = 32
+# Longest session expiry granted; MQTT 3.1.1 persistent sessions (clean session off) get it.
+session_expiry_max_secs = 604800
+# Longest keep-alive accepted; MQTT 5 clients asking more (or none) are told this one.
+keep_alive_max_secs = 600
+retained_max = 100000
+# Time a new connection has to send CONNECT.
+connect_timeout_ms = 10000
+# Topic filters a device group may use besides its devices' own devices/<id>/#, e.g.
+#   group_topics = { sensors = ["fleet/sensors/#"] }
+group_topics = {}
+# Topic filters anonymous clients may use, on listeners with allow_anonymous.
+anonymous_topics = []
 "#;
 
 #[cfg(test)]

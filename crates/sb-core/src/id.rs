@@ -80,3 +80,7 @@ id_type!(
     /// An upload in progress: a manifest waiting for its missing chunks and a commit.
     UploadId
 );
+id_type!(
+    /// A registered device (its MQTT user name).
+    DeviceId
+);

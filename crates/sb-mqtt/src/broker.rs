@@ -82,13 +82,21 @@ impl Refusal {
     }
 }
 
+/// Where a connection comes from.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub addr: std::net::SocketAddr,
+    /// The listener lets clients without credentials in.
+    pub allow_anonymous: bool,
+}
+
 /// Who may connect, publish and subscribe: the server plugs its identities and `authorize()`
 /// in here.
 #[async_trait::async_trait]
 pub trait Access: Send + Sync + 'static {
     type Principal: Clone + Send + Sync + 'static;
     /// Authenticates a CONNECT (user name, password, client id).
-    async fn connect(&self, connect: &Connect) -> Result<Self::Principal, Refusal>;
+    async fn connect(&self, connect: &Connect, peer: &Peer) -> Result<Self::Principal, Refusal>;
     /// May `who` publish to `topic`? A denial is the implementation's to count and audit.
     async fn may_publish(&self, who: &Self::Principal, topic: &str) -> bool;
     /// May `who` subscribe to `filter` (without its `$share/GROUP/` prefix)?
@@ -336,7 +344,7 @@ impl<A: Access> Broker<A> {
     }
 
     /// Serves one client connection until it ends.
-    pub async fn serve<S>(self: Arc<Self>, mut io: S)
+    pub async fn serve<S>(self: Arc<Self>, mut io: S, peer: Peer)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
@@ -366,7 +374,7 @@ impl<A: Access> Broker<A> {
             _ => return,
         };
         let v = connect.version;
-        let who = match self.access.connect(&connect).await {
+        let who = match self.access.connect(&connect, &peer).await {
             Ok(p) => p,
             Err(r) => {
                 let _ = send(&mut io, &connack(false, r.code(v)), v).await;

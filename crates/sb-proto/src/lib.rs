@@ -240,6 +240,37 @@ pub struct FileInfo {
     pub deleted: bool,
 }
 
+/// Registering a device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeviceRegister {
+    pub name: String,
+    #[serde(default)]
+    pub group: String,
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeviceInfo {
+    /// Its MQTT user name.
+    pub id: String,
+    pub name: String,
+    pub group: String,
+    pub tags: std::collections::BTreeMap<String, String>,
+    pub owner: String,
+    pub created_at_ms: i64,
+    pub revoked: bool,
+    pub last_seen_at_ms: Option<i64>,
+}
+
+/// A device's id and secret (its MQTT password), shown only this once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeviceSecret {
+    pub id: String,
+    pub name: String,
+    pub secret: String,
+}
+
 /// One version's content as its chunks, in order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct FileChunks {

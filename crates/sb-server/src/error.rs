@@ -92,6 +92,24 @@ impl From<AuthError> for ApiError {
     }
 }
 
+impl From<sb_devices::DevicesError> for ApiError {
+    fn from(e: sb_devices::DevicesError) -> Self {
+        match e {
+            sb_devices::DevicesError::Auth(a) => a.into(),
+            other => {
+                let code = other.code();
+                let message = if code == ErrorCode::Internal {
+                    tracing::error!(error = %other, "devices request failed");
+                    "internal error; the server log has details".to_string()
+                } else {
+                    other.to_string()
+                };
+                ApiError::new(code, message)
+            }
+        }
+    }
+}
+
 impl From<sb_files::FilesError> for ApiError {
     fn from(e: sb_files::FilesError) -> Self {
         match e {

@@ -10,9 +10,11 @@ mod error;
 mod extract;
 mod listener;
 mod metrics;
+pub mod mqtt;
 mod routes;
 mod routes_alerts;
 mod routes_chat;
+mod routes_devices;
 mod routes_files;
 mod routes_monitor;
 mod scrape;
@@ -57,6 +59,8 @@ pub struct AppState {
     pub chat: Arc<sb_chat::Chat>,
     pub files: Arc<sb_files::Files>,
     pub monitor: Arc<sb_monitor::Monitor>,
+    pub devices: Arc<sb_devices::Devices>,
+    pub mqtt: Arc<mqtt::MqttBroker>,
     pub blobs: sb_blob::LocalBlobStore,
     /// Chat's store, for the attachments blob garbage collection must keep.
     chat_store: Arc<dyn sb_store::ChatStore>,
@@ -147,6 +151,9 @@ pub fn app(state: Arc<AppState>) -> Router {
         .routes(routes!(routes_files::versions))
         .routes(routes!(routes_files::content))
         .routes(routes!(routes_files::chunks))
+        .routes(routes!(routes_devices::register, routes_devices::list))
+        .routes(routes!(routes_devices::show, routes_devices::revoke))
+        .routes(routes!(routes_devices::rotate))
         .routes(routes!(routes_alerts::alerts))
         .routes(routes!(routes_alerts::reload))
         .routes(routes!(
@@ -419,6 +426,12 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         Bus::new(bus_config),
         config.files.clone(),
     ));
+    let devices = Arc::new(sb_devices::Devices::new(
+        sqlite.clone(),
+        auth.clone(),
+        config.mqtt.clone(),
+    ));
+    let mqtt_broker = mqtt::broker(devices.clone(), auth.clone(), &config.mqtt);
     let chat_store: Arc<dyn sb_store::ChatStore> = sqlite.clone();
     let chat = Arc::new(sb_chat::Chat::new(
         sqlite,
@@ -450,6 +463,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .await
         .with_context(|| format!("binding {}", config.server.listen))?;
     let local = listener.local_addr()?;
+    let mqtt_listeners = mqtt::bind(&config.mqtt).await?;
     let setup_token_path = data_dir.join("setup-token");
     let setup = auth.issue_setup_token().await?;
     match &setup {
@@ -464,6 +478,8 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         chat,
         files,
         monitor,
+        devices,
+        mqtt: mqtt_broker,
         blobs,
         chat_store,
         transfers: tokio::sync::Semaphore::new(
@@ -484,10 +500,24 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     tokio::spawn(checkpoint_periodically(state.clone()));
     scrape::spawn(state.clone())?;
     alerting::reload_on_sighup(state.clone());
+    let mqtt_open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut mqtt_banner = Vec::new();
+    for (listener, spec) in mqtt_listeners {
+        mqtt_banner.push(mqtt::describe(listener.local_addr()?, &spec));
+        let tls = spec.tls.then(|| {
+            let mut c = (*identity.config).clone();
+            c.alpn_protocols = Vec::new();
+            tokio_rustls::TlsAcceptor::from(Arc::new(c))
+        });
+        mqtt::spawn(state.clone(), listener, spec, tls, mqtt_open.clone());
+    }
 
     // The banner goes to stdout, for the person who started the server; logs go to stderr and
     // never carry the setup token.
     println!("Switchboard listening on https://{local}");
+    for l in &mqtt_banner {
+        println!("MQTT listening on {l}");
+    }
     println!(
         "TLS certificate SHA-256 fingerprint: {}",
         identity.fingerprint

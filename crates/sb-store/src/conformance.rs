@@ -1131,3 +1131,58 @@ pub async fn run_files<S: Store + crate::files::FilesStore>(s: &S) {
     );
     assert!(!s.referenced_chunks().await.unwrap().contains(&[5; 32]));
 }
+
+/// The devices registry: names are unique, a rotated secret replaces the old one, a revoked
+/// device stays revoked and cannot get a new secret.
+pub async fn run_devices<S: Store + crate::devices::DevicesStore>(s: &S) {
+    use crate::devices::*;
+    use sb_core::DeviceId;
+    let owner = user("dev-owner", Role::User, 20_000);
+    s.create_user(owner.clone(), Admission::Open, UnixMillis(20_000))
+        .await
+        .unwrap();
+    let d = DeviceRecord {
+        id: DeviceId::new_at(UnixMillis(20_001)),
+        name: "thermo-1".into(),
+        group: "sensors".into(),
+        tags: vec![("floor".into(), "2".into())],
+        secret_hash: [7; 32],
+        owner: owner.id,
+        created_at: UnixMillis(20_001),
+        revoked_at: None,
+        last_seen_at: None,
+    };
+    s.create_device(d.clone()).await.unwrap();
+    let dup = DeviceRecord {
+        id: DeviceId::new_at(UnixMillis(20_002)),
+        ..d.clone()
+    };
+    assert!(matches!(
+        s.create_device(dup).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.device(d.id).await.unwrap().unwrap(), d);
+    assert_eq!(
+        s.device_by_name("thermo-1").await.unwrap().unwrap().id,
+        d.id
+    );
+    s.set_device_secret(d.id, [8; 32]).await.unwrap();
+    s.device_seen(d.id, UnixMillis(20_100)).await.unwrap();
+    let got = s.device(d.id).await.unwrap().unwrap();
+    assert_eq!(
+        (got.secret_hash, got.last_seen_at),
+        ([8; 32], Some(UnixMillis(20_100)))
+    );
+    s.revoke_device(d.id, UnixMillis(20_200)).await.unwrap();
+    s.revoke_device(d.id, UnixMillis(20_300)).await.unwrap();
+    assert_eq!(
+        s.device(d.id).await.unwrap().unwrap().revoked_at,
+        Some(UnixMillis(20_200)),
+        "revoked once"
+    );
+    assert!(matches!(
+        s.set_device_secret(d.id, [9; 32]).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(s.devices().await.unwrap().len(), 1);
+}

@@ -11,12 +11,15 @@
 pub mod audit;
 pub mod chat;
 pub mod conformance;
+pub mod devices;
 pub mod files;
 mod sqlite;
 mod sqlite_chat;
+mod sqlite_devices;
 mod sqlite_files;
 
 pub use chat::ChatStore;
+pub use devices::DevicesStore;
 pub use files::FilesStore;
 pub use sqlite::{Observer, SqliteStore};
 

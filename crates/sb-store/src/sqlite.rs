@@ -297,6 +297,20 @@ CREATE TABLE file_changes (
     PRIMARY KEY (space_id, seq)
 ) STRICT, WITHOUT ROWID;
 "#,
+    r#"
+-- Devices: the registry, with the SHA-256 of each device's secret.
+CREATE TABLE devices (
+    id           TEXT PRIMARY KEY,
+    name         TEXT NOT NULL UNIQUE,
+    group_name   TEXT NOT NULL,
+    tags         TEXT NOT NULL,
+    secret_hash  BLOB NOT NULL,
+    owner        TEXT NOT NULL REFERENCES users(id),
+    created_at   INTEGER NOT NULL,
+    revoked_at   INTEGER,
+    last_seen_at INTEGER
+) STRICT;
+"#,
 ];
 
 const SETUP_TOKEN_KEY: &str = "setup_token_hash";

@@ -140,3 +140,9 @@ async fn sqlite_passes_files_conformance_suite() {
     let dir = tempfile::tempdir().unwrap();
     sb_store::conformance::run_files(&open(&dir)).await;
 }
+
+#[tokio::test]
+async fn sqlite_passes_devices_conformance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    sb_store::conformance::run_devices(&open(&dir)).await;
+}

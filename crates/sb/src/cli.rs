@@ -45,6 +45,9 @@ pub enum Command {
     /// Administration (admins only).
     #[command(subcommand)]
     Admin(AdminCmd),
+    /// Devices: register them (an id and a secret for MQTT), list, rotate, revoke.
+    #[command(subcommand)]
+    Device(DeviceCmd),
     /// Pinned server certificates.
     #[command(subcommand)]
     Trust(TrustCmd),
@@ -187,6 +190,27 @@ pub enum FilesCmd {
 }
 
 #[derive(Subcommand)]
+pub enum DeviceCmd {
+    /// Register a device; prints its id (MQTT user name) and secret (MQTT password) once.
+    Register {
+        name: String,
+        #[arg(long, default_value = "")]
+        group: String,
+        /// A tag, key=value; repeatable.
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
+    /// Your devices (every device, for admins).
+    List,
+    /// One device, by id or name.
+    Show { device: String },
+    /// A new secret for a device (the old one stops working at once).
+    Rotate { device: String },
+    /// Revoke a device for good: it is disconnected now and refused from now on.
+    Revoke { device: String },
+}
+
+#[derive(Subcommand)]
 pub enum AlertsCmd {
     /// Pending, firing and recently resolved alerts.
     List,
@@ -296,6 +320,10 @@ pub struct ServeArgs {
     /// Data directory [default: ./sb-data].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Also accept MQTT (3.1.1 and 5.0) over plain TCP here, e.g. 0.0.0.0:1883; devices log in
+    /// with their id and secret (`sb device register`). Repeatable.
+    #[arg(long)]
+    pub mqtt: Vec<SocketAddr>,
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormatArg>,
 }

@@ -35,6 +35,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Trust(c) => trust(c, json),
         Command::Chat(c) => crate::chat_cmds::chat(c, json).await,
         Command::Files(c) => crate::files_cmds::files(c, json).await,
+        Command::Device(c) => crate::device_cmds::device(c, json).await,
         Command::Query(a) => crate::monitor_cmds::query(a, json).await,
         Command::Alerts(c) => crate::monitor_cmds::alerts(c, json).await,
         Command::Agent(a) => agent(a).await,
@@ -49,6 +50,13 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(d) = a.data_dir {
         config.server.data_dir = d;
+    }
+    for bind in a.mqtt {
+        config.mqtt.listeners.push(sb_core::config::MqttListener {
+            bind,
+            tls: false,
+            allow_anonymous: false,
+        });
     }
     if let Some(f) = a.log_format {
         config.server.log_format = match f {

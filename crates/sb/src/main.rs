@@ -5,6 +5,7 @@ mod chat_cmds;
 mod chat_tui;
 mod cli;
 mod client_cmds;
+mod device_cmds;
 mod files_cmds;
 mod monitor_cmds;
 

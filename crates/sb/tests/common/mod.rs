@@ -21,6 +21,8 @@ pub struct TestServer {
     pub fingerprint: String,
     pub setup_token: Option<String>,
     pub data_dir: PathBuf,
+    /// The MQTT listener's address (host:port), when started with `mqtt: true`.
+    pub mqtt: Option<String>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -32,6 +34,8 @@ pub struct ServerOptions<'a> {
     pub log_file: Option<PathBuf>,
     /// `sb serve --config FILE`.
     pub config: Option<PathBuf>,
+    /// `sb serve --mqtt 127.0.0.1:0`.
+    pub mqtt: bool,
 }
 
 impl Default for ServerOptions<'_> {
@@ -42,6 +46,7 @@ impl Default for ServerOptions<'_> {
             env: Vec::new(),
             log_file: None,
             config: None,
+            mqtt: false,
         }
     }
 }
@@ -94,6 +99,9 @@ impl TestServer {
         if let Some(c) = &opts.config {
             cmd.arg("--config").arg(c);
         }
+        if opts.mqtt {
+            cmd.args(["--mqtt", "127.0.0.1:0"]);
+        }
         if let Some(path) = &opts.log_file {
             cmd.stderr(std::fs::File::create(path).expect("log file"));
         }
@@ -102,6 +110,7 @@ impl TestServer {
         let mut lines = BufReader::new(stdout).lines();
         let mut url = None;
         let mut fingerprint = None;
+        let mut mqtt = None;
         let deadline = Instant::now() + Duration::from_secs(30);
         while fingerprint.is_none() {
             assert!(Instant::now() < deadline, "server did not start in time");
@@ -111,6 +120,9 @@ impl TestServer {
             };
             if let Some(rest) = line.strip_prefix("Switchboard listening on ") {
                 url = Some(rest.trim().to_string());
+            }
+            if let Some(rest) = line.strip_prefix("MQTT listening on mqtt://") {
+                mqtt = Some(rest.split_whitespace().next().unwrap_or("").to_string());
             }
             if let Some(rest) = line.strip_prefix("TLS certificate SHA-256 fingerprint: ") {
                 fingerprint = Some(rest.trim().to_string());
@@ -129,6 +141,7 @@ impl TestServer {
             fingerprint: fingerprint.expect("fingerprint"),
             setup_token,
             data_dir,
+            mqtt,
             _tmp: tmp,
         })
     }

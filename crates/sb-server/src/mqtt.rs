@@ -1,0 +1,278 @@
+//! MQTT listeners: the broker (`sb-mqtt`) with Switchboard's identities and `authorize()`.
+//!
+//! A device connects with user name = its id and password = its secret; a user or an app with
+//! any user name and password = a session or API token (`sbs_…`/`sbt_…`) of theirs; a client
+//! without credentials only on a listener that allows anonymous clients, and then only within
+//! `mqtt.anonymous_topics`. Every publish and subscribe of a device or user is an
+//! `authorize()` call (denials are audited there); revoking a device or a token, or disabling
+//! an account, closes its connections at once.
+
+use crate::AppState;
+use sb_auth::{Action, Auth, AuthEvent, Ctx, Origin, Subject, credential_topic, user_topic};
+use sb_core::DeviceId;
+use sb_core::config::{MqttConfig, MqttListener};
+use sb_devices::{Devices, filter_covers, topic_resource};
+use sb_mqtt::broker::{Access, Broker, BrokerConfig, Peer, Refusal};
+use sb_mqtt::codec::Connect;
+use sb_store::devices::DeviceRecord;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Who is on the other end of an MQTT connection.
+#[derive(Clone)]
+pub enum Who {
+    Device {
+        record: Arc<DeviceRecord>,
+        subject: Subject,
+        origin: Origin,
+    },
+    User {
+        subject: Subject,
+        origin: Origin,
+        owned_devices: Arc<Vec<DeviceId>>,
+    },
+    Anonymous,
+}
+
+pub struct MqttAccess {
+    devices: Arc<Devices>,
+    auth: Arc<Auth>,
+    cfg: MqttConfig,
+}
+
+impl MqttAccess {
+    async fn allowed(&self, who: &Who, action: Action, topic: &str) -> bool {
+        let (subject, origin, device, owned): (
+            &Subject,
+            &Origin,
+            Option<&DeviceRecord>,
+            &[DeviceId],
+        ) = match who {
+            Who::Anonymous => {
+                return self
+                    .cfg
+                    .anonymous_topics
+                    .iter()
+                    .any(|f| filter_covers(f, topic));
+            }
+            Who::Device {
+                record,
+                subject,
+                origin,
+            } => (subject, origin, Some(record), &[]),
+            Who::User {
+                subject,
+                origin,
+                owned_devices,
+            } => (subject, origin, None, owned_devices),
+        };
+        let resource = topic_resource(subject, device, owned, topic, &self.cfg);
+        let cx = Ctx {
+            subject,
+            origin,
+            now: crate::now(),
+        };
+        self.auth.authorize(cx, action, &resource).await.is_ok()
+    }
+}
+
+#[async_trait::async_trait]
+impl Access for MqttAccess {
+    type Principal = Who;
+
+    async fn connect(&self, c: &Connect, peer: &Peer) -> Result<Who, Refusal> {
+        let origin = Origin {
+            ip: peer.addr.ip(),
+            client: format!("mqtt {}", c.client_id),
+        };
+        let Some(password) = &c.password else {
+            return if peer.allow_anonymous && c.username.is_none() {
+                Ok(Who::Anonymous)
+            } else {
+                Err(Refusal::BadCredentials)
+            };
+        };
+        let username = c.username.as_deref().unwrap_or("");
+        if username.parse::<DeviceId>().is_ok() {
+            let (record, subject) = self
+                .devices
+                .authenticate(username, password)
+                .await
+                .ok_or(Refusal::BadCredentials)?;
+            self.devices.seen(record.id, crate::now()).await;
+            return Ok(Who::Device {
+                record: Arc::new(record),
+                subject,
+                origin,
+            });
+        }
+        let token = std::str::from_utf8(password).map_err(|_| Refusal::BadCredentials)?;
+        let subject = self
+            .auth
+            .authenticate(token, peer.addr.ip(), crate::now())
+            .await
+            .map_err(|_| Refusal::BadCredentials)?;
+        if !username.is_empty() && username != subject.username {
+            return Err(Refusal::BadCredentials);
+        }
+        let owned_devices = self
+            .devices
+            .owned_by(&subject)
+            .await
+            .map_err(|_| Refusal::Unavailable)?;
+        Ok(Who::User {
+            subject,
+            origin,
+            owned_devices: Arc::new(owned_devices),
+        })
+    }
+
+    async fn may_publish(&self, who: &Who, topic: &str) -> bool {
+        self.allowed(who, Action::Create, topic).await
+    }
+
+    async fn may_subscribe(&self, who: &Who, filter: &str) -> bool {
+        self.allowed(who, Action::Read, filter).await
+    }
+
+    async fn revoked(&self, who: &Who) {
+        let subject = match who {
+            Who::Device { subject, .. } | Who::User { subject, .. } => subject,
+            Who::Anonymous => return std::future::pending().await,
+        };
+        let bus = self.auth.bus();
+        let (Ok(mut credential), Ok(mut user)) = (
+            bus.subscribe(&credential_topic(&subject.credential.id_string())),
+            bus.subscribe(&user_topic(subject.user_id)),
+        ) else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::select! {
+                ev = credential.recv() => match ev {
+                    Ok(m) if m.payload == AuthEvent::CredentialRevoked => return,
+                    Ok(_) => {}
+                    Err(_) => return,
+                },
+                // The owner's account disabled: its devices and sessions go too.
+                _ = user.recv() => return,
+            }
+        }
+    }
+}
+
+pub type MqttBroker = Broker<MqttAccess>;
+
+pub fn broker(devices: Arc<Devices>, auth: Arc<Auth>, cfg: &MqttConfig) -> Arc<MqttBroker> {
+    let bc = BrokerConfig {
+        packet_size_max: cfg.packet_size_bytes_max,
+        inflight_max: cfg.inflight_max.max(1),
+        queue_max: cfg.queue_max,
+        topic_depth_max: cfg.topic_depth_max,
+        topic_alias_max: cfg.topic_alias_max,
+        session_expiry_max_secs: cfg.session_expiry_max_secs,
+        keep_alive_max_secs: cfg.keep_alive_max_secs,
+        retained_max: cfg.retained_max,
+        connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
+    };
+    Broker::new(
+        bc,
+        MqttAccess {
+            devices,
+            auth,
+            cfg: cfg.clone(),
+        },
+    )
+}
+
+/// Binds every MQTT listener; their addresses (as bound: port 0 becomes a real port).
+pub async fn bind(cfg: &MqttConfig) -> anyhow::Result<Vec<(TcpListener, MqttListener)>> {
+    let mut out = Vec::new();
+    for l in &cfg.listeners {
+        let listener = TcpListener::bind(l.bind)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding the MQTT listener {}: {e}", l.bind))?;
+        out.push((listener, l.clone()));
+    }
+    Ok(out)
+}
+
+/// Accepts connections on one listener until shutdown.
+pub fn spawn(
+    state: Arc<AppState>,
+    listener: TcpListener,
+    spec: MqttListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    open: Arc<AtomicUsize>,
+) {
+    tokio::spawn(async move {
+        loop {
+            let (stream, addr) = tokio::select! {
+                _ = state.shutdown.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "MQTT accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            if open.load(Ordering::Relaxed) >= state.config.mqtt.connections_max {
+                tracing::warn!(%addr, "MQTT connection refused: mqtt.connections_max reached");
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let (broker, open, tls, shutdown) = (
+                state.mqtt.clone(),
+                open.clone(),
+                tls.clone(),
+                state.shutdown.clone(),
+            );
+            let peer = Peer {
+                addr,
+                allow_anonymous: spec.allow_anonymous,
+            };
+            open.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let serve = async {
+                    match tls {
+                        None => broker.serve(stream, peer).await,
+                        Some(acceptor) => {
+                            match tokio::time::timeout(
+                                Duration::from_secs(10),
+                                acceptor.accept(stream),
+                            )
+                            .await
+                            {
+                                Ok(Ok(s)) => broker.serve(s, peer).await,
+                                _ => tracing::debug!(%addr, "MQTT TLS handshake failed"),
+                            }
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = serve => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                open.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+    });
+}
+
+/// How listeners are shown in the banner.
+pub fn describe(addr: SocketAddr, spec: &MqttListener) -> String {
+    format!(
+        "{}://{addr}{}",
+        if spec.tls { "mqtts" } else { "mqtt" },
+        if spec.allow_anonymous {
+            " (anonymous clients allowed)"
+        } else {
+            ""
+        }
+    )
+}

@@ -1,0 +1,114 @@
+//! The device registry over HTTP: register (the secret is in the answer, once), list, show,
+//! rotate the secret, revoke.
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, Caller};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use sb_proto::*;
+use sb_store::devices::DeviceRecord;
+use std::sync::Arc;
+
+type St = State<Arc<AppState>>;
+
+async fn info(st: &AppState, d: &DeviceRecord) -> DeviceInfo {
+    let owner = st
+        .auth
+        .store()
+        .user_by_id(d.owner)
+        .await
+        .ok()
+        .flatten()
+        .map(|u| u.username)
+        .unwrap_or_default();
+    DeviceInfo {
+        id: d.id.to_string(),
+        name: d.name.clone(),
+        group: d.group.clone(),
+        tags: d.tags.iter().cloned().collect(),
+        owner,
+        created_at_ms: d.created_at.0,
+        revoked: d.revoked_at.is_some(),
+        last_seen_at_ms: d.last_seen_at.map(|t| t.0),
+    }
+}
+
+fn secret(d: &DeviceRecord, s: sb_core::Secret<String>) -> DeviceSecret {
+    DeviceSecret {
+        id: d.id.to_string(),
+        name: d.name.clone(),
+        secret: s.expose().to_string(),
+    }
+}
+
+#[utoipa::path(post, path = "/v1/devices", tag = "devices", request_body = DeviceRegister,
+    responses((status = 201, body = DeviceSecret, description = "the device's id (MQTT user name) and secret (MQTT password), shown only now"), (status = 409, body = ErrorBody, description = "the name is taken"), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn register(
+    State(st): St,
+    c: Caller,
+    ApiJson(req): ApiJson<DeviceRegister>,
+) -> Result<(StatusCode, Json<DeviceSecret>), ApiError> {
+    let (d, s) = st
+        .devices
+        .register(
+            c.cx(),
+            &req.name,
+            &req.group,
+            req.tags.into_iter().collect(),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(secret(&d, s))))
+}
+
+#[utoipa::path(get, path = "/v1/devices", tag = "devices",
+    responses((status = 200, body = Vec<DeviceInfo>, description = "your devices (every device, for admins)"), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list(State(st): St, c: Caller) -> Result<Json<Vec<DeviceInfo>>, ApiError> {
+    let mut out = Vec::new();
+    for d in st.devices.list(c.cx()).await? {
+        out.push(info(&st, &d).await);
+    }
+    Ok(Json(out))
+}
+
+#[utoipa::path(get, path = "/v1/devices/{device}", tag = "devices",
+    params(("device" = String, Path, description = "id or name")),
+    responses((status = 200, body = DeviceInfo), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn show(
+    State(st): St,
+    c: Caller,
+    Path(device): Path<String>,
+) -> Result<Json<DeviceInfo>, ApiError> {
+    let d = st.devices.get(c.cx(), &device).await?;
+    Ok(Json(info(&st, &d).await))
+}
+
+#[utoipa::path(post, path = "/v1/devices/{device}/rotate", tag = "devices",
+    params(("device" = String, Path, description = "id or name")),
+    responses((status = 200, body = DeviceSecret, description = "the new secret; the old one no longer works"), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn rotate(
+    State(st): St,
+    c: Caller,
+    Path(device): Path<String>,
+) -> Result<Json<DeviceSecret>, ApiError> {
+    let (d, s) = st.devices.rotate(c.cx(), &device).await?;
+    Ok(Json(secret(&d, s)))
+}
+
+#[utoipa::path(delete, path = "/v1/devices/{device}", tag = "devices",
+    params(("device" = String, Path, description = "id or name")),
+    responses((status = 200, body = DeviceInfo, description = "revoked: disconnected now, and refused from now on"), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn revoke(
+    State(st): St,
+    c: Caller,
+    Path(device): Path<String>,
+) -> Result<Json<DeviceInfo>, ApiError> {
+    let d = st.devices.revoke(c.cx(), &device).await?;
+    Ok(Json(info(&st, &d).await))
+}

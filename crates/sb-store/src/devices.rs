@@ -1,0 +1,36 @@
+//! Devices storage: the registry of devices (name, group, tags, owner) with the SHA-256 of
+//! each one's secret, and when each was last seen.
+
+use crate::Result;
+use async_trait::async_trait;
+use sb_core::{DeviceId, UnixMillis, UserId};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceRecord {
+    pub id: DeviceId,
+    pub name: String,
+    pub group: String,
+    /// `key=value` pairs, sorted by key.
+    pub tags: Vec<(String, String)>,
+    /// SHA-256 of the device's secret.
+    pub secret_hash: [u8; 32],
+    pub owner: UserId,
+    pub created_at: UnixMillis,
+    pub revoked_at: Option<UnixMillis>,
+    pub last_seen_at: Option<UnixMillis>,
+}
+
+#[async_trait]
+pub trait DevicesStore: Send + Sync + 'static {
+    /// Registers a device; `Conflict` if the name is taken.
+    async fn create_device(&self, d: DeviceRecord) -> Result<()>;
+    async fn device(&self, id: DeviceId) -> Result<Option<DeviceRecord>>;
+    async fn device_by_name(&self, name: &str) -> Result<Option<DeviceRecord>>;
+    /// All devices, by name.
+    async fn devices(&self) -> Result<Vec<DeviceRecord>>;
+    /// A new secret (the old one stops working); `NotFound` if there is no such device.
+    async fn set_device_secret(&self, id: DeviceId, secret_hash: [u8; 32]) -> Result<()>;
+    /// Revokes a device for good; `NotFound` if there is no such device.
+    async fn revoke_device(&self, id: DeviceId, at: UnixMillis) -> Result<()>;
+    async fn device_seen(&self, id: DeviceId, at: UnixMillis) -> Result<()>;
+}

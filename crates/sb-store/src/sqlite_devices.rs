@@ -1,0 +1,136 @@
+//! [`DevicesStore`] on the SQLite backend.
+
+use crate::devices::*;
+use crate::sqlite::parse_id;
+use crate::{Result, SqliteStore, StoreError};
+use async_trait::async_trait;
+use rusqlite::{OptionalExtension, Row, params};
+use sb_core::{DeviceId, UnixMillis};
+
+const COLS: &str =
+    "id, name, group_name, tags, secret_hash, owner, created_at, revoked_at, last_seen_at";
+
+fn device_at(row: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
+    let tags: String = row.get(3)?;
+    let hash: Vec<u8> = row.get(4)?;
+    Ok(DeviceRecord {
+        id: parse_id(row.get(0)?)?,
+        name: row.get(1)?,
+        group: row.get(2)?,
+        tags: serde_json::from_str(&tags).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, e.into())
+        })?,
+        secret_hash: hash.try_into().map_err(|_| {
+            rusqlite::Error::FromSqlConversionFailure(
+                4,
+                rusqlite::types::Type::Blob,
+                "a secret hash is 32 bytes".into(),
+            )
+        })?,
+        owner: parse_id(row.get(5)?)?,
+        created_at: UnixMillis(row.get(6)?),
+        revoked_at: row.get::<_, Option<i64>>(7)?.map(UnixMillis),
+        last_seen_at: row.get::<_, Option<i64>>(8)?.map(UnixMillis),
+    })
+}
+
+#[async_trait]
+impl DevicesStore for SqliteStore {
+    async fn create_device(&self, d: DeviceRecord) -> Result<()> {
+        self.write("create_device", move |c| {
+            let tags = serde_json::to_string(&d.tags).unwrap_or_else(|_| "[]".into());
+            let n = c.execute(
+                "INSERT OR IGNORE INTO devices (id, name, group_name, tags, secret_hash, owner, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    d.id.to_string(),
+                    d.name,
+                    d.group,
+                    tags,
+                    d.secret_hash.to_vec(),
+                    d.owner.to_string(),
+                    d.created_at.0
+                ],
+            )?;
+            if n == 0 {
+                return Err(StoreError::Conflict("a device with this name exists"));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn device(&self, id: DeviceId) -> Result<Option<DeviceRecord>> {
+        self.read("device", move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {COLS} FROM devices WHERE id = ?1"),
+                [id.to_string()],
+                device_at,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn device_by_name(&self, name: &str) -> Result<Option<DeviceRecord>> {
+        let name = name.to_string();
+        self.read("device_by_name", move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {COLS} FROM devices WHERE name = ?1"),
+                [name],
+                device_at,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn devices(&self) -> Result<Vec<DeviceRecord>> {
+        self.read("devices", move |c| {
+            let mut stmt =
+                c.prepare_cached(&format!("SELECT {COLS} FROM devices ORDER BY name"))?;
+            let rows = stmt.query_map([], device_at)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn set_device_secret(&self, id: DeviceId, secret_hash: [u8; 32]) -> Result<()> {
+        self.write("set_device_secret", move |c| {
+            let n = c.execute(
+                "UPDATE devices SET secret_hash = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id.to_string(), secret_hash.to_vec()],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn revoke_device(&self, id: DeviceId, at: UnixMillis) -> Result<()> {
+        self.write("revoke_device", move |c| {
+            let n = c.execute(
+                "UPDATE devices SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
+                params![id.to_string(), at.0],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn device_seen(&self, id: DeviceId, at: UnixMillis) -> Result<()> {
+        self.write("device_seen", move |c| {
+            c.execute(
+                "UPDATE devices SET last_seen_at = ?2 WHERE id = ?1",
+                params![id.to_string(), at.0],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+}

@@ -1,0 +1,439 @@
+//! MQTT against the real server with real clients nobody here wrote: Debian's
+//! `mosquitto_pub` and `mosquitto_sub` (MQTT 3.1.1 and 5.0). Device credentials, QoS 0/1/2,
+//! retained messages, wills, a persistent session's offline queue, shared subscriptions, and
+//! the topic ACL (a device stays in its namespace; a revoked device is cut off).
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use common::*;
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Both mosquitto clients, or a loud skip.
+fn clients() -> bool {
+    external("mosquitto_pub").is_some() && external("mosquitto_sub").is_some()
+}
+
+struct Broker {
+    server: TestServer,
+    host: String,
+    port: String,
+}
+
+impl Broker {
+    fn start() -> Broker {
+        let server = TestServer::start_with(ServerOptions {
+            mqtt: true,
+            ..Default::default()
+        });
+        let addr = server.mqtt.clone().expect("MQTT listener in the banner");
+        let (host, port) = addr.rsplit_once(':').unwrap();
+        Broker {
+            host: host.to_string(),
+            port: port.to_string(),
+            server,
+        }
+    }
+
+    fn conn_args<'a>(&'a self, user: &'a str, pass: &'a str) -> Vec<&'a str> {
+        vec!["-h", &self.host, "-p", &self.port, "-u", user, "-P", pass]
+    }
+
+    fn publish(&self, user: &str, pass: &str, extra: &[&str]) -> std::process::Output {
+        let mut args = self.conn_args(user, pass);
+        args.extend_from_slice(extra);
+        Command::new("mosquitto_pub").args(&args).output().unwrap()
+    }
+
+    /// `mosquitto_sub -d -v` with `extra`; returns once its SUBACK arrived.
+    fn subscribe(&self, user: &str, pass: &str, extra: &[&str]) -> Sub {
+        let mut args = self.conn_args(user, pass);
+        args.extend_from_slice(&["-d", "-v"]);
+        args.extend_from_slice(extra);
+        // Line-buffered, so each line arrives as it is printed (stdbuf is in coreutils).
+        let mut child = Command::new("stdbuf")
+            .args(["-oL", "mosquitto_sub"])
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        let tx2 = tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx2.send(format!("stderr: {line}"));
+            }
+        });
+        let mut sub = Sub {
+            child,
+            rx,
+            log: Vec::new(),
+            pending: Default::default(),
+        };
+        sub.wait_for("received SUBACK");
+        sub
+    }
+}
+
+struct Sub {
+    child: Child,
+    rx: mpsc::Receiver<String>,
+    log: Vec<String>,
+    /// Messages that arrived while waiting for something else.
+    pending: std::collections::VecDeque<String>,
+}
+
+fn is_message(line: &str) -> bool {
+    !line.starts_with("Client ") && !line.starts_with("stderr: ") && !line.starts_with("Subscribed")
+}
+
+impl Sub {
+    fn wait_for(&mut self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = line.contains(needle);
+                    if is_message(&line) {
+                        self.pending.push_back(line.clone());
+                    }
+                    self.log.push(line);
+                    if hit {
+                        return;
+                    }
+                }
+                Err(_) => panic!("no {needle:?} within 20 s: {:#?}", self.log),
+            }
+        }
+    }
+
+    /// The next message (`topic payload`), skipping debug lines; `None` after `wait`.
+    fn message(&mut self, wait: Duration) -> Option<String> {
+        if let Some(m) = self.pending.pop_front() {
+            return Some(m);
+        }
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.rx.recv_timeout(left).ok()?;
+            self.log.push(line.clone());
+            if is_message(&line) {
+                return Some(line);
+            }
+        }
+    }
+
+    fn messages(&mut self, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                self.message(Duration::from_secs(20))
+                    .unwrap_or_else(|| panic!("message {i} of {n} missing: {:#?}", self.log))
+            })
+            .collect()
+    }
+
+    /// Whether the client exited within `wait` (the server closed it).
+    fn exits_within(&mut self, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            if self.child.try_wait().unwrap().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for Sub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A registered device: (id, secret).
+async fn device(admin: &sb_client::Client, name: &str, group: &str) -> (String, String) {
+    let s = admin
+        .device_register(&sb_proto::DeviceRegister {
+            name: name.into(),
+            group: group.into(),
+            tags: Default::default(),
+        })
+        .await
+        .unwrap();
+    (s.id, s.secret)
+}
+
+/// The admin's session token, as an MQTT password (user name `admin`).
+async fn admin_token(server: &TestServer) -> (sb_client::Client, String) {
+    let admin = server.admin().await;
+    let c = server.client();
+    let token = c
+        .login("admin", sb_core::Secret::new(PASSWORD.into()))
+        .await
+        .unwrap()
+        .token;
+    (admin, token.expose().to_string())
+}
+
+#[tokio::test]
+async fn mosquitto_clients_publish_and_subscribe_with_device_credentials() {
+    if !clients() {
+        return;
+    }
+    let b = Broker::start();
+    let (admin, _) = admin_token(&b.server).await;
+    let (id, secret) = device(&admin, "thermo-1", "sensors").await;
+    let topic = format!("devices/{id}/telemetry");
+
+    // A wrong secret is refused, in either version.
+    for v in ["mqttv311", "mqttv5"] {
+        let out = b.publish(&id, "sbd_wrong", &["-V", v, "-t", &topic, "-m", "x"]);
+        assert!(!out.status.success(), "{v}: a wrong secret must be refused");
+    }
+
+    for v in ["mqttv311", "mqttv5"] {
+        let mut sub = b.subscribe(
+            &id,
+            &secret,
+            &["-V", v, "-q", "2", "-t", &format!("devices/{id}/#")],
+        );
+        for qos in ["0", "1", "2"] {
+            let payload = format!("{v} qos {qos}");
+            let out = b.publish(
+                &id,
+                &secret,
+                &["-V", v, "-q", qos, "-t", &topic, "-m", &payload],
+            );
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(
+                sub.messages(1),
+                vec![format!("{topic} {payload}")],
+                "{v} QoS {qos}"
+            );
+        }
+    }
+
+    // Retained: a later subscriber gets the last retained message at once; an empty one
+    // clears it.
+    let status = format!("devices/{id}/status");
+    let out = b.publish(
+        &id,
+        &secret,
+        &["-q", "1", "-r", "-t", &status, "-m", "online"],
+    );
+    assert!(out.status.success());
+    let mut late = b.subscribe(&id, &secret, &["-q", "1", "-t", &status]);
+    assert_eq!(late.messages(1), vec![format!("{status} online")]);
+    drop(late);
+    let out = b.publish(&id, &secret, &["-q", "1", "-r", "-n", "-t", &status]);
+    assert!(out.status.success());
+    let mut later = b.subscribe(&id, &secret, &["-q", "1", "-t", &status]);
+    assert_eq!(
+        later.message(Duration::from_millis(700)),
+        None,
+        "retained message cleared"
+    );
+}
+
+#[tokio::test]
+async fn wills_persistent_sessions_and_shared_subscriptions() {
+    if !clients() {
+        return;
+    }
+    let b = Broker::start();
+    let (admin, _) = admin_token(&b.server).await;
+    let (id, secret) = device(&admin, "gw-1", "").await;
+    let ns = format!("devices/{id}");
+
+    // A will: published when its client vanishes without DISCONNECT.
+    let mut watcher = b.subscribe(&id, &secret, &["-q", "1", "-t", &format!("{ns}/will")]);
+    let mut dying = b.subscribe(
+        &id,
+        &secret,
+        &[
+            "-i",
+            "dying",
+            "-q",
+            "1",
+            "-t",
+            &format!("{ns}/nothing"),
+            "--will-topic",
+            &format!("{ns}/will"),
+            "--will-payload",
+            "gone",
+            "--will-qos",
+            "1",
+        ],
+    );
+    dying.child.kill().unwrap();
+    assert_eq!(watcher.messages(1), vec![format!("{ns}/will gone")]);
+
+    // A persistent session (clean session off) keeps what arrives while it is away.
+    let queue = format!("{ns}/queue");
+    let session = b.subscribe(
+        &id,
+        &secret,
+        &["-c", "-i", "sess-1", "-q", "1", "-t", &queue],
+    );
+    drop(session);
+    for i in 0..3 {
+        let out = b.publish(
+            &id,
+            &secret,
+            &["-q", "1", "-t", &queue, "-m", &format!("m{i}")],
+        );
+        assert!(out.status.success());
+    }
+    let mut back = b.subscribe(
+        &id,
+        &secret,
+        &["-c", "-i", "sess-1", "-q", "1", "-t", &queue],
+    );
+    assert_eq!(
+        back.messages(3),
+        vec![
+            format!("{queue} m0"),
+            format!("{queue} m1"),
+            format!("{queue} m2")
+        ]
+    );
+
+    // A shared subscription: each message goes to one member of the group.
+    let shared = format!("$share/workers/{ns}/jobs");
+    let mut w1 = b.subscribe(&id, &secret, &["-V", "mqttv5", "-q", "1", "-t", &shared]);
+    let mut w2 = b.subscribe(&id, &secret, &["-V", "mqttv5", "-q", "1", "-t", &shared]);
+    for i in 0..10 {
+        let out = b.publish(
+            &id,
+            &secret,
+            &[
+                "-q",
+                "1",
+                "-t",
+                &format!("{ns}/jobs"),
+                "-m",
+                &format!("job{i}"),
+            ],
+        );
+        assert!(out.status.success());
+    }
+    let mut got = Vec::new();
+    for w in [&mut w1, &mut w2] {
+        while let Some(m) = w.message(Duration::from_millis(700)) {
+            got.push(m);
+        }
+    }
+    got.sort();
+    let mut want: Vec<String> = (0..10).map(|i| format!("{ns}/jobs job{i}")).collect();
+    want.sort();
+    assert_eq!(got, want, "each job once, in all");
+    assert!(
+        w1.log.iter().any(|l| l.contains("job")) && w2.log.iter().any(|l| l.contains("job")),
+        "both workers got some"
+    );
+}
+
+#[tokio::test]
+async fn a_device_stays_in_its_namespace_and_a_revoked_one_is_cut_off() {
+    if !clients() {
+        return;
+    }
+    let b = Broker::start();
+    let (admin, token) = admin_token(&b.server).await;
+    let (id, secret) = device(&admin, "cam-1", "").await;
+    let (other, _) = device(&admin, "cam-2", "").await;
+
+    // The admin (a session token as password) sees every topic.
+    let mut all = b.subscribe("admin", &token, &["-q", "1", "-t", "#"]);
+
+    // Subscribing outside its namespace is refused in the SUBACK (v3: 0x80; v5: 0x87).
+    for v in ["mqttv311", "mqttv5"] {
+        let out = Command::new("mosquitto_sub")
+            .args(b.conn_args(&id, &secret))
+            .args(["-V", v, "-t", &format!("devices/{other}/#"), "-W", "3"])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("denied"), "{v}: {text}");
+    }
+
+    // Publishing outside: v5 gets "not authorized" in its PUBACK, v3 is silently dropped;
+    // either way nobody receives it, while its own topic works.
+    let out = b.publish(
+        &id,
+        &secret,
+        &[
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-t",
+            &format!("devices/{other}/cmd"),
+            "-m",
+            "evil",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(text.to_lowercase().contains("not authorized"), "{text}");
+    let out = b.publish(
+        &id,
+        &secret,
+        &["-q", "1", "-t", "elsewhere/x", "-m", "evil"],
+    );
+    assert!(out.status.success());
+    let out = b.publish(
+        &id,
+        &secret,
+        &["-q", "1", "-t", &format!("devices/{id}/ok"), "-m", "fine"],
+    );
+    assert!(out.status.success());
+    assert_eq!(all.messages(1), vec![format!("devices/{id}/ok fine")]);
+
+    // Every denial is audited.
+    let audit = admin
+        .admin_audit(&sb_proto::AuditQuery {
+            action: Some("permission.denied".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(audit.len() >= 4, "{audit:?}");
+
+    // Revoked: its open connection closes at once and it cannot come back.
+    let mut live = b.subscribe(&id, &secret, &["-q", "1", "-t", &format!("devices/{id}/#")]);
+    admin.device_revoke(&id).await.unwrap();
+    assert!(
+        live.exits_within(Duration::from_secs(10)),
+        "{:#?}",
+        live.log
+    );
+    let out = b.publish(
+        &id,
+        &secret,
+        &["-q", "1", "-t", &format!("devices/{id}/ok"), "-m", "again"],
+    );
+    assert!(!out.status.success(), "a revoked device is refused");
+}
