@@ -437,3 +437,107 @@ async fn a_device_stays_in_its_namespace_and_a_revoked_one_is_cut_off() {
     );
     assert!(!out.status.success(), "a revoked device is refused");
 }
+
+/// A raw MQTT 5 connection from the test's own side, to send what no real client would.
+async fn raw_connect(b: &Broker, id: &str, secret: &str) -> tokio::net::TcpStream {
+    use sb_mqtt::codec::{Connect, Packet, Properties, Version, decode, encode};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(format!("{}:{}", b.host, b.port))
+        .await
+        .unwrap();
+    let mut out = bytes::BytesMut::new();
+    encode(
+        &Packet::Connect(Box::new(Connect {
+            version: Version::V5,
+            clean_start: true,
+            keep_alive: 30,
+            client_id: String::new(),
+            will: None,
+            username: Some(id.into()),
+            password: Some(bytes::Bytes::copy_from_slice(secret.as_bytes())),
+            properties: Properties::default(),
+        })),
+        Version::V5,
+        &mut out,
+    );
+    s.write_all(&out).await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        if let Some(p) = decode(&mut buf, Some(Version::V5), 1 << 20).unwrap() {
+            let Packet::ConnAck(ack) = p else {
+                panic!("{p:?}")
+            };
+            assert_eq!(ack.code, 0);
+            assert!(ack.properties.assigned_client_identifier.is_some());
+            return s;
+        }
+        assert!(
+            s.read_buf(&mut buf).await.unwrap() > 0,
+            "closed before CONNACK"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_packet_closes_only_its_connection_with_the_right_reason() {
+    use sb_mqtt::codec::{Packet, Version, decode, reason};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if !clients() {
+        return;
+    }
+    let b = Broker::start();
+    let (admin, _) = admin_token(&b.server).await;
+    let (id, secret) = device(&admin, "fuzzed-1", "").await;
+    let mut bystander = b.subscribe(
+        &id,
+        &secret,
+        &["-V", "mqttv5", "-q", "1", "-t", &format!("devices/{id}/#")],
+    );
+
+    let cases: [(&[u8], u8); 3] = [
+        // PUBLISH with QoS 3.
+        (&[0x36, 0x03, 0, 1, b'a'], reason::MALFORMED_PACKET),
+        // A second CONNECT.
+        (&[0x10, 0x00], reason::PROTOCOL_ERROR),
+        // A packet announcing more than the server's maximum size.
+        (&[0x30, 0xff, 0xff, 0xff, 0x7f], reason::PACKET_TOO_LARGE),
+    ];
+    for (bytes, want) in cases {
+        let mut s = raw_connect(&b, &id, &secret).await;
+        s.write_all(bytes).await.unwrap();
+        let mut buf = bytes::BytesMut::new();
+        let mut got = None;
+        loop {
+            if let Some(p) = decode(&mut buf, Some(Version::V5), 1 << 20).unwrap() {
+                got = Some(p);
+                continue;
+            }
+            match s.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        match got {
+            Some(Packet::Disconnect(d)) => assert_eq!(d.code, want, "{bytes:?}"),
+            other => panic!("{bytes:?}: {other:?}"),
+        }
+    }
+    // Everyone else is still served.
+    let out = b.publish(
+        &id,
+        &secret,
+        &[
+            "-q",
+            "1",
+            "-t",
+            &format!("devices/{id}/after"),
+            "-m",
+            "still here",
+        ],
+    );
+    assert!(out.status.success());
+    assert_eq!(
+        bystander.messages(1),
+        vec![format!("devices/{id}/after still here")]
+    );
+}
