@@ -15,6 +15,7 @@ use crate::codec::{
 use crate::router::{Entry, Router};
 use crate::topic;
 use bytes::{Bytes, BytesMut};
+use sb_store::mqtt::{MessageRow, MqttStore, SessionRow};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -140,6 +141,10 @@ struct Queued {
     qos: QoS,
     retain: bool,
     sub_ids: Vec<u32>,
+    /// Its number in the store (unique per broker).
+    seq: u64,
+    /// Stored (QoS 1 or 2 for a persistent session): removed from the store once acknowledged.
+    durable: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -147,7 +152,7 @@ enum Flight {
     /// Sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
     Sent(Queued),
     /// PUBREC received and PUBREL sent; waiting for PUBCOMP.
-    Released,
+    Released { seq: u64, durable: bool },
 }
 
 #[derive(Debug)]
@@ -204,6 +209,9 @@ struct State {
 pub struct Broker<A: Access> {
     cfg: BrokerConfig,
     access: A,
+    /// Where persistent sessions, their messages and retained messages are kept.
+    store: Option<Arc<dyn MqttStore>>,
+    next_seq: AtomicU64,
     state: RwLock<State>,
     next_connection: AtomicU64,
     share_turn: AtomicUsize,
@@ -222,10 +230,12 @@ enum End {
 }
 
 impl<A: Access> Broker<A> {
-    pub fn new(cfg: BrokerConfig, access: A) -> Arc<Self> {
+    pub fn new(cfg: BrokerConfig, access: A, store: Option<Arc<dyn MqttStore>>) -> Arc<Self> {
         Arc::new(Self {
             cfg,
             access,
+            store,
+            next_seq: AtomicU64::new(1),
             state: RwLock::new(State::default()),
             next_connection: AtomicU64::new(1),
             share_turn: AtomicUsize::new(0),
@@ -250,20 +260,49 @@ impl<A: Access> Broker<A> {
         self.read().sessions.len()
     }
 
-    /// Routes a message to every matching subscription; stores or clears it as retained.
-    /// Returns how many sessions it was queued for.
-    pub fn publish(&self, msg: Message) -> usize {
+    /// Routes a message to every matching subscription and stores or clears it as retained.
+    /// Returns once what must survive a restart (its copies for persistent sessions, the
+    /// retained message) is durable: only then may the publisher be acknowledged. Returns how
+    /// many sessions it was queued for.
+    pub async fn publish(&self, msg: Message) -> Result<usize, String> {
         let msg = Arc::new(msg);
         if msg.retain {
-            let mut st = self.write();
-            if msg.payload.is_empty() {
-                st.retained.remove(&msg.topic);
-            } else if st.retained.len() < self.cfg.retained_max
-                || st.retained.contains_key(&msg.topic)
-            {
-                st.retained.insert(msg.topic.clone(), msg.clone());
+            let keep = {
+                let mut st = self.write();
+                if msg.payload.is_empty() {
+                    st.retained.remove(&msg.topic);
+                    Some(false)
+                } else if st.retained.len() < self.cfg.retained_max
+                    || st.retained.contains_key(&msg.topic)
+                {
+                    st.retained.insert(msg.topic.clone(), msg.clone());
+                    Some(true)
+                } else {
+                    None
+                }
+            };
+            if let (Some(store), Some(keep)) = (&self.store, keep) {
+                let row = keep.then(|| row("", 0, &msg, msg.qos, true, &[]));
+                store
+                    .set_retained(&msg.topic, row)
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
         }
+        let (n, rows) = self.route(&msg);
+        if let Some(store) = &self.store
+            && !rows.is_empty()
+        {
+            store
+                .append_messages(rows)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(n)
+    }
+
+    /// The routing itself: queues `msg` for every matching session; the rows to store.
+    fn route(&self, msg: &Arc<Message>) -> (usize, Vec<MessageRow>) {
         let st = self.read();
         let mut matched = Vec::new();
         st.router.matches(&msg.topic, &mut matched);
@@ -313,34 +352,207 @@ impl<A: Access> Broker<A> {
             }
         }
         let mut delivered = 0;
+        let mut rows = Vec::new();
         for (client, (qos, rap, sub_ids)) in per_client {
             let Some(session) = st.sessions.get(client) else {
                 continue;
             };
-            let q = Queued {
-                msg: msg.clone(),
-                qos: qos.min(msg.qos),
-                // Live messages go out with retain cleared unless retain-as-published.
-                retain: msg.retain && rap,
+            // Live messages go out with retain cleared unless retain-as-published.
+            match self.enqueue(
+                session,
+                msg.clone(),
+                qos.min(msg.qos),
+                msg.retain && rap,
                 sub_ids,
-            };
-            if self.enqueue(session, q) {
-                delivered += 1;
+            ) {
+                Enqueued::Dropped => {}
+                Enqueued::Memory => delivered += 1,
+                Enqueued::Durable(r) => {
+                    delivered += 1;
+                    rows.push(*r);
+                }
             }
         }
-        delivered
+        (delivered, rows)
     }
 
-    fn enqueue(&self, session: &Session, q: Queued) -> bool {
+    /// Queues a message for a session; a QoS 1 or 2 message for a persistent session is to
+    /// be stored (the row returned).
+    fn enqueue(
+        &self,
+        session: &Session,
+        msg: Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        sub_ids: Vec<u32>,
+    ) -> Enqueued {
         let mut s = session.lock();
         if s.queue.len() >= self.cfg.queue_max {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            return false;
+            return Enqueued::Dropped;
         }
-        s.queue.push_back(q);
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let durable = self.store.is_some() && s.expiry_secs > 0 && qos != QoS::AtMostOnce;
+        let out = if durable {
+            Enqueued::Durable(Box::new(row(
+                &session.client_id,
+                seq,
+                &msg,
+                qos,
+                retain,
+                &sub_ids,
+            )))
+        } else {
+            Enqueued::Memory
+        };
+        s.queue.push_back(Queued {
+            msg,
+            qos,
+            retain,
+            sub_ids,
+            seq,
+            durable,
+        });
         drop(s);
         session.wake.notify_one();
-        true
+        out
+    }
+
+    /// Saves a persistent session's subscriptions (or forgets a session that is not).
+    async fn save_session(&self, session: &Session) {
+        let Some(store) = &self.store else { return };
+        let row = {
+            let s = session.lock();
+            (s.expiry_secs > 0).then(|| SessionRow {
+                client_id: session.client_id.to_string(),
+                version: if s.version == Version::V5 { 5 } else { 4 },
+                expiry_secs: s.expiry_secs,
+                subs: s
+                    .subs
+                    .iter()
+                    .map(|(f, (o, id))| (f.clone(), o.to_byte(), *id))
+                    .collect(),
+            })
+        };
+        let r = match row {
+            Some(row) => store.save_session(row).await,
+            None => store.delete_session(&session.client_id).await,
+        };
+        if let Err(e) = r {
+            tracing::error!(error = %e, client = %session.client_id, "saving an MQTT session failed");
+        }
+    }
+
+    /// Logs a failed store write that nobody waits for (an acknowledgement already sent).
+    fn logged(what: &'static str, r: sb_store::Result<()>) {
+        if let Err(e) = r {
+            tracing::error!(error = %e, "MQTT store: {what} failed");
+        }
+    }
+
+    /// Brings back what the store kept: persistent sessions (away until their clients come
+    /// back, and expiring from now), their queued and in-flight messages, retained messages.
+    /// Call before serving. Returns (sessions, messages) restored.
+    pub async fn restore(self: &Arc<Self>) -> Result<(usize, usize), String> {
+        let Some(store) = &self.store else {
+            return Ok((0, 0));
+        };
+        let (sessions, messages, retained) = store.load_mqtt().await.map_err(|e| e.to_string())?;
+        let now = Instant::now();
+        let mut restored = Vec::new();
+        let mut max_seq = 0;
+        {
+            let mut st = self.write();
+            for r in retained {
+                if let Some(m) = message_from_row(&r, now) {
+                    st.retained.insert(m.topic.clone(), Arc::new(m));
+                }
+            }
+            for row in &sessions {
+                let client_id: Arc<str> = row.client_id.as_str().into();
+                let mut subs = HashMap::new();
+                for (full, opts, id) in &row.subs {
+                    let opts = SubOptions::from_byte(*opts);
+                    if let Ok((share, filter)) = topic::split_share(full) {
+                        st.router.insert(
+                            filter,
+                            Entry {
+                                client: client_id.clone(),
+                                share: share.map(|g| Arc::from(format!("{g}/{filter}"))),
+                                options: opts,
+                                id: *id,
+                            },
+                        );
+                    }
+                    subs.insert(full.clone(), (opts, *id));
+                }
+                let session = Arc::new(Session {
+                    client_id: client_id.clone(),
+                    state: Mutex::new(SessionState {
+                        subs,
+                        queue: VecDeque::new(),
+                        inflight: BTreeMap::new(),
+                        incoming: HashSet::new(),
+                        next_pkid: 1,
+                        connection: 0,
+                        expiry_secs: row.expiry_secs,
+                        receive_max: u16::MAX,
+                        packet_max: usize::MAX,
+                        version: if row.version == 5 {
+                            Version::V5
+                        } else {
+                            Version::V311
+                        },
+                    }),
+                    wake: Notify::new(),
+                    attached: tokio::sync::watch::Sender::new(0),
+                });
+                st.sessions.insert(client_id, session.clone());
+                restored.push(session);
+            }
+            for r in &messages {
+                max_seq = max_seq.max(r.seq);
+                let Some(session) = st.sessions.get(r.client_id.as_str()) else {
+                    continue;
+                };
+                let Some(m) = message_from_row(r, now) else {
+                    continue;
+                };
+                let sub_ids = m.properties.subscription_identifiers.clone();
+                let q = Queued {
+                    msg: Arc::new(m),
+                    qos: QoS::from_u8(r.qos).unwrap_or(QoS::AtLeastOnce),
+                    retain: r.retain,
+                    sub_ids,
+                    seq: r.seq,
+                    durable: true,
+                };
+                let mut s = session.lock();
+                if r.pkid == 0 {
+                    s.queue.push_back(q);
+                } else if r.released {
+                    s.inflight.insert(
+                        r.pkid,
+                        Flight::Released {
+                            seq: r.seq,
+                            durable: true,
+                        },
+                    );
+                } else {
+                    s.inflight.insert(r.pkid, Flight::Sent(q));
+                }
+                s.next_pkid = s.next_pkid.max(r.pkid.wrapping_add(1));
+            }
+        }
+        self.next_seq.fetch_max(max_seq + 1, Ordering::Relaxed);
+        for session in &restored {
+            let (b, s, secs) = (self.clone(), session.clone(), session.lock().expiry_secs);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(u64::from(secs))).await;
+                b.expire(&s).await;
+            });
+        }
+        Ok((restored.len(), messages.len()))
     }
 
     /// Serves one client connection until it ends.
@@ -400,7 +612,10 @@ impl<A: Access> Broker<A> {
         }
         .min(self.cfg.session_expiry_max_secs);
         let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        let (session, present) = self.attach(&client_id, &connect, expiry, connection);
+        let (session, present, discarded) = self.attach(&client_id, &connect, expiry, connection);
+        if expiry > 0 || discarded {
+            self.save_session(&session).await;
+        }
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
         let keep_alive =
             if connect.keep_alive == 0 || connect.keep_alive > self.cfg.keep_alive_max_secs {
@@ -456,15 +671,17 @@ impl<A: Access> Broker<A> {
         conn.finish(end).await;
     }
 
-    /// Takes over or creates the session for `client_id`; whether one was resumed.
+    /// Takes over or creates the session for `client_id`; whether one was resumed, and
+    /// whether a session was discarded (clean start).
     fn attach(
         &self,
         client_id: &Arc<str>,
         connect: &Connect,
         expiry: u32,
         connection: u64,
-    ) -> (Arc<Session>, bool) {
+    ) -> (Arc<Session>, bool, bool) {
         let mut st = self.write();
+        let mut discarded = false;
         if let Some(old) = st.sessions.get(client_id).cloned() {
             if !connect.clean_start {
                 old.attached.send_replace(connection);
@@ -478,8 +695,9 @@ impl<A: Access> Broker<A> {
                     .maximum_packet_size
                     .map_or(usize::MAX, |m| m as usize);
                 drop(s);
-                return (old, true);
+                return (old, true, false);
             }
+            discarded = true;
             old.attached.send_replace(u64::MAX);
             let subs: Vec<String> = old.lock().subs.keys().cloned().collect();
             for f in subs {
@@ -507,24 +725,96 @@ impl<A: Access> Broker<A> {
             attached: tokio::sync::watch::Sender::new(connection),
         });
         st.sessions.insert(client_id.clone(), session.clone());
-        (session, false)
+        (session, false, discarded)
     }
 
     /// Removes a session that has expired (if no connection came back for it meanwhile).
-    fn expire(&self, session: &Arc<Session>) {
-        let mut st = self.write();
-        let Some(current) = st.sessions.get(&session.client_id) else {
-            return;
+    async fn expire(&self, session: &Arc<Session>) {
+        let persistent = {
+            let mut st = self.write();
+            let Some(current) = st.sessions.get(&session.client_id) else {
+                return;
+            };
+            if !Arc::ptr_eq(current, session) || session.lock().connection != 0 {
+                return;
+            }
+            let subs: Vec<String> = session.lock().subs.keys().cloned().collect();
+            for f in subs {
+                remove_sub(&mut st.router, &f, &session.client_id);
+            }
+            st.sessions.remove(&session.client_id);
+            session.lock().queue.iter().any(|q| q.durable)
+                || session.lock().inflight.values().any(|f| match f {
+                    Flight::Sent(q) => q.durable,
+                    Flight::Released { durable, .. } => *durable,
+                })
+                || session.lock().expiry_secs > 0
         };
-        if !Arc::ptr_eq(current, session) || session.lock().connection != 0 {
-            return;
+        if persistent {
+            let id = session.client_id.clone();
+            if let Some(store) = &self.store {
+                Self::logged("deleting a session", store.delete_session(&id).await);
+            }
         }
-        let subs: Vec<String> = session.lock().subs.keys().cloned().collect();
-        for f in subs {
-            remove_sub(&mut st.router, &f, &session.client_id);
-        }
-        st.sessions.remove(&session.client_id);
     }
+}
+
+/// What became of a message offered to a session.
+enum Enqueued {
+    Dropped,
+    Memory,
+    /// Queued, and to be stored before the publisher is acknowledged.
+    Durable(Box<MessageRow>),
+}
+
+fn unix_ms_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A message as stored for `client` (empty: a retained message).
+fn row(client: &str, seq: u64, m: &Message, qos: QoS, retain: bool, sub_ids: &[u32]) -> MessageRow {
+    let mut props = m.properties.clone();
+    props.subscription_identifiers = sub_ids.to_vec();
+    MessageRow {
+        client_id: client.to_string(),
+        seq,
+        pkid: 0,
+        released: false,
+        topic: m.topic.to_string(),
+        payload: m.payload.to_vec(),
+        qos: qos as u8,
+        retain,
+        properties: codec::encode_properties(&props),
+        expires_at_ms: m.expires_at.map(|t| {
+            unix_ms_now() + t.saturating_duration_since(Instant::now()).as_millis() as i64
+        }),
+        from_client: m.from.to_string(),
+    }
+}
+
+/// A stored message back in memory; `None` if it expired meanwhile or cannot be read.
+fn message_from_row(r: &MessageRow, now: Instant) -> Option<Message> {
+    let expires_at = match r.expires_at_ms {
+        None => None,
+        Some(ms) => {
+            let left = ms - unix_ms_now();
+            if left <= 0 {
+                return None;
+            }
+            Some(now + Duration::from_millis(left as u64))
+        }
+    };
+    Some(Message {
+        topic: r.topic.as_str().into(),
+        payload: Bytes::from(r.payload.clone()),
+        qos: QoS::from_u8(r.qos)?,
+        retain: r.retain,
+        properties: codec::decode_properties(&r.properties).ok()?,
+        expires_at,
+        from: r.from_client.as_str().into(),
+    })
 }
 
 fn remove_sub(router: &mut Router, full: &str, client: &str) {
@@ -609,7 +899,9 @@ impl<A: Access> Conn<A> {
                     let p = self.publish_packet(&q, pkid, true);
                     self.packet(&p);
                 }
-                Flight::Released => self.packet(&Packet::PubRel(Ack::new(pkid, reason::SUCCESS))),
+                Flight::Released { .. } => {
+                    self.packet(&Packet::PubRel(Ack::new(pkid, reason::SUCCESS)))
+                }
             }
         }
     }
@@ -638,8 +930,24 @@ impl<A: Access> Conn<A> {
         })
     }
 
-    /// Moves queued messages into the window while the client's receive maximum allows.
-    fn flush_queue(&mut self) {
+    /// Moves queued messages into the window while the client's receive maximum allows. A
+    /// stored QoS 2 message's packet id is stored before it is sent, so that after a restart
+    /// it is resent under the same id (and not delivered twice).
+    async fn flush_queue(&mut self) {
+        let marks = self.fill_window();
+        if !marks.is_empty() {
+            let id = self.session.client_id.clone();
+            if let Some(store) = &self.broker.store {
+                for (seq, pkid) in marks {
+                    let r = store.mark_message(&id, seq, pkid, false).await;
+                    Broker::<A>::logged("recording a packet id", r);
+                }
+            }
+        }
+    }
+
+    fn fill_window(&mut self) -> Vec<(u64, u16)> {
+        let mut marks = Vec::new();
         let now = Instant::now();
         let session = self.session.clone();
         let mut st = session.lock();
@@ -667,12 +975,16 @@ impl<A: Access> Conn<A> {
                 self.broker.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
+            if q.durable && q.qos == QoS::ExactlyOnce {
+                marks.push((q.seq, pkid));
+            }
             if q.qos != QoS::AtMostOnce {
                 st.inflight.insert(pkid, Flight::Sent(q));
             }
             codec::encode(&p, self.version, &mut self.out);
             self.broker.stats.sent.fetch_add(1, Ordering::Relaxed);
         }
+        marks
     }
 
     async fn run<S: AsyncRead + AsyncWrite + Unpin>(
@@ -690,7 +1002,7 @@ impl<A: Access> Conn<A> {
         let broker = self.broker.clone();
         let mut attached = session.attached.subscribe();
         let mut deadline = tokio::time::Instant::now() + grace;
-        self.flush_queue();
+        self.flush_queue().await;
         loop {
             if !self.out.is_empty() {
                 let out = self.out.split();
@@ -729,7 +1041,7 @@ impl<A: Access> Conn<A> {
                     let _ = io.write_all(&self.out).await;
                     return End::Abnormal;
                 }
-                _ = session.wake.notified() => self.flush_queue(),
+                _ = session.wake.notified() => self.flush_queue().await,
                 _ = attached.changed() => {
                     if *attached.borrow_and_update() != self.id {
                         self.disconnect(reason::SESSION_TAKEN_OVER);
@@ -748,50 +1060,91 @@ impl<A: Access> Conn<A> {
         }
     }
 
+    /// Removes an acknowledged message from the store.
+    async fn forget(&self, seq: Option<u64>) {
+        if let Some(seq) = seq {
+            let id = self.session.client_id.clone();
+            if let Some(store) = &self.broker.store {
+                let r = store.remove_message(&id, seq).await;
+                Broker::<A>::logged("removing a delivered message", r);
+            }
+        }
+    }
+
     /// Handles one packet from the client; `Some` ends the connection.
     async fn handle(&mut self, p: Packet) -> Option<End> {
         let broker = self.broker.clone();
         match p {
             Packet::Publish(p) => return self.on_publish(p).await,
             Packet::PubAck(a) => {
-                let mut st = self.session.lock();
-                if matches!(st.inflight.get(&a.pkid), Some(Flight::Sent(q)) if q.qos == QoS::AtLeastOnce)
-                {
-                    st.inflight.remove(&a.pkid);
-                }
-                drop(st);
-                self.flush_queue();
+                let done = {
+                    let mut st = self.session.lock();
+                    match st.inflight.get(&a.pkid) {
+                        Some(Flight::Sent(q)) if q.qos == QoS::AtLeastOnce => {
+                            let d = q.durable.then_some(q.seq);
+                            st.inflight.remove(&a.pkid);
+                            d
+                        }
+                        _ => None,
+                    }
+                };
+                self.forget(done).await;
+                self.flush_queue().await;
             }
             Packet::PubRec(a) => {
-                let mut st = self.session.lock();
-                let known = matches!(st.inflight.get(&a.pkid), Some(Flight::Sent(q)) if q.qos == QoS::ExactlyOnce)
-                    || matches!(st.inflight.get(&a.pkid), Some(Flight::Released));
-                if known && a.code < 0x80 {
-                    st.inflight.insert(a.pkid, Flight::Released);
-                    drop(st);
-                    self.packet(&Packet::PubRel(Ack::new(a.pkid, reason::SUCCESS)));
-                } else {
-                    // An error code ends the exchange; an unknown id is answered anyway.
-                    if known {
-                        st.inflight.remove(&a.pkid);
+                let flight = {
+                    let st = self.session.lock();
+                    match st.inflight.get(&a.pkid) {
+                        Some(Flight::Sent(q)) if q.qos == QoS::ExactlyOnce => {
+                            Some((q.seq, q.durable))
+                        }
+                        Some(Flight::Released { seq, durable }) => Some((*seq, *durable)),
+                        _ => None,
                     }
-                    drop(st);
-                    if !known {
+                };
+                match flight {
+                    Some((seq, durable)) if a.code < 0x80 => {
+                        self.session
+                            .lock()
+                            .inflight
+                            .insert(a.pkid, Flight::Released { seq, durable });
+                        if durable {
+                            let (id, pkid) = (self.session.client_id.clone(), a.pkid);
+                            if let Some(store) = &broker.store {
+                                let r = store.mark_message(&id, seq, pkid, true).await;
+                                Broker::<A>::logged("recording a PUBREC", r);
+                            }
+                        }
+                        self.packet(&Packet::PubRel(Ack::new(a.pkid, reason::SUCCESS)));
+                    }
+                    // An error code ends the exchange.
+                    Some((seq, durable)) => {
+                        self.session.lock().inflight.remove(&a.pkid);
+                        self.forget(durable.then_some(seq)).await;
+                        self.flush_queue().await;
+                    }
+                    None => {
                         self.packet(&Packet::PubRel(Ack::new(
                             a.pkid,
                             reason::PACKET_ID_NOT_FOUND,
                         )));
                     }
-                    self.flush_queue();
                 }
             }
             Packet::PubComp(a) => {
-                let mut st = self.session.lock();
-                if matches!(st.inflight.get(&a.pkid), Some(Flight::Released)) {
-                    st.inflight.remove(&a.pkid);
-                }
-                drop(st);
-                self.flush_queue();
+                let done = {
+                    let mut st = self.session.lock();
+                    match st.inflight.get(&a.pkid) {
+                        Some(Flight::Released { seq, durable }) => {
+                            let d = durable.then_some(*seq);
+                            st.inflight.remove(&a.pkid);
+                            d
+                        }
+                        _ => None,
+                    }
+                };
+                self.forget(done).await;
+                self.flush_queue().await;
             }
             Packet::PubRel(a) => {
                 let known = self.session.lock().incoming.remove(&a.pkid);
@@ -815,6 +1168,9 @@ impl<A: Access> Conn<A> {
                     } else {
                         reason::NO_SUBSCRIPTION_EXISTED
                     });
+                }
+                if self.expiry > 0 {
+                    broker.save_session(&self.session).await;
                 }
                 self.packet(&Packet::UnsubAck(UnsubAck {
                     pkid: u.pkid,
@@ -890,7 +1246,7 @@ impl<A: Access> Conn<A> {
             }
         }
         let allowed = broker.access.may_publish(&self.who, &p.topic).await;
-        let code = if allowed {
+        let mut code = if allowed {
             reason::SUCCESS
         } else {
             reason::NOT_AUTHORIZED
@@ -922,14 +1278,23 @@ impl<A: Access> Conn<A> {
                 from: self.session.client_id.clone(),
             };
             broker.access.accepted(&self.who, &msg);
-            let n = broker.publish(msg);
-            if p.qos == QoS::ExactlyOnce {
-                self.session.lock().incoming.insert(p.pkid);
+            match broker.publish(msg).await {
+                Ok(_) => {
+                    if p.qos == QoS::ExactlyOnce {
+                        self.session.lock().incoming.insert(p.pkid);
+                    }
+                }
+                // Not stored: not acknowledged (v3 has no error code: the connection closes).
+                Err(e) => {
+                    tracing::error!(error = %e, "an MQTT message could not be stored");
+                    if self.version == Version::V311 && p.qos != QoS::AtMostOnce {
+                        return Some(End::Abnormal);
+                    }
+                    code = reason::UNSPECIFIED_ERROR;
+                }
             }
-            let _ = n;
-        } else if p.qos == QoS::ExactlyOnce && allowed {
-            // A resend of a message already routed: acknowledged again, not routed twice.
         }
+        // A resend of a QoS 2 message already routed is acknowledged again, not routed twice.
         let v5 = self.version == Version::V5;
         // v3 has no way to say no: the message is dropped and acknowledged as usual.
         let code = if v5 { code } else { reason::SUCCESS };
@@ -997,6 +1362,9 @@ impl<A: Access> Conn<A> {
             }
             codes.push(opts.qos as u8);
         }
+        if self.expiry > 0 {
+            broker.save_session(&self.session).await;
+        }
         self.packet(&Packet::SubAck(SubAck {
             pkid: s.pkid,
             codes,
@@ -1016,14 +1384,19 @@ impl<A: Access> Conn<A> {
                 }
                 v
             };
+            let mut rows = Vec::new();
             for (m, o) in matches {
-                let q = Queued {
-                    qos: o.qos.min(m.qos),
-                    msg: m,
-                    retain: true,
-                    sub_ids: sub_id.into_iter().collect(),
-                };
-                broker.enqueue(&self.session, q);
+                let qos = o.qos.min(m.qos);
+                let ids = sub_id.into_iter().collect();
+                if let Enqueued::Durable(r) = broker.enqueue(&self.session, m, qos, true, ids) {
+                    rows.push(*r);
+                }
+            }
+            if !rows.is_empty()
+                && let Some(store) = &broker.store
+            {
+                let r = store.append_messages(rows).await;
+                Broker::<A>::logged("storing retained messages for a session", r);
             }
         }
     }
@@ -1067,7 +1440,9 @@ impl<A: Access> Conn<A> {
             };
             if broker.access.may_publish(&self.who, &w.topic).await {
                 if delay == 0 {
-                    broker.publish(msg);
+                    if let Err(e) = broker.publish(msg).await {
+                        tracing::error!(error = %e, "a will could not be stored");
+                    }
                 } else {
                     // Sent after the delay unless the client is back by then.
                     let (b, s) = (broker.clone(), session.clone());
@@ -1079,8 +1454,8 @@ impl<A: Access> Conn<A> {
                                 !Arc::ptr_eq(cur, &s) || cur.lock().connection != 0
                             })
                         };
-                        if !back {
-                            b.publish(msg);
+                        if !back && let Err(e) = b.publish(msg).await {
+                            tracing::error!(error = %e, "a will could not be stored");
                         }
                     });
                 }
@@ -1094,12 +1469,12 @@ impl<A: Access> Conn<A> {
             return;
         }
         if self.expiry == 0 {
-            broker.expire(&session);
+            broker.expire(&session).await;
         } else if self.expiry != u32::MAX {
             let (b, s, secs) = (broker.clone(), session.clone(), self.expiry);
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_secs(u64::from(secs))).await;
-                b.expire(&s);
+                b.expire(&s).await;
             });
         }
     }

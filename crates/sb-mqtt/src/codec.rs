@@ -213,6 +213,23 @@ pub struct SubOptions {
 }
 
 impl SubOptions {
+    /// The options byte as in a v5 SUBSCRIBE.
+    pub fn to_byte(self) -> u8 {
+        self.qos as u8
+            | u8::from(self.no_local) << 2
+            | u8::from(self.retain_as_published) << 3
+            | (self.retain_handling & 0b11) << 4
+    }
+
+    pub fn from_byte(b: u8) -> SubOptions {
+        SubOptions {
+            qos: QoS::from_u8(b & 0b11).unwrap_or(QoS::AtMostOnce),
+            no_local: b & 0b100 != 0,
+            retain_as_published: b & 0b1000 != 0,
+            retain_handling: (b >> 4) & 0b11,
+        }
+    }
+
     pub fn qos(qos: QoS) -> SubOptions {
         SubOptions {
             qos,
@@ -814,6 +831,23 @@ fn put_bin(out: &mut BytesMut, b: &[u8]) {
     let n = b.len().min(u16::MAX as usize);
     out.put_u16(n as u16);
     out.put_slice(&b[..n]);
+}
+
+/// Properties as on the wire (length first), for storage.
+pub fn encode_properties(p: &Properties) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    put_properties(&mut b, p);
+    b.to_vec()
+}
+
+/// The inverse of [`encode_properties`].
+pub fn decode_properties(bytes: &[u8]) -> Result<Properties> {
+    let mut r = Reader { buf: bytes };
+    let p = r.properties()?;
+    if r.left() > 0 {
+        return Err(DecodeError::Malformed("bytes left over after properties"));
+    }
+    Ok(p)
 }
 
 fn put_properties(out: &mut BytesMut, p: &Properties) {

@@ -431,7 +431,12 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         auth.clone(),
         config.mqtt.clone(),
     ));
-    let mqtt_broker = mqtt::broker(devices.clone(), auth.clone(), &config.mqtt);
+    let mqtt_broker = mqtt::broker(devices.clone(), auth.clone(), sqlite.clone(), &config.mqtt);
+    let (sessions, messages) = mqtt_broker
+        .restore()
+        .await
+        .map_err(|e| anyhow::anyhow!("restoring MQTT sessions: {e}"))?;
+    tracing::info!(sessions, messages, "MQTT sessions restored");
     let chat_store: Arc<dyn sb_store::ChatStore> = sqlite.clone();
     let chat = Arc::new(sb_chat::Chat::new(
         sqlite,

@@ -166,7 +166,12 @@ impl Access for MqttAccess {
 
 pub type MqttBroker = Broker<MqttAccess>;
 
-pub fn broker(devices: Arc<Devices>, auth: Arc<Auth>, cfg: &MqttConfig) -> Arc<MqttBroker> {
+pub fn broker(
+    devices: Arc<Devices>,
+    auth: Arc<Auth>,
+    store: Arc<dyn sb_store::MqttStore>,
+    cfg: &MqttConfig,
+) -> Arc<MqttBroker> {
     let bc = BrokerConfig {
         packet_size_max: cfg.packet_size_bytes_max,
         inflight_max: cfg.inflight_max.max(1),
@@ -185,6 +190,7 @@ pub fn broker(devices: Arc<Devices>, auth: Arc<Auth>, cfg: &MqttConfig) -> Arc<M
             auth,
             cfg: cfg.clone(),
         },
+        Some(store),
     )
 }
 

@@ -13,14 +13,17 @@ pub mod chat;
 pub mod conformance;
 pub mod devices;
 pub mod files;
+pub mod mqtt;
 mod sqlite;
 mod sqlite_chat;
 mod sqlite_devices;
 mod sqlite_files;
+mod sqlite_mqtt;
 
 pub use chat::ChatStore;
 pub use devices::DevicesStore;
 pub use files::FilesStore;
+pub use mqtt::MqttStore;
 pub use sqlite::{Observer, SqliteStore};
 
 use async_trait::async_trait;

@@ -311,6 +311,43 @@ CREATE TABLE devices (
     last_seen_at INTEGER
 ) STRICT;
 "#,
+    r#"
+-- MQTT: persistent sessions, the QoS 1/2 messages queued or in flight for them, retained
+-- messages (the same columns, without a client).
+CREATE TABLE mqtt_sessions (
+    client_id   TEXT PRIMARY KEY,
+    version     INTEGER NOT NULL,
+    expiry_secs INTEGER NOT NULL,
+    subs        TEXT NOT NULL
+) STRICT;
+CREATE TABLE mqtt_messages (
+    client_id   TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    pkid        INTEGER NOT NULL,
+    released    INTEGER NOT NULL,
+    topic       TEXT NOT NULL,
+    payload     BLOB NOT NULL,
+    qos         INTEGER NOT NULL,
+    retain      INTEGER NOT NULL,
+    properties  BLOB NOT NULL,
+    expires_at  INTEGER,
+    from_client TEXT NOT NULL,
+    PRIMARY KEY (client_id, seq)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE mqtt_retained (
+    client_id   TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    pkid        INTEGER NOT NULL,
+    released    INTEGER NOT NULL,
+    topic       TEXT PRIMARY KEY,
+    payload     BLOB NOT NULL,
+    qos         INTEGER NOT NULL,
+    retain      INTEGER NOT NULL,
+    properties  BLOB NOT NULL,
+    expires_at  INTEGER,
+    from_client TEXT NOT NULL
+) STRICT;
+"#,
 ];
 
 const SETUP_TOKEN_KEY: &str = "setup_token_hash";

@@ -541,3 +541,83 @@ async fn a_malformed_packet_closes_only_its_connection_with_the_right_reason() {
         vec![format!("devices/{id}/after still here")]
     );
 }
+
+#[tokio::test]
+async fn queued_qos1_and_qos2_messages_survive_a_sigkill_of_the_server() {
+    if !clients() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let start = || {
+        let server = TestServer::start_with(ServerOptions {
+            mqtt: true,
+            data_dir: Some(data.clone()),
+            ..Default::default()
+        });
+        let addr = server.mqtt.clone().unwrap();
+        let (host, port) = addr.rsplit_once(':').unwrap();
+        Broker {
+            host: host.to_string(),
+            port: port.to_string(),
+            server,
+        }
+    };
+    let b = start();
+    let (admin, _) = admin_token(&b.server).await;
+    let (id, secret) = device(&admin, "keeper-1", "").await;
+    let topic = format!("devices/{id}/queue");
+    let persistent = ["-c", "-i", "keeper", "-q", "2", "-t", topic.as_str()];
+    // A persistent session subscribes, then goes away.
+    drop(b.subscribe(&id, &secret, &persistent));
+    // Messages for it, each acknowledged to its publisher (PUBACK, PUBCOMP).
+    for (qos, name) in [("1", "one"), ("2", "two")] {
+        for i in 0..3 {
+            let out = b.publish(
+                &id,
+                &secret,
+                &["-q", qos, "-t", &topic, "-m", &format!("{name}-{i}")],
+            );
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    // The server dies without a chance to save anything more.
+    let status = Command::new("kill")
+        .args(["-KILL", &b.server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    drop(b);
+
+    let b = start();
+    let mut back = b.subscribe(&id, &secret, &persistent);
+    let mut got = Vec::new();
+    while let Some(m) = back.message(Duration::from_millis(1500)) {
+        got.push(m.trim_start_matches(&format!("{topic} ")).to_string());
+    }
+    for i in 0..3 {
+        let one = format!("one-{i}");
+        let two = format!("two-{i}");
+        assert!(got.contains(&one), "QoS 1 at least once: {got:?}");
+        assert_eq!(
+            got.iter().filter(|m| **m == two).count(),
+            1,
+            "QoS 2 exactly once: {got:?}"
+        );
+    }
+    // Delivered and acknowledged: after another restart, nothing comes again.
+    drop(back);
+    drop(b);
+    let b = start();
+    let mut again = b.subscribe(&id, &secret, &persistent);
+    assert_eq!(
+        again.message(Duration::from_millis(1000)),
+        None,
+        "{:?}",
+        again.log
+    );
+}
