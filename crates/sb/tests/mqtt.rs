@@ -621,3 +621,43 @@ async fn queued_qos1_and_qos2_messages_survive_a_sigkill_of_the_server() {
         again.log
     );
 }
+
+/// paho-mqtt (PyPI) is importable by python3, or a loud skip (a failure under
+/// SB_REQUIRE_EXTERNAL=1).
+fn paho() -> bool {
+    let ok = external("python3").is_some()
+        && Command::new("python3")
+            .args(["-c", "import paho.mqtt.client"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var("SB_REQUIRE_EXTERNAL").as_deref() != Ok("1"),
+            "paho-mqtt is required (SB_REQUIRE_EXTERNAL=1) but not installed"
+        );
+        eprintln!("!!! SKIPPING the paho-mqtt checks: pip install paho-mqtt");
+    }
+    ok
+}
+
+#[tokio::test]
+async fn paho_mqtt_v5_request_response_shared_subscriptions_and_properties() {
+    if !paho() {
+        return;
+    }
+    let b = Broker::start();
+    let (admin, _) = admin_token(&b.server).await;
+    let (id, secret) = device(&admin, "paho-1", "").await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mqtt_paho.py");
+    let out = tokio::process::Command::new("python3")
+        .args([script, &b.host, &b.port, &id, &secret])
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && text.contains("OK"), "{text}");
+}
