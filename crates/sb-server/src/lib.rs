@@ -168,7 +168,9 @@ pub fn app(state: Arc<AppState>) -> Router {
         .routes(routes!(routes::openapi))
         .split_for_parts();
     let _ = state.openapi.set(doc);
-    let router = router.merge(routes_monitor::router(state.clone()));
+    let router = router
+        .merge(routes_monitor::router(state.clone()))
+        .route("/mqtt", axum::routing::get(mqtt::websocket));
     let limits = &state.config.limits;
     let timeout = Duration::from_millis(limits.request_timeout_ms);
     router

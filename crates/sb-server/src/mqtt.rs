@@ -282,3 +282,68 @@ pub fn describe(addr: SocketAddr, spec: &MqttListener) -> String {
         }
     )
 }
+
+/// `GET /mqtt`: MQTT over WebSocket (subprotocol `mqtt`, binary frames), on the HTTPS
+/// listener. The credentials are in the MQTT CONNECT, as on the TCP listeners; anonymous
+/// clients are not let in here.
+pub async fn websocket(
+    axum::extract::State(st): axum::extract::State<Arc<AppState>>,
+    axum::extract::ConnectInfo(addr): axum::extract::ConnectInfo<SocketAddr>,
+    upgrade: axum::extract::ws::WebSocketUpgrade,
+) -> axum::response::Response {
+    let broker = st.mqtt.clone();
+    let max = st.config.mqtt.packet_size_bytes_max + 8;
+    let shutdown = st.shutdown.clone();
+    upgrade
+        .protocols(["mqtt"])
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |ws| async move {
+            use axum::extract::ws::Message;
+            use futures_util::{SinkExt, StreamExt};
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            // The broker speaks to one end of an in-memory pipe; the frames carry the other.
+            let (ours, theirs) = tokio::io::duplex(64 * 1024);
+            let peer = Peer {
+                addr,
+                allow_anonymous: false,
+            };
+            let serve = tokio::spawn(broker.serve(theirs, peer));
+            let (mut tx, mut rx) = ws.split();
+            let (mut read, mut write) = tokio::io::split(ours);
+            let inbound = async {
+                while let Some(Ok(m)) = rx.next().await {
+                    match m {
+                        Message::Binary(b) => {
+                            if write.write_all(&b).await.is_err() {
+                                break;
+                            }
+                        }
+                        Message::Close(_) => break,
+                        _ => {}
+                    }
+                }
+                let _ = write.shutdown().await;
+            };
+            let outbound = async {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    match read.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            let bytes = axum::body::Bytes::copy_from_slice(&buf[..n]);
+                            if tx.send(Message::Binary(bytes)).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = tx.close().await;
+            };
+            tokio::select! {
+                _ = async { tokio::join!(inbound, outbound) } => {}
+                _ = shutdown.cancelled() => {}
+            }
+            serve.abort();
+        })
+}

@@ -661,3 +661,28 @@ async fn paho_mqtt_v5_request_response_shared_subscriptions_and_properties() {
     );
     assert!(out.status.success() && text.contains("OK"), "{text}");
 }
+
+#[tokio::test]
+async fn mqtt_over_websocket_at_slash_mqtt() {
+    if !paho() {
+        return;
+    }
+    let server = TestServer::start();
+    let admin = server.admin().await;
+    let (id, secret) = device(&admin, "ws-1", "").await;
+    let (host, port) = server.addr.rsplit_once(':').unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mqtt_paho_ws.py");
+    let ca = server.data_dir.join("tls/cert.pem");
+    let out = tokio::process::Command::new("python3")
+        .args([script, host, port, &id, &secret])
+        .arg(&ca)
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && text.contains("OK"), "{text}");
+}
