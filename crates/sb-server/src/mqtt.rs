@@ -314,11 +314,7 @@ pub async fn websocket(
             let inbound = async {
                 while let Some(Ok(m)) = rx.next().await {
                     match m {
-                        Message::Binary(b) => {
-                            if write.write_all(&b).await.is_err() {
-                                break;
-                            }
-                        }
+                        Message::Binary(b) if write.write_all(&b).await.is_err() => break,
                         Message::Close(_) => break,
                         _ => {}
                     }
