@@ -344,6 +344,8 @@ pub struct MqttConfig {
     pub group_topics: std::collections::BTreeMap<String, Vec<String>>,
     /// Topic filters anonymous clients (on listeners that allow them) may use.
     pub anonymous_topics: Vec<String>,
+    /// Samples one telemetry message may carry (`devices/<id>/telemetry`).
+    pub telemetry_fields_max: usize,
 }
 
 impl Default for MqttConfig {
@@ -362,6 +364,7 @@ impl Default for MqttConfig {
             connect_timeout_ms: 10_000,
             group_topics: Default::default(),
             anonymous_topics: Vec::new(),
+            telemetry_fields_max: 256,
         }
     }
 }
@@ -836,6 +839,9 @@ connect_timeout_ms = 10000
 group_topics = {}
 # Topic filters anonymous clients may use, on listeners with allow_anonymous.
 anonymous_topics = []
+# Samples one telemetry message (JSON fields or line-protocol fields published to
+# devices/<id>/telemetry) may carry; larger messages are not stored.
+telemetry_fields_max = 256
 "#;
 
 #[cfg(test)]

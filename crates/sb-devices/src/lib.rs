@@ -8,6 +8,8 @@
 //! Revoking a device announces it on the auth bus under its credential topic, which closes
 //! its connection at once.
 
+pub mod telemetry;
+
 use sb_auth::{Action, Auth, AuthError, AuthEvent, Credential, Ctx, Resource, Subject};
 use sb_core::config::MqttConfig;
 use sb_core::{DeviceId, ErrorCode, Role, Secret, UnixMillis};

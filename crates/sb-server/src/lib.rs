@@ -433,12 +433,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         auth.clone(),
         config.mqtt.clone(),
     ));
-    let mqtt_broker = mqtt::broker(devices.clone(), auth.clone(), sqlite.clone(), &config.mqtt);
-    let (sessions, messages) = mqtt_broker
-        .restore()
-        .await
-        .map_err(|e| anyhow::anyhow!("restoring MQTT sessions: {e}"))?;
-    tracing::info!(sessions, messages, "MQTT sessions restored");
+    let mqtt_store: Arc<dyn sb_store::MqttStore> = sqlite.clone();
     let chat_store: Arc<dyn sb_store::ChatStore> = sqlite.clone();
     let chat = Arc::new(sb_chat::Chat::new(
         sqlite,
@@ -466,6 +461,18 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         );
     }
     let monitor = Arc::new(monitor);
+    let mqtt_broker = mqtt::broker(
+        devices.clone(),
+        auth.clone(),
+        monitor.clone(),
+        mqtt_store,
+        &config.mqtt,
+    );
+    let (sessions, messages) = mqtt_broker
+        .restore()
+        .await
+        .map_err(|e| anyhow::anyhow!("restoring MQTT sessions: {e}"))?;
+    tracing::info!(sessions, messages, "MQTT sessions restored");
     let listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("binding {}", config.server.listen))?;

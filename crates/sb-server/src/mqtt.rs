@@ -40,6 +40,7 @@ pub enum Who {
 pub struct MqttAccess {
     devices: Arc<Devices>,
     auth: Arc<Auth>,
+    monitor: Arc<sb_monitor::Monitor>,
     cfg: MqttConfig,
 }
 
@@ -138,6 +139,35 @@ impl Access for MqttAccess {
         self.allowed(who, Action::Read, filter).await
     }
 
+    /// Telemetry (`devices/<id>/telemetry` from that device) goes into the time-series store.
+    fn accepted(&self, who: &Who, message: &sb_mqtt::broker::Message) {
+        let Who::Device { record, .. } = who else {
+            return;
+        };
+        if *message.topic != *format!("devices/{}/telemetry", record.id) {
+            return;
+        }
+        let now = crate::now().0;
+        match sb_devices::telemetry::decode(
+            &message.payload,
+            record,
+            now,
+            self.cfg.telemetry_fields_max,
+        ) {
+            Ok(samples) => {
+                let batch: sb_tsdb::Batch =
+                    samples.into_iter().map(|(l, p)| (l, vec![p])).collect();
+                let monitor = self.monitor.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = monitor.append_internal(batch).await {
+                        tracing::warn!(error = %e, "storing device telemetry failed");
+                    }
+                });
+            }
+            Err(e) => tracing::debug!(device = %record.id, error = %e, "telemetry not understood"),
+        }
+    }
+
     async fn revoked(&self, who: &Who) {
         let subject = match who {
             Who::Device { subject, .. } | Who::User { subject, .. } => subject,
@@ -169,6 +199,7 @@ pub type MqttBroker = Broker<MqttAccess>;
 pub fn broker(
     devices: Arc<Devices>,
     auth: Arc<Auth>,
+    monitor: Arc<sb_monitor::Monitor>,
     store: Arc<dyn sb_store::MqttStore>,
     cfg: &MqttConfig,
 ) -> Arc<MqttBroker> {
@@ -188,6 +219,7 @@ pub fn broker(
         MqttAccess {
             devices,
             auth,
+            monitor,
             cfg: cfg.clone(),
         },
         Some(store),

@@ -686,3 +686,57 @@ async fn mqtt_over_websocket_at_slash_mqtt() {
     );
     assert!(out.status.success() && text.contains("OK"), "{text}");
 }
+
+#[tokio::test]
+async fn device_telemetry_becomes_series_queryable_with_promql() {
+    if !clients() {
+        return;
+    }
+    let b = Broker::start();
+    let (admin, _) = admin_token(&b.server).await;
+    let mut ids = Vec::new();
+    for (name, t) in [("t-1", "20"), ("t-2", "24")] {
+        let s = admin
+            .device_register(&sb_proto::DeviceRegister {
+                name: name.into(),
+                group: "thermo".into(),
+                tags: [("floor".to_string(), "2".to_string())].into(),
+            })
+            .await
+            .unwrap();
+        let topic = format!("devices/{}/telemetry", s.id);
+        let json = format!(r#"{{"temperature": {t}, "door_open": false}}"#);
+        let out = b.publish(&s.id, &s.secret, &["-q", "1", "-t", &topic, "-m", &json]);
+        assert!(out.status.success());
+        // Line protocol works too.
+        let line = format!("power volts={t}.5");
+        let out = b.publish(&s.id, &s.secret, &["-q", "1", "-t", &topic, "-m", &line]);
+        assert!(out.status.success());
+        ids.push(s.id);
+    }
+    let query = |q: String| {
+        let admin = admin.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let v = admin
+                    .prometheus_api("/api/v1/query", &[("query", q.as_str())])
+                    .await
+                    .unwrap();
+                if !v["result"].as_array().unwrap().is_empty() || Instant::now() > deadline {
+                    return v["result"].clone();
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let one = query(format!(r#"temperature{{device_id="{}"}}"#, ids[0])).await;
+    assert_eq!(one[0]["value"][1], "20", "{one}");
+    assert_eq!(one[0]["metric"]["device"], "t-1");
+    assert_eq!(one[0]["metric"]["floor"], "2");
+    let avg = query(r#"avg by (group) (temperature)"#.to_string()).await;
+    assert_eq!(avg[0]["metric"]["group"], "thermo", "{avg}");
+    assert_eq!(avg[0]["value"][1], "22");
+    let volts = query(format!(r#"power_volts{{device_id="{}"}}"#, ids[1])).await;
+    assert_eq!(volts[0]["value"][1], "24.5", "{volts}");
+}
