@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 mod chat;
 mod files;
 mod metrics;
+mod mqtt;
 mod rollups;
 mod store;
 mod sync;
@@ -50,6 +51,8 @@ enum Scenarios {
     Rollups(rollups::RollupArgs),
     /// Files: upload and download MB/s against cp and dd, and the dedup of an edited file.
     Files(files::FilesArgs),
+    /// MQTT: Switchboard's broker against Mosquitto (throughput, latency, memory).
+    Mqtt(mqtt::MqttArgs),
     /// Sync: propagating one changed file in a 10k-file tree, against rsync.
     Sync(sync::SyncArgs),
 }
@@ -74,6 +77,12 @@ pub(crate) struct Server {
     _dir: tempfile::TempDir,
 }
 
+impl Server {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -83,11 +92,21 @@ impl Drop for Server {
 
 /// Starts `sb serve` with rate limits raised (they would cap any load test) plus `env`.
 pub(crate) fn start(sb: &str, env: &[(&str, String)]) -> anyhow::Result<Server> {
+    start_with_args(sb, env, &[])
+}
+
+/// [`start`] with more `sb serve` arguments.
+pub(crate) fn start_with_args(
+    sb: &str,
+    env: &[(&str, String)],
+    args: &[&str],
+) -> anyhow::Result<Server> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let mut cmd = Command::new(sb);
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data)
+        .args(args)
         .env("SB_LOG", "warn");
     for limit in [
         "LOGIN_PER_IP_PER_MINUTE",
@@ -233,6 +252,7 @@ async fn main() -> anyhow::Result<()> {
         Scenarios::Rollups(args) => rollups::run(&args),
         Scenarios::Files(args) => files::run(&cli.sb, args).await,
         Scenarios::Sync(args) => sync::run(&cli.sb, args).await,
+        Scenarios::Mqtt(args) => mqtt::run(&cli.sb, args).await,
     }
 }
 

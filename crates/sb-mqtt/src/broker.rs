@@ -971,7 +971,9 @@ impl<A: Access> Conn<A> {
             };
             let p = self.publish_packet(&q, pkid, false);
             // A packet larger than the client accepts is dropped (MQTT-3.1.2-24).
-            if codec::encoded_len(&p, self.version) > st.packet_max {
+            let before = self.out.len();
+            if codec::encode(&p, self.version, &mut self.out) > st.packet_max {
+                self.out.truncate(before);
                 self.broker.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
@@ -981,7 +983,6 @@ impl<A: Access> Conn<A> {
             if q.qos != QoS::AtMostOnce {
                 st.inflight.insert(pkid, Flight::Sent(q));
             }
-            codec::encode(&p, self.version, &mut self.out);
             self.broker.stats.sent.fetch_add(1, Ordering::Relaxed);
         }
         marks

@@ -1106,12 +1106,6 @@ pub fn encode(packet: &Packet, version: Version, out: &mut BytesMut) -> usize {
     size
 }
 
-/// The size `packet` would have on the wire.
-pub fn encoded_len(packet: &Packet, version: Version) -> usize {
-    let mut b = BytesMut::new();
-    encode(packet, version, &mut b)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
