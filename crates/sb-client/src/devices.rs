@@ -2,7 +2,7 @@
 
 use crate::{Client, Result};
 use reqwest::Method;
-use sb_proto::{DeviceInfo, DeviceRegister, DeviceSecret};
+use sb_proto::{CommandCreate, CommandInfo, DeviceInfo, DeviceRegister, DeviceSecret};
 
 fn enc(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
@@ -41,6 +41,34 @@ impl Client {
         self.call(
             Method::DELETE,
             &format!("/v1/devices/{}", enc(key)),
+            Self::NO_BODY,
+        )
+        .await
+    }
+
+    /// Sends a command to a device.
+    pub async fn device_call(&self, key: &str, req: &CommandCreate) -> Result<CommandInfo> {
+        self.call(
+            Method::POST,
+            &format!("/v1/devices/{}/commands", enc(key)),
+            Some(req),
+        )
+        .await
+    }
+
+    /// A command; with `wait_secs`, once it has finished or after that long.
+    pub async fn device_command(
+        &self,
+        key: &str,
+        id: &str,
+        wait_secs: Option<u64>,
+    ) -> Result<CommandInfo> {
+        let wait = wait_secs
+            .map(|s| format!("?wait_secs={s}"))
+            .unwrap_or_default();
+        self.call(
+            Method::GET,
+            &format!("/v1/devices/{}/commands/{}{wait}", enc(key), enc(id)),
             Self::NO_BODY,
         )
         .await

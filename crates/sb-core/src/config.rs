@@ -346,6 +346,11 @@ pub struct MqttConfig {
     pub anonymous_topics: Vec<String>,
     /// Samples one telemetry message may carry (`devices/<id>/telemetry`).
     pub telemetry_fields_max: usize,
+    /// Longest a command may wait for its answer once sent, and for its device to come back.
+    pub command_timeout_max_secs: u64,
+    pub command_expiry_max_secs: u64,
+    /// Largest command payload (JSON), in bytes.
+    pub command_payload_bytes_max: usize,
 }
 
 impl Default for MqttConfig {
@@ -365,6 +370,9 @@ impl Default for MqttConfig {
             group_topics: Default::default(),
             anonymous_topics: Vec::new(),
             telemetry_fields_max: 256,
+            command_timeout_max_secs: 3600,
+            command_expiry_max_secs: 7 * 24 * 3600,
+            command_payload_bytes_max: 64 * 1024,
         }
     }
 }
@@ -842,6 +850,11 @@ anonymous_topics = []
 # Samples one telemetry message (JSON fields or line-protocol fields published to
 # devices/<id>/telemetry) may carry; larger messages are not stored.
 telemetry_fields_max = 256
+# Commands (sb device call): the longest a sent command may wait for its answer, the longest
+# one may wait for an away device to come back, and the largest payload (JSON bytes).
+command_timeout_max_secs = 3600
+command_expiry_max_secs = 604800
+command_payload_bytes_max = 65536
 "#;
 
 #[cfg(test)]

@@ -84,3 +84,7 @@ id_type!(
     /// A registered device (its MQTT user name).
     DeviceId
 );
+id_type!(
+    /// A command (direct method) sent to a device.
+    CommandId
+);

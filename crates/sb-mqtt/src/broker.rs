@@ -111,6 +111,19 @@ pub trait Access: Send + Sync + 'static {
     fn accepted(&self, who: &Self::Principal, message: &Message) {
         let _ = (who, message);
     }
+    /// `who` is connected (its CONNACK is on the way).
+    async fn connected(&self, who: &Self::Principal) {
+        let _ = who;
+    }
+    /// `who`'s connection ended.
+    async fn disconnected(&self, who: &Self::Principal) {
+        let _ = who;
+    }
+    /// `who` subscribed to `filter` (granted; its SUBACK goes out before anything this
+    /// publishes).
+    async fn subscribed(&self, who: &Self::Principal, filter: &str) {
+        let _ = (who, filter);
+    }
 }
 
 /// A message as the broker routes it.
@@ -664,11 +677,14 @@ impl<A: Access> Broker<A> {
         let end = if send(&mut io, &ack, v).await.is_err() {
             End::Abnormal
         } else {
+            self.access.connected(&conn.who).await;
             conn.resend_inflight();
             conn.run(&mut io, &mut buf, keep_alive).await
         };
         self.stats.connections.fetch_sub(1, Ordering::Relaxed);
+        let who = conn.who.clone();
         conn.finish(end).await;
+        self.access.disconnected(&who).await;
     }
 
     /// Takes over or creates the session for `client_id`; whether one was resumed, and
@@ -1313,6 +1329,7 @@ impl<A: Access> Conn<A> {
         let sub_id = s.properties.subscription_identifiers.first().copied();
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained_for: Vec<(String, SubOptions)> = Vec::new();
+        let mut granted: Vec<(String, SubOptions)> = Vec::new();
         for (full, opts) in s.filters {
             let parsed = topic::split_share(&full).and_then(|(share, f)| {
                 topic::check_filter(f, broker.cfg.topic_depth_max).map(|_| (share, f))
@@ -1361,6 +1378,9 @@ impl<A: Access> Conn<A> {
             {
                 retained_for.push((filter.to_string(), opts));
             }
+            if share.is_none() {
+                granted.push((filter.to_string(), opts));
+            }
             codes.push(opts.qos as u8);
         }
         if self.expiry > 0 {
@@ -1371,6 +1391,9 @@ impl<A: Access> Conn<A> {
             codes,
             properties: Properties::default(),
         }));
+        for (filter, _) in &granted {
+            broker.access.subscribed(&self.who, filter).await;
+        }
         if !retained_for.is_empty() {
             let now = Instant::now();
             let matches: Vec<(Arc<Message>, SubOptions)> = {

@@ -260,7 +260,48 @@ pub struct DeviceInfo {
     pub owner: String,
     pub created_at_ms: i64,
     pub revoked: bool,
+    /// Connected over MQTT right now.
+    pub online: bool,
     pub last_seen_at_ms: Option<i64>,
+}
+
+/// A command (direct method) for a device.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CommandCreate {
+    pub method: String,
+    /// Any JSON; sent to the device as the message payload.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
+    /// Once sent, the device has this long to answer (default 30).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    /// A device that is away has until then to come back and take it (default: the timeout).
+    #[serde(default)]
+    pub expires_in_secs: Option<u64>,
+    /// Answer only once the command has finished (succeeded, failed, timed out or expired),
+    /// or after 25 s at most (then ask `GET …/commands/{id}?wait_secs=`).
+    #[serde(default)]
+    pub wait: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CommandInfo {
+    pub id: String,
+    pub device_id: String,
+    pub method: String,
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
+    /// queued, sent, succeeded, failed, timed_out or expired.
+    pub state: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub sent_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+    /// The device's status code (below 400: succeeded).
+    pub status: Option<i64>,
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
 }
 
 /// A device's id and secret (its MQTT password), shown only this once.

@@ -5,6 +5,7 @@
 //! requests to service calls and service errors to the wire in one place ([`error::status_of`]).
 
 mod alerting;
+mod commands;
 pub mod config;
 mod error;
 mod extract;
@@ -60,6 +61,7 @@ pub struct AppState {
     pub files: Arc<sb_files::Files>,
     pub monitor: Arc<sb_monitor::Monitor>,
     pub devices: Arc<sb_devices::Devices>,
+    pub commands: Arc<commands::Commands>,
     pub mqtt: Arc<mqtt::MqttBroker>,
     pub blobs: sb_blob::LocalBlobStore,
     /// Chat's store, for the attachments blob garbage collection must keep.
@@ -154,6 +156,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         .routes(routes!(routes_devices::register, routes_devices::list))
         .routes(routes!(routes_devices::show, routes_devices::revoke))
         .routes(routes!(routes_devices::rotate))
+        .routes(routes!(routes_devices::call))
+        .routes(routes!(routes_devices::command))
         .routes(routes!(routes_alerts::alerts))
         .routes(routes!(routes_alerts::reload))
         .routes(routes!(
@@ -434,6 +438,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         config.mqtt.clone(),
     ));
     let mqtt_store: Arc<dyn sb_store::MqttStore> = sqlite.clone();
+    let sqlite_devices: Arc<dyn sb_store::DevicesStore> = sqlite.clone();
     let chat_store: Arc<dyn sb_store::ChatStore> = sqlite.clone();
     let chat = Arc::new(sb_chat::Chat::new(
         sqlite,
@@ -461,8 +466,10 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         );
     }
     let monitor = Arc::new(monitor);
+    let commands = commands::Commands::new(sqlite_devices, devices.clone(), config.mqtt.clone());
     let mqtt_broker = mqtt::broker(
         devices.clone(),
+        commands.clone(),
         auth.clone(),
         monitor.clone(),
         mqtt_store,
@@ -473,6 +480,12 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .await
         .map_err(|e| anyhow::anyhow!("restoring MQTT sessions: {e}"))?;
     tracing::info!(sessions, messages, "MQTT sessions restored");
+    commands.set_broker(&mqtt_broker);
+    let open_commands = commands
+        .restore()
+        .await
+        .map_err(|e| anyhow::anyhow!("restoring device commands: {e}"))?;
+    tracing::info!(open_commands, "device commands restored");
     let listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("binding {}", config.server.listen))?;
@@ -493,6 +506,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         files,
         monitor,
         devices,
+        commands,
         mqtt: mqtt_broker,
         blobs,
         chat_store,

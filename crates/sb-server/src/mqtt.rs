@@ -39,6 +39,7 @@ pub enum Who {
 
 pub struct MqttAccess {
     devices: Arc<Devices>,
+    commands: Arc<crate::commands::Commands>,
     auth: Arc<Auth>,
     monitor: Arc<sb_monitor::Monitor>,
     cfg: MqttConfig,
@@ -139,11 +140,42 @@ impl Access for MqttAccess {
         self.allowed(who, Action::Read, filter).await
     }
 
-    /// Telemetry (`devices/<id>/telemetry` from that device) goes into the time-series store.
+    async fn connected(&self, who: &Who) {
+        if let Who::Device { record, .. } = who {
+            self.commands.on_connected(record.id);
+        }
+    }
+
+    async fn disconnected(&self, who: &Who) {
+        if let Who::Device { record, .. } = who {
+            self.commands.on_disconnected(record.id);
+            self.devices.seen(record.id, crate::now()).await;
+        }
+    }
+
+    async fn subscribed(&self, who: &Who, filter: &str) {
+        if let Who::Device { record, .. } = who {
+            self.commands.on_subscribed(record.id, filter).await;
+        }
+    }
+
+    /// Telemetry (`devices/<id>/telemetry` from that device) goes into the time-series store;
+    /// answers to commands (`devices/<id>/responses/<command>`) complete them.
     fn accepted(&self, who: &Who, message: &sb_mqtt::broker::Message) {
         let Who::Device { record, .. } = who else {
             return;
         };
+        let responses = format!("devices/{}/responses/", record.id);
+        if let Some(command) = message.topic.strip_prefix(responses.as_str()) {
+            let (commands, device, command, payload) = (
+                self.commands.clone(),
+                record.id,
+                command.to_string(),
+                message.payload.clone(),
+            );
+            tokio::spawn(async move { commands.on_response(device, &command, &payload).await });
+            return;
+        }
         if *message.topic != *format!("devices/{}/telemetry", record.id) {
             return;
         }
@@ -198,6 +230,7 @@ pub type MqttBroker = Broker<MqttAccess>;
 
 pub fn broker(
     devices: Arc<Devices>,
+    commands: Arc<crate::commands::Commands>,
     auth: Arc<Auth>,
     monitor: Arc<sb_monitor::Monitor>,
     store: Arc<dyn sb_store::MqttStore>,
@@ -218,6 +251,7 @@ pub fn broker(
         bc,
         MqttAccess {
             devices,
+            commands,
             auth,
             monitor,
             cfg: cfg.clone(),

@@ -31,6 +31,7 @@ async fn info(st: &AppState, d: &DeviceRecord) -> DeviceInfo {
         owner,
         created_at_ms: d.created_at.0,
         revoked: d.revoked_at.is_some(),
+        online: st.commands.is_online(d.id),
         last_seen_at_ms: d.last_seen_at.map(|t| t.0),
     }
 }
@@ -111,4 +112,54 @@ pub async fn revoke(
 ) -> Result<Json<DeviceInfo>, ApiError> {
     let d = st.devices.revoke(c.cx(), &device).await?;
     Ok(Json(info(&st, &d).await))
+}
+
+#[utoipa::path(post, path = "/v1/devices/{device}/commands", tag = "devices",
+    params(("device" = String, Path, description = "id or name")), request_body = CommandCreate,
+    responses((status = 201, body = CommandInfo, description = "queued or sent; with `wait`, finished"), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn call(
+    State(st): St,
+    c: Caller,
+    Path(device): Path<String>,
+    crate::extract::ApiJson(req): crate::extract::ApiJson<CommandCreate>,
+) -> Result<(StatusCode, Json<CommandInfo>), ApiError> {
+    let mut rec = st.commands.create(c.cx(), &device, &req).await?;
+    if req.wait {
+        // Until it finishes (its expiry while queued plus its timeout once sent, at most), but
+        // no longer than 25 s in one request: then GET the command with `wait_secs`.
+        let wait = std::time::Duration::from_millis(
+            ((rec.expires_at.0 - rec.created_at.0 + rec.timeout_ms).max(0) as u64 + 1000)
+                .min(25_000),
+        );
+        rec = st
+            .commands
+            .get(c.cx(), &device, &rec.id.to_string(), Some(wait))
+            .await?;
+    }
+    Ok((StatusCode::CREATED, Json(crate::commands::info(&rec))))
+}
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+pub struct CommandQuery {
+    /// Answer once the command has finished, or after this many seconds (at most 60).
+    #[serde(default)]
+    pub wait_secs: Option<u64>,
+}
+
+#[utoipa::path(get, path = "/v1/devices/{device}/commands/{command}", tag = "devices",
+    params(("device" = String, Path), ("command" = String, Path), CommandQuery),
+    responses((status = 200, body = CommandInfo), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn command(
+    State(st): St,
+    c: Caller,
+    Path((device, command)): Path<(String, String)>,
+    crate::extract::ApiQuery(q): crate::extract::ApiQuery<CommandQuery>,
+) -> Result<Json<CommandInfo>, ApiError> {
+    let wait = q
+        .wait_secs
+        .map(|s| std::time::Duration::from_secs(s.min(60)));
+    let rec = st.commands.get(c.cx(), &device, &command, wait).await?;
+    Ok(Json(crate::commands::info(&rec)))
 }

@@ -3,7 +3,7 @@
 
 use crate::Result;
 use async_trait::async_trait;
-use sb_core::{DeviceId, UnixMillis, UserId};
+use sb_core::{CommandId, DeviceId, UnixMillis, UserId};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceRecord {
@@ -20,6 +20,29 @@ pub struct DeviceRecord {
     pub last_seen_at: Option<UnixMillis>,
 }
 
+/// A command (direct method) to a device and what became of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandRecord {
+    pub id: CommandId,
+    pub device_id: DeviceId,
+    pub method: String,
+    /// JSON.
+    pub payload: String,
+    /// queued, sent, succeeded, failed, timed_out or expired.
+    pub state: String,
+    pub created_by: UserId,
+    pub created_at: UnixMillis,
+    /// Not sent by then (the device away): expired.
+    pub expires_at: UnixMillis,
+    /// Sent and not answered within this: timed out.
+    pub timeout_ms: i64,
+    pub sent_at: Option<UnixMillis>,
+    pub finished_at: Option<UnixMillis>,
+    /// The device's answer: a status and a JSON result.
+    pub status: Option<i64>,
+    pub result: Option<String>,
+}
+
 #[async_trait]
 pub trait DevicesStore: Send + Sync + 'static {
     /// Registers a device; `Conflict` if the name is taken.
@@ -33,4 +56,9 @@ pub trait DevicesStore: Send + Sync + 'static {
     /// Revokes a device for good; `NotFound` if there is no such device.
     async fn revoke_device(&self, id: DeviceId, at: UnixMillis) -> Result<()>;
     async fn device_seen(&self, id: DeviceId, at: UnixMillis) -> Result<()>;
+    /// Creates or updates a command.
+    async fn put_command(&self, c: CommandRecord) -> Result<()>;
+    async fn command(&self, id: CommandId) -> Result<Option<CommandRecord>>;
+    /// Commands still queued or sent, oldest first.
+    async fn open_commands(&self) -> Result<Vec<CommandRecord>>;
 }

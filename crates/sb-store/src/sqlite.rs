@@ -348,6 +348,25 @@ CREATE TABLE mqtt_retained (
     from_client TEXT NOT NULL
 ) STRICT;
 "#,
+    r#"
+-- Commands (direct methods) to devices, and what became of them.
+CREATE TABLE device_commands (
+    id          TEXT PRIMARY KEY,
+    device_id   TEXT NOT NULL REFERENCES devices(id),
+    method      TEXT NOT NULL,
+    payload     TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    created_by  TEXT NOT NULL REFERENCES users(id),
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    timeout_ms  INTEGER NOT NULL,
+    sent_at     INTEGER,
+    finished_at INTEGER,
+    status      INTEGER,
+    result      TEXT
+) STRICT;
+CREATE INDEX device_commands_open ON device_commands(state) WHERE state IN ('queued', 'sent');
+"#,
 ];
 
 const SETUP_TOKEN_KEY: &str = "setup_token_hash";

@@ -5,7 +5,7 @@ use crate::sqlite::parse_id;
 use crate::{Result, SqliteStore, StoreError};
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, Row, params};
-use sb_core::{DeviceId, UnixMillis};
+use sb_core::{CommandId, DeviceId, UnixMillis};
 
 const COLS: &str =
     "id, name, group_name, tags, secret_hash, owner, created_at, revoked_at, last_seen_at";
@@ -31,6 +31,27 @@ fn device_at(row: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
         created_at: UnixMillis(row.get(6)?),
         revoked_at: row.get::<_, Option<i64>>(7)?.map(UnixMillis),
         last_seen_at: row.get::<_, Option<i64>>(8)?.map(UnixMillis),
+    })
+}
+
+const COMMAND_COLS: &str = "id, device_id, method, payload, state, created_by, created_at, \
+     expires_at, timeout_ms, sent_at, finished_at, status, result";
+
+fn command_at(row: &Row<'_>) -> rusqlite::Result<CommandRecord> {
+    Ok(CommandRecord {
+        id: parse_id(row.get(0)?)?,
+        device_id: parse_id(row.get(1)?)?,
+        method: row.get(2)?,
+        payload: row.get(3)?,
+        state: row.get(4)?,
+        created_by: parse_id(row.get(5)?)?,
+        created_at: UnixMillis(row.get(6)?),
+        expires_at: UnixMillis(row.get(7)?),
+        timeout_ms: row.get(8)?,
+        sent_at: row.get::<_, Option<i64>>(9)?.map(UnixMillis),
+        finished_at: row.get::<_, Option<i64>>(10)?.map(UnixMillis),
+        status: row.get(11)?,
+        result: row.get(12)?,
     })
 }
 
@@ -130,6 +151,57 @@ impl DevicesStore for SqliteStore {
                 params![id.to_string(), at.0],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn put_command(&self, c: CommandRecord) -> Result<()> {
+        self.write("put_command", move |conn| {
+            conn.execute(
+                &format!(
+                    "INSERT OR REPLACE INTO device_commands ({COMMAND_COLS}) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+                ),
+                params![
+                    c.id.to_string(),
+                    c.device_id.to_string(),
+                    c.method,
+                    c.payload,
+                    c.state,
+                    c.created_by.to_string(),
+                    c.created_at.0,
+                    c.expires_at.0,
+                    c.timeout_ms,
+                    c.sent_at.map(|t| t.0),
+                    c.finished_at.map(|t| t.0),
+                    c.status,
+                    c.result
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn command(&self, id: CommandId) -> Result<Option<CommandRecord>> {
+        self.read("command", move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {COMMAND_COLS} FROM device_commands WHERE id = ?1"),
+                [id.to_string()],
+                command_at,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn open_commands(&self) -> Result<Vec<CommandRecord>> {
+        self.read("open_commands", move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {COMMAND_COLS} FROM device_commands WHERE state IN ('queued', 'sent') ORDER BY id"
+            ))?;
+            let rows = stmt.query_map([], command_at)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
     }

@@ -208,6 +208,21 @@ pub enum DeviceCmd {
     Rotate { device: String },
     /// Revoke a device for good: it is disconnected now and refused from now on.
     Revoke { device: String },
+    /// Call a method on a device and wait for its answer, e.g.
+    /// `sb device call thermo-1 reboot --payload '{"delay":5}' --timeout 30s`.
+    Call {
+        device: String,
+        method: String,
+        /// JSON sent to the device.
+        #[arg(long, default_value = "{}")]
+        payload: String,
+        /// How long the device has to answer once it got the command.
+        #[arg(long, default_value = "30s")]
+        timeout: String,
+        /// How long to wait for a device that is away [default: the timeout].
+        #[arg(long)]
+        expires: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]

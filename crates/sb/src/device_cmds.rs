@@ -69,6 +69,57 @@ pub async fn device(cmd: crate::cli::DeviceCmd, json: bool) -> anyhow::Result<()
             let s = client.device_rotate(&device).await?;
             show_secret(&s, json)
         }
+        DeviceCmd::Call {
+            device,
+            method,
+            payload,
+            timeout,
+            expires,
+        } => {
+            let payload: serde_json::Value =
+                serde_json::from_str(&payload).context("--payload must be JSON")?;
+            let secs = |s: &str| {
+                crate::client_cmds::parse_duration(s)
+                    .map(|d| d.as_secs())
+                    .context("a duration like 30s or 10m")
+            };
+            let req = sb_proto::CommandCreate {
+                method,
+                payload,
+                timeout_secs: Some(secs(&timeout)?),
+                expires_in_secs: expires.as_deref().map(secs).transpose()?,
+                wait: true,
+            };
+            let mut c = client.device_call(&device, &req).await?;
+            while matches!(c.state.as_str(), "queued" | "sent") {
+                eprintln!("  {} {}…", c.state, c.id);
+                c = client.device_command(&device, &c.id, Some(25)).await?;
+            }
+            output(json, &c, || {
+                println!(
+                    "{} {}: {}{}",
+                    c.method,
+                    c.id,
+                    c.state,
+                    c.status
+                        .map(|s| format!(" (status {s})"))
+                        .unwrap_or_default()
+                );
+                if let Some(r) = &c.result {
+                    println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
+                }
+            })?;
+            match c.state.as_str() {
+                "succeeded" => Ok(()),
+                "timed_out" => anyhow::bail!(
+                    "the device did not answer within {timeout}; is it subscribed to devices/<id>/commands/#?"
+                ),
+                "expired" => {
+                    anyhow::bail!("the device did not come online before the command expired")
+                }
+                other => anyhow::bail!("the command {other}"),
+            }
+        }
         DeviceCmd::Revoke { device } => {
             let d = client.device_revoke(&device).await?;
             output(json, &d, || {

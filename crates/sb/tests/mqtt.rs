@@ -740,3 +740,207 @@ async fn device_telemetry_becomes_series_queryable_with_promql() {
     let volts = query(format!(r#"power_volts{{device_id="{}"}}"#, ids[1])).await;
     assert_eq!(volts[0]["value"][1], "24.5", "{volts}");
 }
+
+/// A simulated device (MQTT 5, our own codec): subscribes to its commands and answers
+/// `echo` with the payload, `fail` with status 500, and never answers `ignore`.
+async fn simulated_device(b: &Broker, id: &str, secret: &str) -> tokio::task::JoinHandle<()> {
+    use sb_mqtt::codec::{
+        Packet, Properties, Publish, QoS, SubOptions, Subscribe, Version, decode, encode,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = raw_connect(b, id, secret).await;
+    let mut out = bytes::BytesMut::new();
+    encode(
+        &Packet::Subscribe(Subscribe {
+            pkid: 1,
+            filters: vec![(
+                format!("devices/{id}/commands/#"),
+                SubOptions::qos(QoS::AtLeastOnce),
+            )],
+            properties: Properties::default(),
+        }),
+        Version::V5,
+        &mut out,
+    );
+    s.write_all(&out).await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    // The SUBACK first, so commands sent from here on are received.
+    loop {
+        if let Some(p) = decode(&mut buf, Some(Version::V5), 1 << 20).unwrap() {
+            assert!(matches!(p, Packet::SubAck(_)), "{p:?}");
+            break;
+        }
+        assert!(s.read_buf(&mut buf).await.unwrap() > 0);
+    }
+    tokio::spawn(async move {
+        let mut next_pkid = 100u16;
+        loop {
+            let p = loop {
+                match decode(&mut buf, Some(Version::V5), 1 << 20) {
+                    Ok(Some(p)) => break p,
+                    Ok(None) => {}
+                    Err(e) => panic!("the simulated device cannot decode: {e} {buf:?}"),
+                }
+                if s.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                    return;
+                }
+            };
+            let Packet::Publish(p) = p else { continue };
+            let mut out = bytes::BytesMut::new();
+            if p.qos == QoS::AtLeastOnce {
+                encode(
+                    &Packet::PubAck(sb_mqtt::codec::Ack::new(p.pkid, 0)),
+                    Version::V5,
+                    &mut out,
+                );
+            }
+            let method = p.topic.split('/').nth(3).unwrap_or("").to_string();
+            let answer = match method.as_str() {
+                "echo" => Some(format!(
+                    r#"{{"status":200,"result":{}}}"#,
+                    String::from_utf8_lossy(&p.payload)
+                )),
+                "fail" => Some(r#"{"status":500,"result":"broken"}"#.to_string()),
+                _ => None,
+            };
+            if let (Some(answer), Some(topic)) = (answer, p.properties.response_topic.clone()) {
+                next_pkid += 1;
+                encode(
+                    &Packet::Publish(Publish {
+                        dup: false,
+                        qos: QoS::AtLeastOnce,
+                        retain: false,
+                        topic,
+                        pkid: next_pkid,
+                        payload: answer.into_bytes().into(),
+                        properties: Properties {
+                            correlation_data: p.properties.correlation_data.clone(),
+                            ..Properties::default()
+                        },
+                    }),
+                    Version::V5,
+                    &mut out,
+                );
+            }
+            if s.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+// Multi-threaded: the simulated devices run while the test blocks on the CLI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_succeed_fail_time_out_and_expire() {
+    let b = Broker::start();
+    let home = tempfile::tempdir().unwrap();
+    register_admin_cli(&b.server, home.path());
+    let register = |name: &str| {
+        let v = json(&sb(
+            home.path(),
+            &["device", "register", name, "--json"],
+            "",
+        ));
+        (
+            v["id"].as_str().unwrap().to_string(),
+            v["secret"].as_str().unwrap().to_string(),
+        )
+    };
+    let (id, secret) = register("sim-1");
+    let _device = simulated_device(&b, &id, &secret).await;
+    let call = |device: &str, method: &str, extra: &[&str]| {
+        let mut args = vec!["device", "call", device, method, "--json"];
+        args.extend_from_slice(extra);
+        let out = sb(home.path(), &args, "");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{}\n{}", stdout(&out), stderr(&out)));
+        (out.status.success(), v, stderr(&out))
+    };
+    let (ok, v, _) = call(
+        "sim-1",
+        "echo",
+        &["--payload", r#"{"x":1}"#, "--timeout", "5s"],
+    );
+    assert!(ok, "{v}");
+    assert_eq!(
+        (v["state"].as_str(), v["status"].as_i64()),
+        (Some("succeeded"), Some(200))
+    );
+    assert_eq!(v["result"], serde_json::json!({"x": 1}));
+
+    let (ok, v, _) = call("sim-1", "fail", &["--timeout", "5s"]);
+    assert!(!ok);
+    assert_eq!(
+        (v["state"].as_str(), v["status"].as_i64()),
+        (Some("failed"), Some(500))
+    );
+
+    // Sent, never answered: timed out.
+    let (ok, v, err) = call("sim-1", "ignore", &["--timeout", "1s"]);
+    assert!(!ok);
+    assert_eq!(v["state"], "timed_out", "{v}");
+    assert!(v["sent_at_ms"].is_i64());
+    assert!(err.contains("did not answer"), "{err}");
+
+    // The device away: the command waits, then expires.
+    let (id2, secret2) = register("sim-2");
+    let (ok, v, err) = call("sim-2", "echo", &["--timeout", "2s", "--expires", "1s"]);
+    assert!(!ok);
+    assert_eq!(v["state"], "expired", "{v}");
+    assert!(v["sent_at_ms"].is_null());
+    assert!(err.contains("expired"), "{err}");
+
+    // The device away, then back before the expiry: it gets the command and answers.
+    let admin = b.server.login("admin").await;
+    let queued = admin
+        .device_call(
+            "sim-2",
+            &sb_proto::CommandCreate {
+                method: "echo".into(),
+                payload: serde_json::json!("hello"),
+                timeout_secs: Some(5),
+                expires_in_secs: Some(60),
+                wait: false,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(queued.state, "queued");
+    assert!(!admin.device("sim-2").await.unwrap().online);
+    let _device2 = simulated_device(&b, &id2, &secret2).await;
+    let done = admin
+        .device_command("sim-2", &queued.id, Some(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.state.as_str(), done.result),
+        ("succeeded", Some(serde_json::json!("hello")))
+    );
+    assert!(admin.device("sim-2").await.unwrap().online);
+
+    // Bad input changes nothing: an unknown device, a bad method name, a huge timeout.
+    assert!(
+        !sb(home.path(), &["device", "call", "nope", "echo"], "")
+            .status
+            .success()
+    );
+    for bad in [
+        sb_proto::CommandCreate {
+            method: "a/b".into(),
+            payload: serde_json::Value::Null,
+            timeout_secs: None,
+            expires_in_secs: None,
+            wait: false,
+        },
+        sb_proto::CommandCreate {
+            method: "ok".into(),
+            payload: serde_json::Value::Null,
+            timeout_secs: Some(10_000_000),
+            expires_in_secs: None,
+            wait: false,
+        },
+    ] {
+        let e = admin.device_call("sim-1", &bad).await.unwrap_err();
+        assert_eq!(e.status(), Some(400), "{e}");
+    }
+}

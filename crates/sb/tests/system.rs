@@ -342,6 +342,8 @@ async fn openapi_documents_every_route_and_every_documented_route_exists() {
         ("GET", "/v1/devices/{device}"),
         ("DELETE", "/v1/devices/{device}"),
         ("POST", "/v1/devices/{device}/rotate"),
+        ("POST", "/v1/devices/{device}/commands"),
+        ("GET", "/v1/devices/{device}/commands/{command}"),
         ("POST", "/v1/files/restore"),
         ("POST", "/v1/files/move"),
         ("GET", "/v1/files/spaces"),
