@@ -2,7 +2,9 @@
 
 use crate::{Client, Result};
 use reqwest::Method;
-use sb_proto::{CommandCreate, CommandInfo, DeviceInfo, DeviceRegister, DeviceSecret};
+use sb_proto::{
+    CommandCreate, CommandInfo, DeviceInfo, DeviceRegister, DeviceSecret, TwinInfo, TwinPatch,
+};
 
 fn enc(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
@@ -70,6 +72,25 @@ impl Client {
             Method::GET,
             &format!("/v1/devices/{}/commands/{}{wait}", enc(key), enc(id)),
             Self::NO_BODY,
+        )
+        .await
+    }
+
+    pub async fn device_twin(&self, key: &str) -> Result<TwinInfo> {
+        self.call(
+            Method::GET,
+            &format!("/v1/devices/{}/twin", enc(key)),
+            Self::NO_BODY,
+        )
+        .await
+    }
+
+    /// Changes a twin's desired state (a merge patch), if still at `patch.version`.
+    pub async fn device_configure(&self, key: &str, patch: &TwinPatch) -> Result<TwinInfo> {
+        self.call(
+            Method::PATCH,
+            &format!("/v1/devices/{}/twin", enc(key)),
+            Some(patch),
         )
         .await
     }

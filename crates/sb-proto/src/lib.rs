@@ -304,6 +304,35 @@ pub struct CommandInfo {
     pub result: Option<serde_json::Value>,
 }
 
+/// A device twin.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TwinInfo {
+    pub device_id: String,
+    #[schema(value_type = Object)]
+    pub desired: serde_json::Value,
+    #[schema(value_type = Object)]
+    pub reported: serde_json::Value,
+    /// Name it in a change to make the change conditional on it (compare-and-set).
+    pub desired_version: i64,
+    pub reported_version: i64,
+    /// When each top-level field last changed.
+    pub desired_updated_ms: std::collections::BTreeMap<String, i64>,
+    pub reported_updated_ms: std::collections::BTreeMap<String, i64>,
+    /// Desired fields the device has not reported (yet).
+    #[schema(value_type = Object)]
+    pub delta: serde_json::Value,
+}
+
+/// A change to a twin's desired state: a merge patch (`null` removes a field).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TwinPatch {
+    #[schema(value_type = Object)]
+    pub desired: serde_json::Map<String, serde_json::Value>,
+    /// Apply only if the desired version is still this one (409 otherwise).
+    #[serde(default)]
+    pub version: Option<i64>,
+}
+
 /// A device's id and secret (its MQTT password), shown only this once.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DeviceSecret {

@@ -20,6 +20,7 @@ mod routes_files;
 mod routes_monitor;
 mod scrape;
 pub mod tls;
+mod twins;
 mod ws;
 
 use anyhow::Context;
@@ -62,6 +63,7 @@ pub struct AppState {
     pub monitor: Arc<sb_monitor::Monitor>,
     pub devices: Arc<sb_devices::Devices>,
     pub commands: Arc<commands::Commands>,
+    pub twins: Arc<twins::Twins>,
     pub mqtt: Arc<mqtt::MqttBroker>,
     pub blobs: sb_blob::LocalBlobStore,
     /// Chat's store, for the attachments blob garbage collection must keep.
@@ -158,6 +160,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .routes(routes!(routes_devices::rotate))
         .routes(routes!(routes_devices::call))
         .routes(routes!(routes_devices::command))
+        .routes(routes!(routes_devices::twin, routes_devices::set_desired))
         .routes(routes!(routes_alerts::alerts))
         .routes(routes!(routes_alerts::reload))
         .routes(routes!(
@@ -466,10 +469,13 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         );
     }
     let monitor = Arc::new(monitor);
-    let commands = commands::Commands::new(sqlite_devices, devices.clone(), config.mqtt.clone());
+    let commands =
+        commands::Commands::new(sqlite_devices.clone(), devices.clone(), config.mqtt.clone());
+    let twins = twins::Twins::new(sqlite_devices, devices.clone());
     let mqtt_broker = mqtt::broker(
         devices.clone(),
         commands.clone(),
+        twins.clone(),
         auth.clone(),
         monitor.clone(),
         mqtt_store,
@@ -481,6 +487,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .map_err(|e| anyhow::anyhow!("restoring MQTT sessions: {e}"))?;
     tracing::info!(sessions, messages, "MQTT sessions restored");
     commands.set_broker(&mqtt_broker);
+    twins.set_broker(&mqtt_broker);
     let open_commands = commands
         .restore()
         .await
@@ -507,6 +514,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         monitor,
         devices,
         commands,
+        twins,
         mqtt: mqtt_broker,
         blobs,
         chat_store,

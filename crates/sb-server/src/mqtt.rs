@@ -40,6 +40,7 @@ pub enum Who {
 pub struct MqttAccess {
     devices: Arc<Devices>,
     commands: Arc<crate::commands::Commands>,
+    twins: Arc<crate::twins::Twins>,
     auth: Arc<Auth>,
     monitor: Arc<sb_monitor::Monitor>,
     cfg: MqttConfig,
@@ -176,6 +177,11 @@ impl Access for MqttAccess {
             tokio::spawn(async move { commands.on_response(device, &command, &payload).await });
             return;
         }
+        if *message.topic == *format!("devices/{}/twin/reported", record.id) {
+            let (twins, device, payload) = (self.twins.clone(), record.id, message.payload.clone());
+            tokio::spawn(async move { twins.on_reported(device, &payload).await });
+            return;
+        }
         if *message.topic != *format!("devices/{}/telemetry", record.id) {
             return;
         }
@@ -231,6 +237,7 @@ pub type MqttBroker = Broker<MqttAccess>;
 pub fn broker(
     devices: Arc<Devices>,
     commands: Arc<crate::commands::Commands>,
+    twins: Arc<crate::twins::Twins>,
     auth: Arc<Auth>,
     monitor: Arc<sb_monitor::Monitor>,
     store: Arc<dyn sb_store::MqttStore>,
@@ -252,6 +259,7 @@ pub fn broker(
         MqttAccess {
             devices,
             commands,
+            twins,
             auth,
             monitor,
             cfg: cfg.clone(),

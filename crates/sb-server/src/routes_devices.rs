@@ -163,3 +163,33 @@ pub async fn command(
     let rec = st.commands.get(c.cx(), &device, &command, wait).await?;
     Ok(Json(crate::commands::info(&rec)))
 }
+
+#[utoipa::path(get, path = "/v1/devices/{device}/twin", tag = "devices",
+    params(("device" = String, Path, description = "id or name")),
+    responses((status = 200, body = TwinInfo), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn twin(
+    State(st): St,
+    c: Caller,
+    Path(device): Path<String>,
+) -> Result<Json<TwinInfo>, ApiError> {
+    let t = st.twins.get(c.cx(), &device).await?;
+    Ok(Json(crate::twins::info(&t)))
+}
+
+#[utoipa::path(patch, path = "/v1/devices/{device}/twin", tag = "devices",
+    params(("device" = String, Path, description = "id or name")), request_body = TwinPatch,
+    responses((status = 200, body = TwinInfo), (status = 409, body = ErrorBody, description = "the desired version moved on"), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn set_desired(
+    State(st): St,
+    c: Caller,
+    Path(device): Path<String>,
+    crate::extract::ApiJson(req): crate::extract::ApiJson<TwinPatch>,
+) -> Result<Json<TwinInfo>, ApiError> {
+    let t = st
+        .twins
+        .set_desired(c.cx(), &device, &req.desired, req.version)
+        .await?;
+    Ok(Json(crate::twins::info(&t)))
+}

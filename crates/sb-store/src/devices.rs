@@ -43,6 +43,19 @@ pub struct CommandRecord {
     pub result: Option<String>,
 }
 
+/// A device twin: the desired and reported documents (JSON objects), when each top-level field
+/// last changed, and a version of each (the desired one is compare-and-set).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TwinRecord {
+    pub device_id: DeviceId,
+    pub desired: String,
+    pub desired_meta: String,
+    pub desired_version: i64,
+    pub reported: String,
+    pub reported_meta: String,
+    pub reported_version: i64,
+}
+
 #[async_trait]
 pub trait DevicesStore: Send + Sync + 'static {
     /// Registers a device; `Conflict` if the name is taken.
@@ -61,4 +74,8 @@ pub trait DevicesStore: Send + Sync + 'static {
     async fn command(&self, id: CommandId) -> Result<Option<CommandRecord>>;
     /// Commands still queued or sent, oldest first.
     async fn open_commands(&self) -> Result<Vec<CommandRecord>>;
+    async fn twin(&self, device: DeviceId) -> Result<Option<TwinRecord>>;
+    /// Writes a twin if its stored desired version is still `expect_desired` (0: no twin
+    /// yet); `Conflict` otherwise.
+    async fn put_twin(&self, t: TwinRecord, expect_desired: i64) -> Result<()>;
 }

@@ -367,6 +367,18 @@ CREATE TABLE device_commands (
 ) STRICT;
 CREATE INDEX device_commands_open ON device_commands(state) WHERE state IN ('queued', 'sent');
 "#,
+    r#"
+-- Device twins: desired and reported documents with per-field timestamps and versions.
+CREATE TABLE device_twins (
+    device_id        TEXT PRIMARY KEY REFERENCES devices(id),
+    desired          TEXT NOT NULL,
+    desired_meta     TEXT NOT NULL,
+    desired_version  INTEGER NOT NULL,
+    reported         TEXT NOT NULL,
+    reported_meta    TEXT NOT NULL,
+    reported_version INTEGER NOT NULL
+) STRICT;
+"#,
 ];
 
 const SETUP_TOKEN_KEY: &str = "setup_token_hash";

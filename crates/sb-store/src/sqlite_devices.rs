@@ -205,4 +205,60 @@ impl DevicesStore for SqliteStore {
         })
         .await
     }
+
+    async fn twin(&self, device: DeviceId) -> Result<Option<TwinRecord>> {
+        self.read("twin", move |c| {
+            Ok(c.query_row(
+                "SELECT device_id, desired, desired_meta, desired_version, reported, reported_meta, \
+                 reported_version FROM device_twins WHERE device_id = ?1",
+                [device.to_string()],
+                |r| {
+                    Ok(TwinRecord {
+                        device_id: parse_id(r.get(0)?)?,
+                        desired: r.get(1)?,
+                        desired_meta: r.get(2)?,
+                        desired_version: r.get(3)?,
+                        reported: r.get(4)?,
+                        reported_meta: r.get(5)?,
+                        reported_version: r.get(6)?,
+                    })
+                },
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn put_twin(&self, t: TwinRecord, expect_desired: i64) -> Result<()> {
+        self.write("put_twin", move |c| {
+            let tx = c.savepoint()?;
+            let current: Option<i64> = tx
+                .query_row(
+                    "SELECT desired_version FROM device_twins WHERE device_id = ?1",
+                    [t.device_id.to_string()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if current.unwrap_or(0) != expect_desired {
+                return Err(StoreError::Conflict("the twin changed since that version"));
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO device_twins (device_id, desired, desired_meta, \
+                 desired_version, reported, reported_meta, reported_version) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    t.device_id.to_string(),
+                    t.desired,
+                    t.desired_meta,
+                    t.desired_version,
+                    t.reported,
+                    t.reported_meta,
+                    t.reported_version
+                ],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
 }

@@ -208,6 +208,19 @@ pub enum DeviceCmd {
     Rotate { device: String },
     /// Revoke a device for good: it is disconnected now and refused from now on.
     Revoke { device: String },
+    /// A device's twin: desired and reported state, and what the device has yet to apply.
+    Twin { device: String },
+    /// Set desired state (remote configuration), e.g. `sb device configure thermo-1
+    /// interval=30 mode=eco`; values are JSON where they parse as JSON, else strings, and
+    /// `key=null` removes a key.
+    Configure {
+        device: String,
+        #[arg(required = true)]
+        settings: Vec<String>,
+        /// Only if the desired version is still this one (see `sb device twin`).
+        #[arg(long)]
+        version: Option<i64>,
+    },
     /// Call a method on a device and wait for its answer, e.g.
     /// `sb device call thermo-1 reboot --payload '{"delay":5}' --timeout 30s`.
     Call {

@@ -120,11 +120,51 @@ pub async fn device(cmd: crate::cli::DeviceCmd, json: bool) -> anyhow::Result<()
                 other => anyhow::bail!("the command {other}"),
             }
         }
+        DeviceCmd::Twin { device } => {
+            let t = client.device_twin(&device).await?;
+            output(json, &t, || print_twin(&t))
+        }
+        DeviceCmd::Configure {
+            device,
+            settings,
+            version,
+        } => {
+            let mut desired = serde_json::Map::new();
+            for kv in settings {
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("{kv}: use key=value"))?;
+                let v = serde_json::from_str(v)
+                    .unwrap_or_else(|_| serde_json::Value::String(v.to_string()));
+                desired.insert(k.to_string(), v);
+            }
+            let t = client
+                .device_configure(&device, &sb_proto::TwinPatch { desired, version })
+                .await?;
+            output(json, &t, || print_twin(&t))
+        }
         DeviceCmd::Revoke { device } => {
             let d = client.device_revoke(&device).await?;
             output(json, &d, || {
                 println!("{} revoked: disconnected, and refused from now on", d.name)
             })
         }
+    }
+}
+
+fn print_twin(t: &sb_proto::TwinInfo) {
+    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    println!(
+        "desired (version {}):\n{}",
+        t.desired_version,
+        pretty(&t.desired)
+    );
+    println!(
+        "reported (version {}):\n{}",
+        t.reported_version,
+        pretty(&t.reported)
+    );
+    if t.delta.as_object().is_some_and(|d| !d.is_empty()) {
+        println!("not applied yet:\n{}", pretty(&t.delta));
     }
 }

@@ -742,7 +742,8 @@ async fn device_telemetry_becomes_series_queryable_with_promql() {
 }
 
 /// A simulated device (MQTT 5, our own codec): subscribes to its commands and answers
-/// `echo` with the payload, `fail` with status 500, and never answers `ignore`.
+/// `echo` with the payload, `fail` with status 500, and never answers `ignore`; applies every
+/// twin delta it gets and reports it.
 async fn simulated_device(b: &Broker, id: &str, secret: &str) -> tokio::task::JoinHandle<()> {
     use sb_mqtt::codec::{
         Packet, Properties, Publish, QoS, SubOptions, Subscribe, Version, decode, encode,
@@ -753,10 +754,16 @@ async fn simulated_device(b: &Broker, id: &str, secret: &str) -> tokio::task::Jo
     encode(
         &Packet::Subscribe(Subscribe {
             pkid: 1,
-            filters: vec![(
-                format!("devices/{id}/commands/#"),
-                SubOptions::qos(QoS::AtLeastOnce),
-            )],
+            filters: vec![
+                (
+                    format!("devices/{id}/commands/#"),
+                    SubOptions::qos(QoS::AtLeastOnce),
+                ),
+                (
+                    format!("devices/{id}/twin/delta"),
+                    SubOptions::qos(QoS::AtLeastOnce),
+                ),
+            ],
             properties: Properties::default(),
         }),
         Version::V5,
@@ -793,6 +800,28 @@ async fn simulated_device(b: &Broker, id: &str, secret: &str) -> tokio::task::Jo
                     Version::V5,
                     &mut out,
                 );
+            }
+            if p.topic.ends_with("/twin/delta") {
+                let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+                next_pkid += 1;
+                let topic = p.topic.replace("/twin/delta", "/twin/reported");
+                encode(
+                    &Packet::Publish(Publish {
+                        dup: false,
+                        qos: QoS::AtLeastOnce,
+                        retain: false,
+                        topic,
+                        pkid: next_pkid,
+                        payload: v["delta"].to_string().into_bytes().into(),
+                        properties: Properties::default(),
+                    }),
+                    Version::V5,
+                    &mut out,
+                );
+                if s.write_all(&out).await.is_err() {
+                    return;
+                }
+                continue;
             }
             let method = p.topic.split('/').nth(3).unwrap_or("").to_string();
             let answer = match method.as_str() {
@@ -943,4 +972,100 @@ async fn commands_succeed_fail_time_out_and_expire() {
         let e = admin.device_call("sim-1", &bad).await.unwrap_err();
         assert_eq!(e.status(), Some(400), "{e}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twins_deliver_desired_state_take_reports_and_refuse_stale_versions() {
+    if !clients() {
+        return;
+    }
+    let b = Broker::start();
+    let home = tempfile::tempdir().unwrap();
+    register_admin_cli(&b.server, home.path());
+    let v = json(&sb(
+        home.path(),
+        &["device", "register", "twin-1", "--json"],
+        "",
+    ));
+    let (id, secret) = (
+        v["id"].as_str().unwrap().to_string(),
+        v["secret"].as_str().unwrap().to_string(),
+    );
+    let _device = simulated_device(&b, &id, &secret).await;
+    let twin = |extra: &[&str]| {
+        let mut args = vec!["device"];
+        args.extend_from_slice(extra);
+        args.push("--json");
+        let out = sb(home.path(), &args, "");
+        (out.status.success(), out)
+    };
+    // Desired state set from the CLI reaches the device, which reports it back.
+    let (ok, out) = twin(&["configure", "twin-1", "interval=30", "mode=eco"]);
+    assert!(ok, "{}", stderr(&out));
+    let t = json(&out);
+    assert_eq!(t["desired_version"], 1);
+    assert_eq!(
+        t["desired"],
+        serde_json::json!({"interval": 30, "mode": "eco"})
+    );
+    assert!(t["desired_updated_ms"]["interval"].is_i64());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let t = loop {
+        let (_, out) = twin(&["twin", "twin-1"]);
+        let t = json(&out);
+        if t["reported"] == t["desired"] || Instant::now() > deadline {
+            break t;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        t["reported"],
+        serde_json::json!({"interval": 30, "mode": "eco"}),
+        "{t}"
+    );
+    assert_eq!(t["delta"], serde_json::json!({}));
+    assert_eq!(t["reported_version"], 1);
+
+    // Compare-and-set: a change based on version 1 goes through once; the second is stale.
+    let (ok, out) = twin(&["configure", "twin-1", "mode=boost", "--version", "1"]);
+    assert!(ok, "{}", stderr(&out));
+    assert_eq!(json(&out)["desired_version"], 2);
+    let (ok, out) = twin(&["configure", "twin-1", "mode=off", "--version", "1"]);
+    assert!(!ok, "a stale version must be refused");
+    assert!(stderr(&out).contains("version 2"), "{}", stderr(&out));
+    let admin = b.server.login("admin").await;
+    let stale = admin
+        .device_configure(
+            "twin-1",
+            &sb_proto::TwinPatch {
+                desired: [("mode".to_string(), serde_json::json!("off"))]
+                    .into_iter()
+                    .collect(),
+                version: Some(1),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(stale.status(), Some(409), "{stale}");
+    // Nothing changed by the refused ones; null removes a key.
+    let t = admin.device_twin("twin-1").await.unwrap();
+    assert_eq!(
+        (t.desired_version, t.desired["mode"].as_str()),
+        (2, Some("boost"))
+    );
+    let (ok, out) = twin(&["configure", "twin-1", "interval=null"]);
+    assert!(ok);
+    assert_eq!(json(&out)["desired"], serde_json::json!({"mode": "boost"}));
+
+    // A device that subscribes later reads the whole desired document, retained.
+    let mut late = b.subscribe(
+        &id,
+        &secret,
+        &["-q", "1", "-t", &format!("devices/{id}/twin/desired")],
+    );
+    let m = late.messages(1);
+    assert!(
+        m[0].contains(r#""desired":{"mode":"boost"}"#) && m[0].contains(r#""version":3"#),
+        "{m:?}"
+    );
 }

@@ -344,6 +344,8 @@ async fn openapi_documents_every_route_and_every_documented_route_exists() {
         ("POST", "/v1/devices/{device}/rotate"),
         ("POST", "/v1/devices/{device}/commands"),
         ("GET", "/v1/devices/{device}/commands/{command}"),
+        ("GET", "/v1/devices/{device}/twin"),
+        ("PATCH", "/v1/devices/{device}/twin"),
         ("POST", "/v1/files/restore"),
         ("POST", "/v1/files/move"),
         ("GET", "/v1/files/spaces"),
