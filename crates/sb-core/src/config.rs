@@ -351,6 +351,11 @@ pub struct MqttConfig {
     pub command_expiry_max_secs: u64,
     /// Largest command payload (JSON), in bytes.
     pub command_payload_bytes_max: usize,
+    /// A device whose last health report (on `devices/<id>/health`) is older is unhealthy.
+    pub health_interval_secs: u64,
+    /// How often `device_online` and `device_healthy` are written for every device (for
+    /// alert rules such as `device_online == 0` held for 10m); 0 turns it off.
+    pub status_interval_secs: u64,
 }
 
 impl Default for MqttConfig {
@@ -373,6 +378,8 @@ impl Default for MqttConfig {
             command_timeout_max_secs: 3600,
             command_expiry_max_secs: 7 * 24 * 3600,
             command_payload_bytes_max: 64 * 1024,
+            health_interval_secs: 300,
+            status_interval_secs: 30,
         }
     }
 }
@@ -855,6 +862,13 @@ telemetry_fields_max = 256
 command_timeout_max_secs = 3600
 command_expiry_max_secs = 604800
 command_payload_bytes_max = 65536
+# A device whose last health report (any JSON on devices/<id>/health) is older than this is
+# unhealthy.
+health_interval_secs = 300
+# Every this many seconds the series device_online and device_healthy (0 or 1, labelled
+# device_id, device, group) are written for every device, for alert rules such as
+# `device_online == 0` held `for: 10m`. 0 turns it off.
+status_interval_secs = 30
 "#;
 
 #[cfg(test)]

@@ -170,6 +170,8 @@ impl Devices {
             created_at: cx.now,
             revoked_at: None,
             last_seen_at: None,
+            health: None,
+            health_at: None,
         };
         match self.store.create_device(d.clone()).await {
             Ok(()) => {}
@@ -314,6 +316,33 @@ impl Devices {
             .filter(|d| d.owner == subject.user_id && d.revoked_at.is_none())
             .map(|d| d.id)
             .collect())
+    }
+
+    /// A device's health report (a JSON value, at most 4 KiB).
+    pub async fn health(&self, id: DeviceId, report: &[u8], at: UnixMillis) {
+        if report.len() > 4096 || serde_json::from_slice::<serde_json::Value>(report).is_err() {
+            tracing::debug!(device = %id, "a health report that is not JSON (or over 4 KiB)");
+            return;
+        }
+        let text = String::from_utf8_lossy(report).into_owned();
+        if let Err(e) = self.store.device_health(id, text, at).await {
+            tracing::warn!(error = %e, "recording a health report failed");
+        }
+    }
+
+    /// `healthy`, `unhealthy` (its last report is older than `mqtt.health_interval_secs`) or
+    /// `unknown` (it never reported).
+    pub fn health_state(&self, d: &DeviceRecord, now: UnixMillis) -> &'static str {
+        match d.health_at {
+            None => "unknown",
+            Some(t) if now.0 - t.0 <= self.cfg.health_interval_secs as i64 * 1000 => "healthy",
+            Some(_) => "unhealthy",
+        }
+    }
+
+    /// Every device (for the status metrics).
+    pub async fn all(&self) -> Result<Vec<DeviceRecord>> {
+        Ok(self.store.devices().await?)
     }
 
     pub async fn seen(&self, id: DeviceId, at: UnixMillis) {

@@ -129,6 +129,8 @@ mod tests {
             created_at: UnixMillis(1),
             revoked_at: None,
             last_seen_at: None,
+            health: None,
+            health_at: None,
         }
     }
 

@@ -263,6 +263,11 @@ pub struct DeviceInfo {
     /// Connected over MQTT right now.
     pub online: bool,
     pub last_seen_at_ms: Option<i64>,
+    /// `healthy`, `unhealthy` (last report older than `mqtt.health_interval_secs`) or `unknown`.
+    pub health: String,
+    #[schema(value_type = Option<Object>)]
+    pub health_report: Option<serde_json::Value>,
+    pub health_at_ms: Option<i64>,
 }
 
 /// A command (direct method) for a device.

@@ -536,6 +536,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     tokio::spawn(checkpoint_periodically(state.clone()));
     scrape::spawn(state.clone())?;
     alerting::reload_on_sighup(state.clone());
+    mqtt::spawn_status_metrics(state.clone());
     let mqtt_open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut mqtt_banner = Vec::new();
     for (listener, spec) in mqtt_listeners {

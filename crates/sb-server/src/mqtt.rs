@@ -141,16 +141,53 @@ impl Access for MqttAccess {
         self.allowed(who, Action::Read, filter).await
     }
 
+    /// A device's connects and disconnects go to the audit log (its history).
     async fn connected(&self, who: &Who) {
-        if let Who::Device { record, .. } = who {
+        if let Who::Device {
+            record,
+            subject,
+            origin,
+        } = who
+        {
             self.commands.on_connected(record.id);
+            let cx = Ctx {
+                subject,
+                origin,
+                now: crate::now(),
+            };
+            let detail = serde_json::json!({"name": record.name});
+            if let Err(e) = self
+                .auth
+                .record(cx, "device.connect", record.id.to_string(), detail)
+                .await
+            {
+                tracing::warn!(error = %e, "auditing a device connect failed");
+            }
         }
     }
 
     async fn disconnected(&self, who: &Who) {
-        if let Who::Device { record, .. } = who {
+        if let Who::Device {
+            record,
+            subject,
+            origin,
+        } = who
+        {
             self.commands.on_disconnected(record.id);
             self.devices.seen(record.id, crate::now()).await;
+            let cx = Ctx {
+                subject,
+                origin,
+                now: crate::now(),
+            };
+            let detail = serde_json::json!({"name": record.name});
+            if let Err(e) = self
+                .auth
+                .record(cx, "device.disconnect", record.id.to_string(), detail)
+                .await
+            {
+                tracing::warn!(error = %e, "auditing a device disconnect failed");
+            }
         }
     }
 
@@ -175,6 +212,12 @@ impl Access for MqttAccess {
                 message.payload.clone(),
             );
             tokio::spawn(async move { commands.on_response(device, &command, &payload).await });
+            return;
+        }
+        if *message.topic == *format!("devices/{}/health", record.id) {
+            let (devices, device, payload) =
+                (self.devices.clone(), record.id, message.payload.clone());
+            tokio::spawn(async move { devices.health(device, &payload, crate::now()).await });
             return;
         }
         if *message.topic == *format!("devices/{}/twin/reported", record.id) {
@@ -416,4 +459,55 @@ pub async fn websocket(
             }
             serve.abort();
         })
+}
+
+/// Writes `device_online` and `device_healthy` (0 or 1) for every device that is not revoked,
+/// every `mqtt.status_interval_secs`, so alert rules can watch them.
+pub fn spawn_status_metrics(state: Arc<AppState>) {
+    let every = state.config.mqtt.status_interval_secs;
+    if every == 0 {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(every));
+        loop {
+            tokio::select! {
+                _ = state.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let Ok(devices) = state.devices.all().await else {
+                continue;
+            };
+            let now = crate::now();
+            let mut batch: sb_tsdb::Batch = Vec::new();
+            for d in devices.iter().filter(|d| d.revoked_at.is_none()) {
+                let id = d.id.to_string();
+                let series = |name: &str, v: f64| {
+                    (
+                        sb_tsdb::Labels::from_pairs(&[
+                            ("__name__", name),
+                            ("device_id", &id),
+                            ("device", &d.name),
+                            ("group", &d.group),
+                        ]),
+                        vec![(now.0, v)],
+                    )
+                };
+                batch.push(series(
+                    "device_online",
+                    f64::from(u8::from(state.commands.is_online(d.id))),
+                ));
+                match state.devices.health_state(d, now) {
+                    "healthy" => batch.push(series("device_healthy", 1.0)),
+                    "unhealthy" => batch.push(series("device_healthy", 0.0)),
+                    _ => {}
+                }
+            }
+            if !batch.is_empty()
+                && let Err(e) = state.monitor.append_internal(batch).await
+            {
+                tracing::warn!(error = %e, "writing device status metrics failed");
+            }
+        }
+    });
 }

@@ -32,6 +32,12 @@ async fn info(st: &AppState, d: &DeviceRecord) -> DeviceInfo {
         created_at_ms: d.created_at.0,
         revoked: d.revoked_at.is_some(),
         online: st.commands.is_online(d.id),
+        health: st.devices.health_state(d, crate::now()).to_string(),
+        health_report: d
+            .health
+            .as_deref()
+            .and_then(|h| serde_json::from_str(h).ok()),
+        health_at_ms: d.health_at.map(|t| t.0),
         last_seen_at_ms: d.last_seen_at.map(|t| t.0),
     }
 }

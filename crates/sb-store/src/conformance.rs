@@ -1151,6 +1151,8 @@ pub async fn run_devices<S: Store + crate::devices::DevicesStore>(s: &S) {
         created_at: UnixMillis(20_001),
         revoked_at: None,
         last_seen_at: None,
+        health: None,
+        health_at: None,
     };
     s.create_device(d.clone()).await.unwrap();
     let dup = DeviceRecord {
@@ -1172,6 +1174,14 @@ pub async fn run_devices<S: Store + crate::devices::DevicesStore>(s: &S) {
     assert_eq!(
         (got.secret_hash, got.last_seen_at),
         ([8; 32], Some(UnixMillis(20_100)))
+    );
+    s.device_health(d.id, r#"{"ok":true}"#.into(), UnixMillis(20_150))
+        .await
+        .unwrap();
+    let got = s.device(d.id).await.unwrap().unwrap();
+    assert_eq!(
+        (got.health.as_deref(), got.health_at),
+        (Some(r#"{"ok":true}"#), Some(UnixMillis(20_150)))
     );
     s.revoke_device(d.id, UnixMillis(20_200)).await.unwrap();
     s.revoke_device(d.id, UnixMillis(20_300)).await.unwrap();

@@ -18,6 +18,9 @@ pub struct DeviceRecord {
     pub created_at: UnixMillis,
     pub revoked_at: Option<UnixMillis>,
     pub last_seen_at: Option<UnixMillis>,
+    /// The device's last health report (JSON) and when it came.
+    pub health: Option<String>,
+    pub health_at: Option<UnixMillis>,
 }
 
 /// A command (direct method) to a device and what became of it.
@@ -69,6 +72,7 @@ pub trait DevicesStore: Send + Sync + 'static {
     /// Revokes a device for good; `NotFound` if there is no such device.
     async fn revoke_device(&self, id: DeviceId, at: UnixMillis) -> Result<()>;
     async fn device_seen(&self, id: DeviceId, at: UnixMillis) -> Result<()>;
+    async fn device_health(&self, id: DeviceId, report: String, at: UnixMillis) -> Result<()>;
     /// Creates or updates a command.
     async fn put_command(&self, c: CommandRecord) -> Result<()>;
     async fn command(&self, id: CommandId) -> Result<Option<CommandRecord>>;

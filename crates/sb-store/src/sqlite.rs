@@ -379,6 +379,11 @@ CREATE TABLE device_twins (
     reported_version INTEGER NOT NULL
 ) STRICT;
 "#,
+    r#"
+-- A device's last health report.
+ALTER TABLE devices ADD COLUMN health TEXT;
+ALTER TABLE devices ADD COLUMN health_at INTEGER;
+"#,
 ];
 
 const SETUP_TOKEN_KEY: &str = "setup_token_hash";

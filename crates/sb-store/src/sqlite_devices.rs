@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use rusqlite::{OptionalExtension, Row, params};
 use sb_core::{CommandId, DeviceId, UnixMillis};
 
-const COLS: &str =
-    "id, name, group_name, tags, secret_hash, owner, created_at, revoked_at, last_seen_at";
+const COLS: &str = "id, name, group_name, tags, secret_hash, owner, created_at, revoked_at, \
+     last_seen_at, health, health_at";
 
 fn device_at(row: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
     let tags: String = row.get(3)?;
@@ -31,6 +31,8 @@ fn device_at(row: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
         created_at: UnixMillis(row.get(6)?),
         revoked_at: row.get::<_, Option<i64>>(7)?.map(UnixMillis),
         last_seen_at: row.get::<_, Option<i64>>(8)?.map(UnixMillis),
+        health: row.get(9)?,
+        health_at: row.get::<_, Option<i64>>(10)?.map(UnixMillis),
     })
 }
 
@@ -139,6 +141,17 @@ impl DevicesStore for SqliteStore {
             if n == 0 {
                 return Err(StoreError::NotFound);
             }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn device_health(&self, id: DeviceId, report: String, at: UnixMillis) -> Result<()> {
+        self.write("device_health", move |c| {
+            c.execute(
+                "UPDATE devices SET health = ?2, health_at = ?3, last_seen_at = ?3 WHERE id = ?1",
+                params![id.to_string(), report, at.0],
+            )?;
             Ok(())
         })
         .await

@@ -26,8 +26,13 @@ struct Broker {
 
 impl Broker {
     fn start() -> Broker {
+        Self::start_with_env(Vec::new())
+    }
+
+    fn start_with_env(env: Vec<(&str, String)>) -> Broker {
         let server = TestServer::start_with(ServerOptions {
             mqtt: true,
+            env,
             ..Default::default()
         });
         let addr = server.mqtt.clone().expect("MQTT listener in the banner");
@@ -1067,5 +1072,103 @@ async fn twins_deliver_desired_state_take_reports_and_refuse_stale_versions() {
     assert!(
         m[0].contains(r#""desired":{"mode":"boost"}"#) && m[0].contains(r#""version":3"#),
         "{m:?}"
+    );
+}
+
+#[tokio::test]
+async fn device_status_health_history_and_online_metrics() {
+    if !clients() {
+        return;
+    }
+    let b = Broker::start_with_env(vec![
+        ("SB_MQTT__HEALTH_INTERVAL_SECS", "1".into()),
+        ("SB_MQTT__STATUS_INTERVAL_SECS", "1".into()),
+    ]);
+    let (admin, _) = admin_token(&b.server).await;
+    let (id, secret) = device(&admin, "status-1", "plant").await;
+    let (_other, _) = device(&admin, "status-2", "plant").await;
+    let d = admin.device("status-1").await.unwrap();
+    assert_eq!((d.online, d.health.as_str()), (false, "unknown"));
+
+    // Connected and reporting: online and healthy.
+    let sub = b.subscribe(&id, &secret, &["-q", "1", "-t", &format!("devices/{id}/x")]);
+    let out = b.publish(
+        &id,
+        &secret,
+        &[
+            "-q",
+            "1",
+            "-t",
+            &format!("devices/{id}/health"),
+            "-m",
+            r#"{"battery":0.9}"#,
+        ],
+    );
+    assert!(out.status.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let d = loop {
+        let d = admin.device("status-1").await.unwrap();
+        if d.health == "healthy" || Instant::now() > deadline {
+            break d;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(d.online);
+    assert_eq!(d.health, "healthy");
+    assert_eq!(d.health_report, Some(serde_json::json!({"battery": 0.9})));
+
+    // The status series: 1 for the connected device, 0 for the other.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let online = loop {
+        let v = admin
+            .prometheus_api("/api/v1/query", &[("query", "device_online")])
+            .await
+            .unwrap();
+        let r = v["result"].as_array().unwrap().clone();
+        if r.len() == 2 || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let value_of = |name: &str| {
+        online
+            .iter()
+            .find(|s| s["metric"]["device"] == name)
+            .map(|s| s["value"][1].clone())
+    };
+    assert_eq!(
+        value_of("status-1"),
+        Some(serde_json::json!("1")),
+        "{online:?}"
+    );
+    assert_eq!(value_of("status-2"), Some(serde_json::json!("0")));
+
+    // No report for longer than the interval: unhealthy. Gone: offline, with its history.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(admin.device("status-1").await.unwrap().health, "unhealthy");
+    drop(sub);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while admin.device("status-1").await.unwrap().online {
+        assert!(
+            Instant::now() < deadline,
+            "still online after disconnecting"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let history = admin
+        .admin_audit(&sb_proto::AuditQuery {
+            action: Some("device.".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let actions: Vec<&str> = history
+        .iter()
+        .filter(|e| e.target == id)
+        .map(|e| e.action.as_str())
+        .collect();
+    assert!(
+        actions.contains(&"device.connect") && actions.contains(&"device.disconnect"),
+        "{actions:?}"
     );
 }
