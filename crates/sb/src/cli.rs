@@ -208,6 +208,22 @@ pub enum DeviceCmd {
     Rotate { device: String },
     /// Revoke a device for good: it is disconnected now and refused from now on.
     Revoke { device: String },
+    /// Run simulated devices against the server (telemetry, health, command answers, twin
+    /// sync), registering them as PREFIX-0001…; for demos and load. Ctrl-C stops.
+    Simulate {
+        #[arg(long, default_value_t = 10)]
+        count: usize,
+        #[arg(long, default_value = "sim")]
+        prefix: String,
+        #[arg(long, default_value = "simulated")]
+        group: String,
+        /// How often each publishes telemetry.
+        #[arg(long, default_value = "5s")]
+        interval: String,
+        /// The server's MQTT listener [default: its host, port 1883].
+        #[arg(long)]
+        mqtt: Option<String>,
+    },
     /// A device's twin: desired and reported state, and what the device has yet to apply.
     Twin { device: String },
     /// Set desired state (remote configuration), e.g. `sb device configure thermo-1

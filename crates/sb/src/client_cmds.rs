@@ -426,16 +426,17 @@ pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| anyhow!("bad duration {s:?}: use a number and s, m, h, d or w (e.g. 30d)"))?;
+    let n: u64 = n.parse().map_err(|_| {
+        anyhow!("bad duration {s:?}: use a number and ms, s, m, h, d or w (e.g. 30d)")
+    })?;
     let secs = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
         "s" | "" => n,
         "m" => n * 60,
         "h" => n * 3600,
         "d" => n * 86_400,
         "w" => n * 7 * 86_400,
-        _ => bail!("bad duration {s:?}: use a number and s, m, h, d or w (e.g. 30d)"),
+        _ => bail!("bad duration {s:?}: use a number and ms, s, m, h, d or w (e.g. 30d)"),
     };
     Ok(Duration::from_secs(secs))
 }
@@ -729,6 +730,7 @@ mod tests {
     #[test]
     fn durations_parse_with_units() {
         assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(
             parse_duration("30d").unwrap(),
             Duration::from_secs(30 * 86_400)

@@ -5,6 +5,17 @@ use anyhow::Context;
 
 pub async fn device(cmd: crate::cli::DeviceCmd, json: bool) -> anyhow::Result<()> {
     use crate::cli::DeviceCmd;
+    if let DeviceCmd::Simulate {
+        count,
+        prefix,
+        group,
+        interval,
+        mqtt,
+    } = cmd
+    {
+        let every = crate::client_cmds::parse_duration(&interval).context("--interval, e.g. 5s")?;
+        return crate::simulate::simulate(count, prefix, group, every, mqtt).await;
+    }
     let (_, client) = logged_in()?;
     let show_secret = |s: &sb_proto::DeviceSecret, json: bool| {
         output(json, s, || {
@@ -143,6 +154,7 @@ pub async fn device(cmd: crate::cli::DeviceCmd, json: bool) -> anyhow::Result<()
                 .await?;
             output(json, &t, || print_twin(&t))
         }
+        DeviceCmd::Simulate { .. } => unreachable!("handled above"),
         DeviceCmd::Revoke { device } => {
             let d = client.device_revoke(&device).await?;
             output(json, &d, || {

@@ -8,6 +8,7 @@ mod client_cmds;
 mod device_cmds;
 mod files_cmds;
 mod monitor_cmds;
+mod simulate;
 
 use clap::Parser;
 

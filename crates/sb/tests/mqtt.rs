@@ -1172,3 +1172,84 @@ async fn device_status_health_history_and_online_metrics() {
         "{actions:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sb_device_simulate_runs_devices_that_report_answer_and_follow_their_twins() {
+    let b = Broker::start();
+    let home = tempfile::tempdir().unwrap();
+    register_admin_cli(&b.server, home.path());
+    let mqtt = format!("{}:{}", b.host, b.port);
+    let mut sim = Command::new(BIN)
+        .args([
+            "device",
+            "simulate",
+            "--count",
+            "3",
+            "--interval",
+            "200ms",
+            "--mqtt",
+            &mqtt,
+        ])
+        .env("XDG_CONFIG_HOME", home.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let admin = b.server.login("admin").await;
+    // Telemetry from all three, queryable by group.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = admin
+            .prometheus_api(
+                "/api/v1/query",
+                &[("query", r#"count(temperature{group="simulated"})"#)],
+            )
+            .await
+            .unwrap();
+        if v["result"][0]["value"][1] == "3" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no telemetry from 3 devices: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // They answer commands and follow their twins.
+    let out = sb(
+        home.path(),
+        &[
+            "device",
+            "call",
+            "sim-0002",
+            "echo",
+            "--payload",
+            r#"{"ping":1}"#,
+            "--json",
+        ],
+        "",
+    );
+    let v = json(&out);
+    assert_eq!(
+        (v["state"].as_str(), v["result"].clone()),
+        (Some("succeeded"), serde_json::json!({"ping": 1}))
+    );
+    json(&sb(
+        home.path(),
+        &["device", "configure", "sim-0003", "rate=5", "--json"],
+        "",
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let t = admin.device_twin("sim-0003").await.unwrap();
+        if t.reported["rate"] == 5 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "twin not reported: {t:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let d = admin.device("sim-0001").await.unwrap();
+    assert!(d.online && d.health == "healthy", "{d:?}");
+    sim.kill().unwrap();
+    sim.wait().unwrap();
+}
