@@ -50,16 +50,19 @@ pub async fn device(cmd: crate::cli::DeviceCmd, json: bool) -> anyhow::Result<()
                     println!("(no devices; `sb device register NAME` adds one)");
                 }
                 for d in &list {
-                    println!(
-                        "{}  {:<20} {:<12} {}{}",
-                        d.id,
-                        d.name,
-                        d.group,
-                        d.last_seen_at_ms
-                            .map(|t| format!("seen {}", fmt_time(t)))
-                            .unwrap_or_else(|| "never seen".into()),
-                        if d.revoked { "  REVOKED" } else { "" }
-                    );
+                    let state = if d.revoked {
+                        "REVOKED".to_string()
+                    } else if d.online {
+                        format!("online, {}", d.health)
+                    } else {
+                        format!(
+                            "offline, {}",
+                            d.last_seen_at_ms
+                                .map(|t| format!("seen {}", fmt_time(t)))
+                                .unwrap_or_else(|| "never seen".into())
+                        )
+                    };
+                    println!("{}  {:<20} {:<12} {state}", d.id, d.name, d.group);
                 }
             })
         }
