@@ -43,8 +43,9 @@ pub enum Credential {
         id: TokenId,
         scopes: Vec<Scope>,
     },
-    /// A device's secret (MQTT). The subject's user is the device's owner, but a device may
-    /// do nothing but use its topics: see [`authorize`].
+    /// A device's secret (MQTT, or HTTP Basic for firmware downloads). The subject's user is
+    /// the device's owner, but a device may do nothing but use its topics and download
+    /// firmware: see [`authorize`].
     Device(DeviceId),
 }
 
@@ -152,6 +153,8 @@ pub enum Resource {
     /// The device registry. Read: list; Create: register; Update/Delete: rotate and revoke
     /// (the owner, or an admin).
     Devices { owner: Option<UserId> },
+    /// Firmware images. Read: list and download; Create/Update/Delete: admins.
+    Firmware,
     /// Joining a room on one's own.
     RoomJoin {
         id: RoomId,
@@ -177,6 +180,7 @@ impl Resource {
             Resource::FileSpace { id, .. } => format!("space:{id}"),
             Resource::MqttTopic { .. } => "mqtt-topic".into(),
             Resource::Devices { .. } => "devices".into(),
+            Resource::Firmware => "firmware".into(),
         }
     }
 }
@@ -205,6 +209,8 @@ pub fn authorize(subject: &Subject, action: Action, resource: &Resource) -> Resu
             {
                 Ok(())
             }
+            // Devices download firmware.
+            Resource::Firmware if action == Action::Read => Ok(()),
             _ => Err(Denial::NotPermitted),
         };
     }
@@ -266,6 +272,7 @@ pub fn authorize(subject: &Subject, action: Action, resource: &Resource) -> Resu
             matches!(action, Action::Read | Action::Create)
                 && (admin || *own_namespace || *owned_device)
         }
+        Resource::Firmware => action == Action::Read || admin,
         Resource::Devices { owner } => match action {
             Action::Read | Action::Create => true,
             Action::Update | Action::Delete => admin || owner.as_ref().is_some_and(owns),

@@ -94,4 +94,31 @@ impl Client {
         )
         .await
     }
+
+    /// Uploads a firmware image with its signature (see `sb_devices::firmware::sign`).
+    pub async fn firmware_upload(
+        &self,
+        version: &str,
+        image: Vec<u8>,
+        signature: &str,
+        public_key: &str,
+    ) -> Result<sb_proto::FirmwareInfo> {
+        let resp = self
+            .raw_with_headers(
+                Method::POST,
+                &format!("/v1/firmware?version={}", enc(version)),
+                &[
+                    ("content-type", "application/octet-stream"),
+                    ("x-firmware-signature", signature),
+                    ("x-firmware-public-key", public_key),
+                ],
+                image,
+            )
+            .await?;
+        Self::decode(resp).await
+    }
+
+    pub async fn firmwares(&self) -> Result<Vec<sb_proto::FirmwareInfo>> {
+        self.call(Method::GET, "/v1/firmware", Self::NO_BODY).await
+    }
 }

@@ -356,6 +356,11 @@ pub struct MqttConfig {
     /// How often `device_online` and `device_healthy` are written for every device (for
     /// alert rules such as `device_online == 0` held for 10m); 0 turns it off.
     pub status_interval_secs: u64,
+    /// Largest firmware image.
+    pub firmware_size_bytes_max: usize,
+    /// Operator public keys (hex) firmware must be signed with; empty: any valid signature,
+    /// its key recorded with the image.
+    pub firmware_keys: Vec<String>,
 }
 
 impl Default for MqttConfig {
@@ -380,6 +385,8 @@ impl Default for MqttConfig {
             command_payload_bytes_max: 64 * 1024,
             health_interval_secs: 300,
             status_interval_secs: 30,
+            firmware_size_bytes_max: 64 * 1024 * 1024,
+            firmware_keys: Vec::new(),
         }
     }
 }
@@ -869,6 +876,11 @@ health_interval_secs = 300
 # device_id, device, group) are written for every device, for alert rules such as
 # `device_online == 0` held `for: 10m`. 0 turns it off.
 status_interval_secs = 30
+# Largest firmware image (sb firmware upload); it is held in memory while checked.
+firmware_size_bytes_max = 67108864
+# Operator public keys (hex, from `sb firmware keygen`) firmware must be signed with. Empty:
+# any valid signature is accepted and its key recorded with the image.
+firmware_keys = []
 "#;
 
 #[cfg(test)]

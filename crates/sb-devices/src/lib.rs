@@ -8,6 +8,7 @@
 //! Revoking a device announces it on the auth bus under its credential topic, which closes
 //! its connection at once.
 
+pub mod firmware;
 pub mod telemetry;
 
 use sb_auth::{Action, Auth, AuthError, AuthEvent, Credential, Ctx, Resource, Subject};

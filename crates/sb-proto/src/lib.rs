@@ -309,6 +309,19 @@ pub struct CommandInfo {
     pub result: Option<serde_json::Value>,
 }
 
+/// A firmware image, signed by the operator.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FirmwareInfo {
+    pub version: String,
+    pub size: u64,
+    pub sha256: String,
+    /// Ed25519 over the image's SHA-256, hex.
+    pub signature: String,
+    /// The operator key it verifies with, hex.
+    pub public_key: String,
+    pub created_at_ms: i64,
+}
+
 /// A device twin.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TwinInfo {

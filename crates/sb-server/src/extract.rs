@@ -40,7 +40,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
 /// Where the request came from (peer address and User-Agent).
 pub struct ClientOrigin(pub Origin);
 
-fn origin_of(parts: &Parts) -> Origin {
+pub(crate) fn origin_of(parts: &Parts) -> Origin {
     let ip = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()

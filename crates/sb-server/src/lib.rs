@@ -17,6 +17,7 @@ mod routes_alerts;
 mod routes_chat;
 mod routes_devices;
 mod routes_files;
+mod routes_firmware;
 mod routes_monitor;
 mod scrape;
 pub mod tls;
@@ -64,6 +65,7 @@ pub struct AppState {
     pub devices: Arc<sb_devices::Devices>,
     pub commands: Arc<commands::Commands>,
     pub twins: Arc<twins::Twins>,
+    pub(crate) devices_store: Arc<dyn sb_store::DevicesStore>,
     pub mqtt: Arc<mqtt::MqttBroker>,
     pub blobs: sb_blob::LocalBlobStore,
     /// Chat's store, for the attachments blob garbage collection must keep.
@@ -161,6 +163,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         .routes(routes!(routes_devices::call))
         .routes(routes!(routes_devices::command))
         .routes(routes!(routes_devices::twin, routes_devices::set_desired))
+        .routes(routes!(routes_firmware::upload, routes_firmware::list))
+        .routes(routes!(routes_firmware::image))
         .routes(routes!(routes_alerts::alerts))
         .routes(routes!(routes_alerts::reload))
         .routes(routes!(
@@ -306,7 +310,7 @@ async fn prune_sessions_periodically(st: Arc<AppState>) {
 }
 
 /// Applies file retention, then deletes the blobs nothing refers to (file versions, uploads
-/// in progress, chat attachments) once older than `blobs.gc_grace_secs`.
+/// in progress, chat attachments, firmware images) once older than `blobs.gc_grace_secs`.
 pub(crate) async fn collect_garbage(st: &AppState) -> anyhow::Result<sb_proto::GcReport> {
     let (versions_deleted, files_purged) = st.files.apply_retention(now()).await?;
     let mut keep: std::collections::HashSet<sb_blob::BlobId> =
@@ -315,6 +319,9 @@ pub(crate) async fn collect_garbage(st: &AppState) -> anyhow::Result<sb_proto::G
         if let Ok(id) = hex.parse() {
             keep.insert(id);
         }
+    }
+    for f in st.devices_store.firmwares().await? {
+        keep.insert(sb_blob::BlobId::from_bytes(f.blob));
     }
     let blobs = st.blobs.clone();
     let grace = Duration::from_secs(st.config.blobs.gc_grace_secs);
@@ -471,7 +478,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let monitor = Arc::new(monitor);
     let commands =
         commands::Commands::new(sqlite_devices.clone(), devices.clone(), config.mqtt.clone());
-    let twins = twins::Twins::new(sqlite_devices, devices.clone());
+    let twins = twins::Twins::new(sqlite_devices.clone(), devices.clone());
     let mqtt_broker = mqtt::broker(
         devices.clone(),
         commands.clone(),
@@ -515,6 +522,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         devices,
         commands,
         twins,
+        devices_store: sqlite_devices,
         mqtt: mqtt_broker,
         blobs,
         chat_store,

@@ -204,7 +204,7 @@ pub async fn versions(
 
 /// `bytes=A-B`, `bytes=A-` or `bytes=-N` against a length: the inclusive range, or `None` when
 /// it cannot be satisfied. Multiple ranges are not supported (answered with the whole file).
-fn parse_range(value: &str, len: u64) -> Option<Option<(u64, u64)>> {
+pub(crate) fn parse_range(value: &str, len: u64) -> Option<Option<(u64, u64)>> {
     let spec = value.strip_prefix("bytes=")?.trim();
     if spec.contains(',') {
         return None;

@@ -59,6 +59,19 @@ pub struct TwinRecord {
     pub reported_version: i64,
 }
 
+/// A firmware image: its bytes are one blob; the signature is the operator's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FirmwareRecord {
+    pub version: String,
+    pub size: u64,
+    pub sha256: String,
+    pub blob: [u8; 32],
+    pub signature: String,
+    pub public_key: String,
+    pub created_by: UserId,
+    pub created_at: UnixMillis,
+}
+
 #[async_trait]
 pub trait DevicesStore: Send + Sync + 'static {
     /// Registers a device; `Conflict` if the name is taken.
@@ -82,4 +95,9 @@ pub trait DevicesStore: Send + Sync + 'static {
     /// Writes a twin if its stored desired version is still `expect_desired` (0: no twin
     /// yet); `Conflict` otherwise.
     async fn put_twin(&self, t: TwinRecord, expect_desired: i64) -> Result<()>;
+    /// Adds a firmware version; `Conflict` if that version exists.
+    async fn create_firmware(&self, f: FirmwareRecord) -> Result<()>;
+    async fn firmware(&self, version: &str) -> Result<Option<FirmwareRecord>>;
+    /// Every firmware version, newest first.
+    async fn firmwares(&self) -> Result<Vec<FirmwareRecord>>;
 }

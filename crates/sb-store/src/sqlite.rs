@@ -384,6 +384,19 @@ CREATE TABLE device_twins (
 ALTER TABLE devices ADD COLUMN health TEXT;
 ALTER TABLE devices ADD COLUMN health_at INTEGER;
 "#,
+    r#"
+-- Firmware images (their bytes are a blob) with the operator's signature.
+CREATE TABLE firmware (
+    version    TEXT PRIMARY KEY,
+    size       INTEGER NOT NULL,
+    sha256     TEXT NOT NULL,
+    blob       BLOB NOT NULL,
+    signature  TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    created_by TEXT NOT NULL REFERENCES users(id),
+    created_at INTEGER NOT NULL
+) STRICT;
+"#,
 ];
 
 const SETUP_TOKEN_KEY: &str = "setup_token_hash";

@@ -274,4 +274,75 @@ impl DevicesStore for SqliteStore {
         })
         .await
     }
+
+    async fn create_firmware(&self, f: FirmwareRecord) -> Result<()> {
+        self.write("create_firmware", move |c| {
+            let n = c.execute(
+                "INSERT OR IGNORE INTO firmware (version, size, sha256, blob, signature, public_key, \
+                 created_by, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    f.version,
+                    f.size as i64,
+                    f.sha256,
+                    f.blob.to_vec(),
+                    f.signature,
+                    f.public_key,
+                    f.created_by.to_string(),
+                    f.created_at.0
+                ],
+            )?;
+            if n == 0 {
+                return Err(StoreError::Conflict("that firmware version exists"));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn firmware(&self, version: &str) -> Result<Option<FirmwareRecord>> {
+        let version = version.to_string();
+        self.read("firmware", move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {FIRMWARE_COLS} FROM firmware WHERE version = ?1"),
+                [version],
+                firmware_at,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn firmwares(&self) -> Result<Vec<FirmwareRecord>> {
+        self.read("firmwares", move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {FIRMWARE_COLS} FROM firmware ORDER BY created_at DESC"
+            ))?;
+            let rows = stmt.query_map([], firmware_at)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+}
+
+const FIRMWARE_COLS: &str =
+    "version, size, sha256, blob, signature, public_key, created_by, created_at";
+
+fn firmware_at(row: &Row<'_>) -> rusqlite::Result<FirmwareRecord> {
+    let blob: Vec<u8> = row.get(3)?;
+    Ok(FirmwareRecord {
+        version: row.get(0)?,
+        size: row.get::<_, i64>(1)? as u64,
+        sha256: row.get(2)?,
+        blob: blob.try_into().map_err(|_| {
+            rusqlite::Error::FromSqlConversionFailure(
+                3,
+                rusqlite::types::Type::Blob,
+                "a blob id is 32 bytes".into(),
+            )
+        })?,
+        signature: row.get(4)?,
+        public_key: row.get(5)?,
+        created_by: parse_id(row.get(6)?)?,
+        created_at: UnixMillis(row.get(7)?),
+    })
 }

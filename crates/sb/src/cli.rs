@@ -48,6 +48,9 @@ pub enum Command {
     /// Devices: register them (an id and a secret for MQTT), list, rotate, revoke.
     #[command(subcommand)]
     Device(DeviceCmd),
+    /// Firmware: the operator's signing key, and signed images.
+    #[command(subcommand)]
+    Firmware(FirmwareCmd),
     /// Pinned server certificates.
     #[command(subcommand)]
     Trust(TrustCmd),
@@ -187,6 +190,29 @@ pub enum FilesCmd {
         #[arg(long, default_value = "read", value_parser = ["read", "write", "none"])]
         access: String,
     },
+}
+
+#[derive(Subcommand)]
+pub enum FirmwareCmd {
+    /// Make the operator's Ed25519 signing key (kept on this machine, mode 0600); prints the
+    /// public key devices verify with (and `mqtt.firmware_keys` may list).
+    Keygen {
+        /// Where to keep it [default: the config directory's firmware-signing.key].
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Sign an image with the operator's key and upload it, e.g. `sb firmware upload fw.bin
+    /// --version 1.4.2`.
+    Upload {
+        file: std::path::PathBuf,
+        #[arg(long)]
+        version: String,
+        /// The signing key [default: the one `sb firmware keygen` made].
+        #[arg(long)]
+        key: Option<std::path::PathBuf>,
+    },
+    /// Firmware versions on the server, newest first.
+    List,
 }
 
 #[derive(Subcommand)]

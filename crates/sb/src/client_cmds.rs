@@ -36,6 +36,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Chat(c) => crate::chat_cmds::chat(c, json).await,
         Command::Files(c) => crate::files_cmds::files(c, json).await,
         Command::Device(c) => crate::device_cmds::device(c, json).await,
+        Command::Firmware(c) => crate::device_cmds::firmware(c, json).await,
         Command::Query(a) => crate::monitor_cmds::query(a, json).await,
         Command::Alerts(c) => crate::monitor_cmds::alerts(c, json).await,
         Command::Agent(a) => agent(a).await,

@@ -183,3 +183,106 @@ fn print_twin(t: &sb_proto::TwinInfo) {
         println!("not applied yet:\n{}", pretty(&t.delta));
     }
 }
+
+fn default_key_path() -> anyhow::Result<std::path::PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".config")))
+        .context("set HOME or XDG_CONFIG_HOME")?;
+    Ok(base.join("switchboard").join("firmware-signing.key"))
+}
+
+pub async fn firmware(cmd: crate::cli::FirmwareCmd, json: bool) -> anyhow::Result<()> {
+    use crate::cli::FirmwareCmd;
+    use std::io::Write;
+    match cmd {
+        FirmwareCmd::Keygen { out } => {
+            let path = match out {
+                Some(p) => p,
+                None => default_key_path()?,
+            };
+            if path.exists() {
+                anyhow::bail!(
+                    "{} exists; devices trust its public key, so it is not replaced (move it away first)",
+                    path.display()
+                );
+            }
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let (seed, public) = sb_devices::firmware::keygen();
+            let mut f = {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .with_context(|| format!("creating {}", path.display()))?
+            };
+            writeln!(f, "{seed}")?;
+            f.sync_all()?;
+            #[derive(serde::Serialize)]
+            struct Out<'a> {
+                key_file: String,
+                public_key: &'a str,
+            }
+            let out = Out {
+                key_file: path.display().to_string(),
+                public_key: &public,
+            };
+            output(json, &out, || {
+                println!("signing key: {} (keep it safe and private)", path.display());
+                println!("public key:  {public}");
+                eprintln!(
+                    "  give devices the public key; list it in mqtt.firmware_keys to accept only it"
+                );
+            })
+        }
+        FirmwareCmd::Upload { file, version, key } => {
+            let (_, client) = logged_in()?;
+            let key_path = match key {
+                Some(k) => k,
+                None => default_key_path()?,
+            };
+            let seed = std::fs::read_to_string(&key_path).with_context(|| {
+                format!(
+                    "reading the signing key {} (make one with `sb firmware keygen`)",
+                    key_path.display()
+                )
+            })?;
+            let image =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let signature =
+                sb_devices::firmware::sign(seed.trim(), &image).map_err(anyhow::Error::msg)?;
+            let public =
+                sb_devices::firmware::public_key(seed.trim()).map_err(anyhow::Error::msg)?;
+            eprintln!(
+                "  signed {} ({} bytes); uploading…",
+                file.display(),
+                image.len()
+            );
+            let f = client
+                .firmware_upload(&version, image, &signature, &public)
+                .await?;
+            output(json, &f, || {
+                println!(
+                    "firmware {} uploaded: {} bytes, sha256 {}",
+                    f.version, f.size, f.sha256
+                )
+            })
+        }
+        FirmwareCmd::List => {
+            let (_, client) = logged_in()?;
+            let list = client.firmwares().await?;
+            output(json, &list, || {
+                for f in &list {
+                    println!(
+                        "{:<16} {:>12} bytes  sha256 {}",
+                        f.version, f.size, f.sha256
+                    );
+                }
+            })
+        }
+    }
+}
