@@ -221,8 +221,8 @@ impl Devices {
         }
     }
 
-    /// A new secret for a device; the old one stops working (and its connection closes).
-    pub async fn rotate(&self, cx: Ctx<'_>, key: &str) -> Result<(DeviceRecord, Secret<String>)> {
+    /// A device by id or name that the caller may change (its owner, or an admin).
+    pub async fn get_for_update(&self, cx: Ctx<'_>, key: &str) -> Result<DeviceRecord> {
         let d = self.get(cx, key).await?;
         self.auth
             .authorize(
@@ -233,6 +233,12 @@ impl Devices {
                 },
             )
             .await?;
+        Ok(d)
+    }
+
+    /// A new secret for a device; the old one stops working (and its connection closes).
+    pub async fn rotate(&self, cx: Ctx<'_>, key: &str) -> Result<(DeviceRecord, Secret<String>)> {
+        let d = self.get_for_update(cx, key).await?;
         if d.revoked_at.is_some() {
             return Err(DevicesError::Conflict(format!("{} is revoked", d.name)));
         }

@@ -12,7 +12,7 @@
 //! `expired`. Every change is stored, and open commands are picked up again after a restart.
 
 use crate::mqtt::MqttBroker;
-use sb_auth::{Action, Ctx, Resource};
+use sb_auth::Ctx;
 use sb_core::config::MqttConfig;
 use sb_core::{CommandId, DeviceId, UnixMillis};
 use sb_devices::{Devices, DevicesError};
@@ -139,17 +139,7 @@ impl Commands {
         device: &str,
         req: &sb_proto::CommandCreate,
     ) -> Result<CommandRecord, DevicesError> {
-        let d = self.devices.get(cx, device).await?;
-        self.devices
-            .auth()
-            .authorize(
-                cx,
-                Action::Update,
-                &Resource::Devices {
-                    owner: Some(d.owner),
-                },
-            )
-            .await?;
+        let d = self.devices.get_for_update(cx, device).await?;
         if d.revoked_at.is_some() {
             return Err(DevicesError::Conflict(format!("{} is revoked", d.name)));
         }

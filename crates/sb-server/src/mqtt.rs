@@ -47,6 +47,31 @@ pub struct MqttAccess {
 }
 
 impl MqttAccess {
+    /// A device's connects and disconnects go to the audit log (its history).
+    async fn audit_device(&self, who: &Who, action: &str) {
+        let Who::Device {
+            record,
+            subject,
+            origin,
+        } = who
+        else {
+            return;
+        };
+        let cx = Ctx {
+            subject,
+            origin,
+            now: crate::now(),
+        };
+        let detail = serde_json::json!({"name": record.name});
+        if let Err(e) = self
+            .auth
+            .record(cx, action, record.id.to_string(), detail)
+            .await
+        {
+            tracing::warn!(error = %e, action, "auditing a device event failed");
+        }
+    }
+
     async fn allowed(&self, who: &Who, action: Action, topic: &str) -> bool {
         let (subject, origin, device, owned): (
             &Subject,
@@ -141,53 +166,18 @@ impl Access for MqttAccess {
         self.allowed(who, Action::Read, filter).await
     }
 
-    /// A device's connects and disconnects go to the audit log (its history).
     async fn connected(&self, who: &Who) {
-        if let Who::Device {
-            record,
-            subject,
-            origin,
-        } = who
-        {
+        if let Who::Device { record, .. } = who {
             self.commands.on_connected(record.id);
-            let cx = Ctx {
-                subject,
-                origin,
-                now: crate::now(),
-            };
-            let detail = serde_json::json!({"name": record.name});
-            if let Err(e) = self
-                .auth
-                .record(cx, "device.connect", record.id.to_string(), detail)
-                .await
-            {
-                tracing::warn!(error = %e, "auditing a device connect failed");
-            }
+            self.audit_device(who, "device.connect").await;
         }
     }
 
     async fn disconnected(&self, who: &Who) {
-        if let Who::Device {
-            record,
-            subject,
-            origin,
-        } = who
-        {
+        if let Who::Device { record, .. } = who {
             self.commands.on_disconnected(record.id);
             self.devices.seen(record.id, crate::now()).await;
-            let cx = Ctx {
-                subject,
-                origin,
-                now: crate::now(),
-            };
-            let detail = serde_json::json!({"name": record.name});
-            if let Err(e) = self
-                .auth
-                .record(cx, "device.disconnect", record.id.to_string(), detail)
-                .await
-            {
-                tracing::warn!(error = %e, "auditing a device disconnect failed");
-            }
+            self.audit_device(who, "device.disconnect").await;
         }
     }
 

@@ -11,7 +11,7 @@
 //! device publishes merge patches of what it reports to `devices/<id>/twin/reported`.
 
 use crate::mqtt::MqttBroker;
-use sb_auth::{Action, Ctx, Resource};
+use sb_auth::Ctx;
 use sb_core::{DeviceId, UnixMillis};
 use sb_devices::{Devices, DevicesError};
 use sb_mqtt::broker::Message;
@@ -130,17 +130,7 @@ impl Twins {
         patch: &Map<String, Value>,
         version: Option<i64>,
     ) -> Result<TwinRecord, DevicesError> {
-        let d = self.devices.get(cx, key).await?;
-        self.devices
-            .auth()
-            .authorize(
-                cx,
-                Action::Update,
-                &Resource::Devices {
-                    owner: Some(d.owner),
-                },
-            )
-            .await?;
+        let d = self.devices.get_for_update(cx, key).await?;
         if serde_json::to_vec(patch).map_or(0, |v| v.len()) > 64 * 1024 {
             return Err(DevicesError::Invalid(
                 "a twin patch is at most 64 KiB".into(),
