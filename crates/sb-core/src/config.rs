@@ -361,6 +361,12 @@ pub struct MqttConfig {
     /// Operator public keys (hex) firmware must be signed with; empty: any valid signature,
     /// its key recorded with the image.
     pub firmware_keys: Vec<String>,
+    /// Topic filters one MQTT session may hold; more are refused in the SUBACK (0x97).
+    pub subscriptions_per_client_max: usize,
+    /// Commands queued or sent to one device at once.
+    pub commands_open_per_device_max: usize,
+    /// Largest twin document (desired or reported), in bytes of JSON.
+    pub twin_bytes_max: usize,
 }
 
 impl Default for MqttConfig {
@@ -387,6 +393,9 @@ impl Default for MqttConfig {
             status_interval_secs: 30,
             firmware_size_bytes_max: 64 * 1024 * 1024,
             firmware_keys: Vec::new(),
+            subscriptions_per_client_max: 100,
+            commands_open_per_device_max: 100,
+            twin_bytes_max: 64 * 1024,
         }
     }
 }
@@ -881,6 +890,12 @@ firmware_size_bytes_max = 67108864
 # Operator public keys (hex, from `sb firmware keygen`) firmware must be signed with. Empty:
 # any valid signature is accepted and its key recorded with the image.
 firmware_keys = []
+# Topic filters one MQTT session may hold; more are refused in the SUBACK (0x97 / 0x80).
+subscriptions_per_client_max = 100
+# Commands queued or sent to one device at once (sb device call); more are refused.
+commands_open_per_device_max = 100
+# Largest twin document, desired or reported (JSON bytes); a change past it is refused.
+twin_bytes_max = 65536
 "#;
 
 #[cfg(test)]

@@ -44,6 +44,8 @@ pub struct BrokerConfig {
     pub retained_max: usize,
     /// Time a new connection has to send CONNECT.
     pub connect_timeout: Duration,
+    /// Topic filters one session may hold.
+    pub subscriptions_max: usize,
 }
 
 impl Default for BrokerConfig {
@@ -58,6 +60,7 @@ impl Default for BrokerConfig {
             keep_alive_max_secs: 600,
             retained_max: 100_000,
             connect_timeout: Duration::from_secs(10),
+            subscriptions_max: 100,
         }
     }
 }
@@ -1342,6 +1345,18 @@ impl<A: Access> Conn<A> {
                 });
                 continue;
             };
+            {
+                let st = self.session.lock();
+                if !st.subs.contains_key(&full) && st.subs.len() >= broker.cfg.subscriptions_max {
+                    drop(st);
+                    codes.push(if v5 {
+                        reason::QUOTA_EXCEEDED
+                    } else {
+                        reason::V3_SUBACK_FAILURE
+                    });
+                    continue;
+                }
+            }
             if share.is_some() && opts.no_local {
                 codes.push(if v5 {
                     reason::PROTOCOL_ERROR

@@ -175,6 +175,17 @@ impl Commands {
                 self.cfg.command_expiry_max_secs
             )));
         }
+        let open_for_device = lock(&self.open)
+            .values()
+            .filter(|c| c.device_id == d.id)
+            .count();
+        if open_for_device >= self.cfg.commands_open_per_device_max {
+            return Err(DevicesError::Conflict(format!(
+                "{} already has {open_for_device} commands waiting (mqtt.commands_open_per_device_max); \
+                 wait for them to finish or expire",
+                d.name
+            )));
+        }
         let at = now();
         let rec = CommandRecord {
             id: CommandId::new_at(at),

@@ -478,7 +478,11 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let monitor = Arc::new(monitor);
     let commands =
         commands::Commands::new(sqlite_devices.clone(), devices.clone(), config.mqtt.clone());
-    let twins = twins::Twins::new(sqlite_devices.clone(), devices.clone());
+    let twins = twins::Twins::new(
+        sqlite_devices.clone(),
+        devices.clone(),
+        config.mqtt.twin_bytes_max,
+    );
     let mqtt_broker = mqtt::broker(
         devices.clone(),
         commands.clone(),

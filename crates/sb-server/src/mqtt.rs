@@ -286,6 +286,7 @@ pub fn broker(
         keep_alive_max_secs: cfg.keep_alive_max_secs,
         retained_max: cfg.retained_max,
         connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
+        subscriptions_max: cfg.subscriptions_per_client_max,
     };
     Broker::new(
         bc,

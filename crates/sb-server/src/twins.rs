@@ -26,6 +26,8 @@ pub struct Twins {
     store: Arc<dyn DevicesStore>,
     devices: Arc<Devices>,
     broker: OnceLock<Weak<MqttBroker>>,
+    /// `mqtt.twin_bytes_max`.
+    bytes_max: usize,
 }
 
 fn object(s: &str) -> Map<String, Value> {
@@ -97,11 +99,12 @@ pub fn info(t: &TwinRecord) -> TwinInfo {
 }
 
 impl Twins {
-    pub fn new(store: Arc<dyn DevicesStore>, devices: Arc<Devices>) -> Arc<Self> {
+    pub fn new(store: Arc<dyn DevicesStore>, devices: Arc<Devices>, bytes_max: usize) -> Arc<Self> {
         Arc::new(Self {
             store,
             devices,
             broker: OnceLock::new(),
+            bytes_max,
         })
     }
 
@@ -131,11 +134,6 @@ impl Twins {
         version: Option<i64>,
     ) -> Result<TwinRecord, DevicesError> {
         let d = self.devices.get_for_update(cx, key).await?;
-        if serde_json::to_vec(patch).map_or(0, |v| v.len()) > 64 * 1024 {
-            return Err(DevicesError::Invalid(
-                "a twin patch is at most 64 KiB".into(),
-            ));
-        }
         let mut t = self.load(d.id).await?;
         let base = t.desired_version;
         if let Some(v) = version.filter(|v| *v != base) {
@@ -150,6 +148,13 @@ impl Twins {
             return Ok(t);
         }
         t.desired = Value::Object(desired.clone()).to_string();
+        if t.desired.len() > self.bytes_max {
+            return Err(DevicesError::Invalid(format!(
+                "the desired document would be {} bytes, over {} (mqtt.twin_bytes_max)",
+                t.desired.len(),
+                self.bytes_max
+            )));
+        }
         t.desired_meta = Value::Object(meta).to_string();
         t.desired_version = base + 1;
         match self.store.put_twin(t.clone(), base).await {
@@ -224,6 +229,10 @@ impl Twins {
                 return;
             }
             t.reported = Value::Object(reported).to_string();
+            if t.reported.len() > self.bytes_max {
+                tracing::debug!(%device, "a twin report past mqtt.twin_bytes_max, ignored");
+                return;
+            }
             t.reported_meta = Value::Object(meta).to_string();
             t.reported_version += 1;
             let base = t.desired_version;

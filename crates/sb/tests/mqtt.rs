@@ -1253,3 +1253,81 @@ async fn sb_device_simulate_runs_devices_that_report_answer_and_follow_their_twi
     sim.kill().unwrap();
     sim.wait().unwrap();
 }
+
+#[tokio::test]
+async fn subscriptions_open_commands_and_twin_size_are_limited() {
+    use sb_mqtt::codec::{Packet, Properties, QoS, SubOptions, Subscribe, Version, decode, encode};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = Broker::start_with_env(vec![
+        ("SB_MQTT__SUBSCRIPTIONS_PER_CLIENT_MAX", "2".into()),
+        ("SB_MQTT__COMMANDS_OPEN_PER_DEVICE_MAX", "1".into()),
+        ("SB_MQTT__TWIN_BYTES_MAX", "100".into()),
+    ]);
+    let (admin, _) = admin_token(&b.server).await;
+    let (id, secret) = device(&admin, "limited-1", "").await;
+
+    // Three filters for a session that may hold two: the third is refused with 0x97.
+    let mut s = raw_connect(&b, &id, &secret).await;
+    let mut out = bytes::BytesMut::new();
+    let filters = (0..3)
+        .map(|i| {
+            (
+                format!("devices/{id}/f{i}"),
+                SubOptions::qos(QoS::AtLeastOnce),
+            )
+        })
+        .collect();
+    encode(
+        &Packet::Subscribe(Subscribe {
+            pkid: 1,
+            filters,
+            properties: Properties::default(),
+        }),
+        Version::V5,
+        &mut out,
+    );
+    s.write_all(&out).await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    let ack = loop {
+        if let Some(p) = decode(&mut buf, Some(Version::V5), 1 << 20).unwrap() {
+            break p;
+        }
+        assert!(s.read_buf(&mut buf).await.unwrap() > 0);
+    };
+    match ack {
+        Packet::SubAck(a) => assert_eq!(a.codes, vec![1, 1, 0x97]),
+        other => panic!("{other:?}"),
+    }
+    drop(s);
+
+    // One open command per device here: a second one for the (offline) device is refused.
+    let call = sb_proto::CommandCreate {
+        method: "reboot".into(),
+        payload: serde_json::Value::Null,
+        timeout_secs: Some(5),
+        expires_in_secs: Some(60),
+        wait: false,
+    };
+    let first = admin.device_call("limited-1", &call).await.unwrap();
+    assert_eq!(first.state, "queued");
+    let e = admin.device_call("limited-1", &call).await.unwrap_err();
+    assert_eq!(e.status(), Some(409), "{e}");
+
+    // A twin document past its size limit is refused, and nothing changes.
+    let big = sb_proto::TwinPatch {
+        desired: [("blob".to_string(), serde_json::json!("x".repeat(200)))]
+            .into_iter()
+            .collect(),
+        version: None,
+    };
+    let e = admin.device_configure("limited-1", &big).await.unwrap_err();
+    assert_eq!(e.status(), Some(400), "{e}");
+    assert_eq!(
+        admin
+            .device_twin("limited-1")
+            .await
+            .unwrap()
+            .desired_version,
+        0
+    );
+}
