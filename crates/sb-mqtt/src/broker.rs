@@ -110,8 +110,9 @@ pub trait Access: Send + Sync + 'static {
         let _ = who;
         std::future::pending::<()>().await
     }
-    /// Told of every message accepted from `who` (after authorization), e.g. for telemetry.
-    fn accepted(&self, who: &Self::Principal, message: &Message) {
+    /// Told of every message accepted from `who` (after authorization), e.g. for telemetry;
+    /// awaited before the publisher is acknowledged, so what it stores is durable by then.
+    async fn accepted(&self, who: &Self::Principal, message: &Message) {
         let _ = (who, message);
     }
     /// `who` is connected (its CONNACK is on the way).
@@ -1297,7 +1298,7 @@ impl<A: Access> Conn<A> {
                 expires_at,
                 from: self.session.client_id.clone(),
             };
-            broker.access.accepted(&self.who, &msg);
+            broker.access.accepted(&self.who, &msg).await;
             match broker.publish(msg).await {
                 Ok(_) => {
                     if p.qos == QoS::ExactlyOnce {

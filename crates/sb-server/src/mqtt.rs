@@ -188,31 +188,27 @@ impl Access for MqttAccess {
     }
 
     /// Telemetry (`devices/<id>/telemetry` from that device) goes into the time-series store;
-    /// answers to commands (`devices/<id>/responses/<command>`) complete them.
-    fn accepted(&self, who: &Who, message: &sb_mqtt::broker::Message) {
+    /// answers to commands, health reports and twin reports are recorded — all before the
+    /// device's PUBACK.
+    async fn accepted(&self, who: &Who, message: &sb_mqtt::broker::Message) {
         let Who::Device { record, .. } = who else {
             return;
         };
         let responses = format!("devices/{}/responses/", record.id);
         if let Some(command) = message.topic.strip_prefix(responses.as_str()) {
-            let (commands, device, command, payload) = (
-                self.commands.clone(),
-                record.id,
-                command.to_string(),
-                message.payload.clone(),
-            );
-            tokio::spawn(async move { commands.on_response(device, &command, &payload).await });
+            self.commands
+                .on_response(record.id, command, &message.payload)
+                .await;
             return;
         }
         if *message.topic == *format!("devices/{}/health", record.id) {
-            let (devices, device, payload) =
-                (self.devices.clone(), record.id, message.payload.clone());
-            tokio::spawn(async move { devices.health(device, &payload, crate::now()).await });
+            self.devices
+                .health(record.id, &message.payload, crate::now())
+                .await;
             return;
         }
         if *message.topic == *format!("devices/{}/twin/reported", record.id) {
-            let (twins, device, payload) = (self.twins.clone(), record.id, message.payload.clone());
-            tokio::spawn(async move { twins.on_reported(device, &payload).await });
+            self.twins.on_reported(record.id, &message.payload).await;
             return;
         }
         if *message.topic != *format!("devices/{}/telemetry", record.id) {
@@ -228,12 +224,9 @@ impl Access for MqttAccess {
             Ok(samples) => {
                 let batch: sb_tsdb::Batch =
                     samples.into_iter().map(|(l, p)| (l, vec![p])).collect();
-                let monitor = self.monitor.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = monitor.append_internal(batch).await {
-                        tracing::warn!(error = %e, "storing device telemetry failed");
-                    }
-                });
+                if let Err(e) = self.monitor.append_internal(batch).await {
+                    tracing::warn!(error = %e, "storing device telemetry failed");
+                }
             }
             Err(e) => tracing::debug!(device = %record.id, error = %e, "telemetry not understood"),
         }
