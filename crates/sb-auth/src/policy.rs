@@ -155,6 +155,8 @@ pub enum Resource {
     Devices { owner: Option<UserId> },
     /// Firmware images. Read: list and download; Create/Update/Delete: admins.
     Firmware,
+    /// Firmware rollouts (they span every owner's devices in a group): admins only.
+    Rollouts,
     /// Joining a room on one's own.
     RoomJoin {
         id: RoomId,
@@ -181,6 +183,7 @@ impl Resource {
             Resource::MqttTopic { .. } => "mqtt-topic".into(),
             Resource::Devices { .. } => "devices".into(),
             Resource::Firmware => "firmware".into(),
+            Resource::Rollouts => "rollouts".into(),
         }
     }
 }
@@ -216,7 +219,11 @@ pub fn authorize(subject: &Subject, action: Action, resource: &Resource) -> Resu
     }
     let needs_admin = matches!(
         resource,
-        Resource::Users | Resource::Invites | Resource::Audit | Resource::Storage
+        Resource::Users
+            | Resource::Invites
+            | Resource::Audit
+            | Resource::Storage
+            | Resource::Rollouts
     );
     if !subject.credential.has_scope(action.scope())
         || (needs_admin && !subject.credential.has_scope(Scope::Admin))
@@ -231,7 +238,11 @@ pub fn authorize(subject: &Subject, action: Action, resource: &Resource) -> Resu
             owns(owner) || (admin && matches!(action, Action::Read | Action::Delete))
         }
         Resource::Realtime => action == Action::Read,
-        Resource::Users | Resource::Invites | Resource::Audit | Resource::Storage => admin,
+        Resource::Users
+        | Resource::Invites
+        | Resource::Audit
+        | Resource::Storage
+        | Resource::Rollouts => admin,
         // Spaces are private to their owner and those they are shared with: admins included.
         Resource::FileSpace {
             owner,
@@ -361,6 +372,27 @@ mod tests {
             authorize(&admin, Action::Read, &topic(false, false, false)),
             Ok(())
         );
+    }
+
+    #[test]
+    fn firmware_is_read_by_all_and_rollouts_are_for_admins_only() {
+        let user = subject(Role::User, session());
+        let admin = subject(Role::Admin, session());
+        let device = subject(
+            Role::Admin,
+            Credential::Device(DeviceId::new_at(UnixMillis(1))),
+        );
+        assert_eq!(authorize(&user, Action::Read, &Resource::Firmware), Ok(()));
+        assert_eq!(
+            authorize(&device, Action::Read, &Resource::Firmware),
+            Ok(())
+        );
+        assert!(authorize(&user, Action::Create, &Resource::Firmware).is_err());
+        for action in [Action::Read, Action::Create, Action::Update] {
+            assert!(authorize(&user, action, &Resource::Rollouts).is_err());
+            assert!(authorize(&device, action, &Resource::Rollouts).is_err());
+            assert_eq!(authorize(&admin, action, &Resource::Rollouts), Ok(()));
+        }
     }
 
     #[test]

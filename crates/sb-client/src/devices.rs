@@ -121,4 +121,95 @@ impl Client {
     pub async fn firmwares(&self) -> Result<Vec<sb_proto::FirmwareInfo>> {
         self.call(Method::GET, "/v1/firmware", Self::NO_BODY).await
     }
+
+    /// Downloads a firmware image as a device would: HTTP Basic `id:secret`, and after a
+    /// broken transfer it asks for the rest with Range, up to `attempts` times. `path` is the
+    /// image's (`/v1/firmware/<v>/image`, as a rollout announces it).
+    pub async fn firmware_download_as_device(
+        &self,
+        path: &str,
+        id: &str,
+        secret: &str,
+        attempts: usize,
+    ) -> Result<Vec<u8>> {
+        use base64::Engine;
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+        );
+        let mut image = Vec::new();
+        let mut last = None;
+        for _ in 0..attempts.max(1) {
+            let range = format!("bytes={}-", image.len());
+            let mut headers = vec![("authorization", basic.as_str())];
+            if !image.is_empty() {
+                headers.push(("range", range.as_str()));
+            }
+            let mut resp = match self
+                .raw_with_headers(Method::GET, path, &headers, Vec::new())
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
+            };
+            match resp.status().as_u16() {
+                200 => image.clear(),
+                206 => {}
+                // Asked from the end: it was all here.
+                416 if !image.is_empty() => return Ok(image),
+                _ => {
+                    return Err(Self::decode::<serde_json::Value>(resp)
+                        .await
+                        .err()
+                        .unwrap_or(crate::ClientError::Protocol(
+                            "an unexpected answer to a download".into(),
+                        )));
+                }
+            }
+            loop {
+                match resp.chunk().await {
+                    Ok(Some(bytes)) => image.extend_from_slice(&bytes),
+                    Ok(None) => return Ok(image),
+                    Err(e) => {
+                        last = Some(self.transport_error(e));
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| crate::ClientError::Protocol("no attempt was made".into())))
+    }
+
+    pub async fn rollout_create(
+        &self,
+        req: &sb_proto::RolloutCreate,
+    ) -> Result<sb_proto::RolloutInfo> {
+        self.call(Method::POST, "/v1/rollouts", Some(req)).await
+    }
+
+    /// Every rollout, newest first (without device lists).
+    pub async fn rollouts(&self) -> Result<Vec<sb_proto::RolloutInfo>> {
+        self.call(Method::GET, "/v1/rollouts", Self::NO_BODY).await
+    }
+
+    pub async fn rollout(&self, id: &str) -> Result<sb_proto::RolloutInfo> {
+        self.call(
+            Method::GET,
+            &format!("/v1/rollouts/{}", enc(id)),
+            Self::NO_BODY,
+        )
+        .await
+    }
+
+    pub async fn rollout_cancel(&self, id: &str) -> Result<sb_proto::RolloutInfo> {
+        self.call(
+            Method::POST,
+            &format!("/v1/rollouts/{}/cancel", enc(id)),
+            Self::NO_BODY,
+        )
+        .await
+    }
 }

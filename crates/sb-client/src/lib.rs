@@ -168,7 +168,7 @@ impl Client {
         &self.base
     }
 
-    fn transport_error(&self, e: impl std::fmt::Display) -> ClientError {
+    pub(crate) fn transport_error(&self, e: impl std::fmt::Display) -> ClientError {
         if let Some((expected, seen)) = &self.pin {
             let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
             if let Some(found) = seen.filter(|f| f != expected) {

@@ -367,6 +367,11 @@ pub struct MqttConfig {
     pub commands_open_per_device_max: usize,
     /// Largest twin document (desired or reported), in bytes of JSON.
     pub twin_bytes_max: usize,
+    /// How long a device of a firmware rollout may stay in one state (told, downloading,
+    /// …) before it counts as failed, unless the rollout names its own.
+    pub rollout_step_timeout_secs: u64,
+    /// Most devices one rollout may hold.
+    pub rollout_devices_max: usize,
 }
 
 impl Default for MqttConfig {
@@ -396,6 +401,8 @@ impl Default for MqttConfig {
             subscriptions_per_client_max: 100,
             commands_open_per_device_max: 100,
             twin_bytes_max: 64 * 1024,
+            rollout_step_timeout_secs: 600,
+            rollout_devices_max: 100_000,
         }
     }
 }
@@ -896,6 +903,11 @@ subscriptions_per_client_max = 100
 commands_open_per_device_max = 100
 # Largest twin document, desired or reported (JSON bytes); a change past it is refused.
 twin_bytes_max = 65536
+# How long a device of a firmware rollout may stay in one state (told, downloading, verified,
+# updating, …) before it counts as failed; `sb firmware rollout --step-timeout` overrides it.
+rollout_step_timeout_secs = 600
+# Most devices one firmware rollout may hold.
+rollout_devices_max = 100000
 "#;
 
 #[cfg(test)]

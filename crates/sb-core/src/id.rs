@@ -88,3 +88,7 @@ id_type!(
     /// A command (direct method) sent to a device.
     CommandId
 );
+id_type!(
+    /// A firmware rollout to a group of devices.
+    RolloutId
+);

@@ -12,8 +12,8 @@ pub mod time;
 
 pub use error::ErrorCode;
 pub use id::{
-    AttachmentId, CommandId, DeviceId, FileId, InviteId, RoomId, SessionId, SilenceId, SpaceId,
-    TokenId, UploadId, UserId,
+    AttachmentId, CommandId, DeviceId, FileId, InviteId, RolloutId, RoomId, SessionId, SilenceId,
+    SpaceId, TokenId, UploadId, UserId,
 };
 pub use secret::Secret;
 pub use time::UnixMillis;

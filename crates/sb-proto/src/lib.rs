@@ -341,6 +341,65 @@ pub struct TwinInfo {
     pub delta: serde_json::Value,
 }
 
+/// A firmware rollout to start.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RolloutCreate {
+    /// An uploaded firmware version.
+    pub version: String,
+    /// The device group it goes to (its devices that are not revoked, by name).
+    pub group: String,
+    /// Devices per batch: a count (`5`) or a share of the group (`10%`, rounded up).
+    pub batch: String,
+    /// Failures allowed before the rollout halts itself: a count (`2`) or a share of the
+    /// group (`5%`, rounded down); one more than this halts it.
+    pub max_failures: String,
+    /// A device in one state longer than this has failed [default:
+    /// `mqtt.rollout_step_timeout_secs`].
+    #[serde(default)]
+    pub step_timeout_secs: Option<u64>,
+}
+
+/// One device of a rollout.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RolloutDevice {
+    pub device_id: String,
+    pub name: String,
+    /// 1-based.
+    pub batch: u32,
+    /// pending (its batch has not come), notified (told, no report yet), downloading,
+    /// downloaded, verified, updating, updated or failed.
+    pub state: String,
+    /// Why it failed: the device's reason, or the step timeout.
+    pub reason: Option<String>,
+    pub since_ms: i64,
+}
+
+/// A firmware rollout and where it stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RolloutInfo {
+    pub id: String,
+    pub version: String,
+    pub group: String,
+    /// running, halted (past its failure threshold), completed or cancelled.
+    pub state: String,
+    pub reason: Option<String>,
+    pub batch_size: u32,
+    pub max_failures: u32,
+    pub step_timeout_secs: u64,
+    /// The batch being sent, 1-based.
+    pub current_batch: u32,
+    pub batches: u32,
+    pub devices_total: u32,
+    pub pending: u32,
+    /// Told, and not yet updated or failed.
+    pub in_progress: u32,
+    pub updated: u32,
+    pub failed: u32,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub devices: Vec<RolloutDevice>,
+}
+
 /// A change to a twin's desired state: a merge patch (`null` removes a field).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TwinPatch {

@@ -12,6 +12,7 @@ mod extract;
 mod listener;
 mod metrics;
 pub mod mqtt;
+mod rollouts;
 mod routes;
 mod routes_alerts;
 mod routes_chat;
@@ -65,6 +66,7 @@ pub struct AppState {
     pub devices: Arc<sb_devices::Devices>,
     pub commands: Arc<commands::Commands>,
     pub twins: Arc<twins::Twins>,
+    pub rollouts: Arc<rollouts::Rollouts>,
     pub(crate) devices_store: Arc<dyn sb_store::DevicesStore>,
     pub mqtt: Arc<mqtt::MqttBroker>,
     pub blobs: sb_blob::LocalBlobStore,
@@ -165,6 +167,12 @@ pub fn app(state: Arc<AppState>) -> Router {
         .routes(routes!(routes_devices::twin, routes_devices::set_desired))
         .routes(routes!(routes_firmware::upload, routes_firmware::list))
         .routes(routes!(routes_firmware::image))
+        .routes(routes!(
+            routes_firmware::create_rollout,
+            routes_firmware::rollouts
+        ))
+        .routes(routes!(routes_firmware::rollout))
+        .routes(routes!(routes_firmware::cancel_rollout))
         .routes(routes!(routes_alerts::alerts))
         .routes(routes!(routes_alerts::reload))
         .routes(routes!(
@@ -483,12 +491,22 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         devices.clone(),
         config.mqtt.twin_bytes_max,
     );
-    let mqtt_broker = mqtt::broker(
-        devices.clone(),
-        commands.clone(),
+    let rollouts = rollouts::Rollouts::new(
+        sqlite_devices.clone(),
         twins.clone(),
         auth.clone(),
-        monitor.clone(),
+        config.mqtt.clone(),
+    );
+    let mqtt_broker = mqtt::broker(
+        mqtt::MqttAccess {
+            devices: devices.clone(),
+            commands: commands.clone(),
+            twins: twins.clone(),
+            rollouts: rollouts.clone(),
+            auth: auth.clone(),
+            monitor: monitor.clone(),
+            cfg: config.mqtt.clone(),
+        },
         mqtt_store,
         &config.mqtt,
     );
@@ -504,6 +522,11 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .await
         .map_err(|e| anyhow::anyhow!("restoring device commands: {e}"))?;
     tracing::info!(open_commands, "device commands restored");
+    let open_rollouts = rollouts
+        .restore()
+        .await
+        .map_err(|e| anyhow::anyhow!("restoring firmware rollouts: {e}"))?;
+    tracing::info!(open_rollouts, "firmware rollouts restored");
     let listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("binding {}", config.server.listen))?;
@@ -526,6 +549,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         devices,
         commands,
         twins,
+        rollouts,
         devices_store: sqlite_devices,
         mqtt: mqtt_broker,
         blobs,

@@ -37,13 +37,15 @@ pub enum Who {
     Anonymous,
 }
 
+/// What the broker asks about who may do what, and where devices' messages go.
 pub struct MqttAccess {
-    devices: Arc<Devices>,
-    commands: Arc<crate::commands::Commands>,
-    twins: Arc<crate::twins::Twins>,
-    auth: Arc<Auth>,
-    monitor: Arc<sb_monitor::Monitor>,
-    cfg: MqttConfig,
+    pub devices: Arc<Devices>,
+    pub commands: Arc<crate::commands::Commands>,
+    pub twins: Arc<crate::twins::Twins>,
+    pub rollouts: Arc<crate::rollouts::Rollouts>,
+    pub auth: Arc<Auth>,
+    pub monitor: Arc<sb_monitor::Monitor>,
+    pub cfg: MqttConfig,
 }
 
 impl MqttAccess {
@@ -207,6 +209,10 @@ impl Access for MqttAccess {
                 .await;
             return;
         }
+        if *message.topic == *format!("devices/{}/firmware/status", record.id) {
+            self.rollouts.on_status(record.id, &message.payload).await;
+            return;
+        }
         if *message.topic == *format!("devices/{}/twin/reported", record.id) {
             self.twins.on_reported(record.id, &message.payload).await;
             return;
@@ -261,11 +267,7 @@ impl Access for MqttAccess {
 pub type MqttBroker = Broker<MqttAccess>;
 
 pub fn broker(
-    devices: Arc<Devices>,
-    commands: Arc<crate::commands::Commands>,
-    twins: Arc<crate::twins::Twins>,
-    auth: Arc<Auth>,
-    monitor: Arc<sb_monitor::Monitor>,
+    access: MqttAccess,
     store: Arc<dyn sb_store::MqttStore>,
     cfg: &MqttConfig,
 ) -> Arc<MqttBroker> {
@@ -281,18 +283,7 @@ pub fn broker(
         connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
         subscriptions_max: cfg.subscriptions_per_client_max,
     };
-    Broker::new(
-        bc,
-        MqttAccess {
-            devices,
-            commands,
-            twins,
-            auth,
-            monitor,
-            cfg: cfg.clone(),
-        },
-        Some(store),
-    )
+    Broker::new(bc, access, Some(store))
 }
 
 /// Binds every MQTT listener; their addresses (as bound: port 0 becomes a real port).

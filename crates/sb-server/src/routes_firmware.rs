@@ -14,7 +14,7 @@ use base64::Engine;
 use sb_auth::{Action, AuthError, Ctx, Origin, Resource, Subject};
 use sb_blob::{BlobId, BlobStore};
 use sb_core::{ErrorCode, UnixMillis};
-use sb_proto::{ErrorBody, FirmwareInfo};
+use sb_proto::{ErrorBody, FirmwareInfo, RolloutCreate, RolloutInfo};
 use sb_store::StoreError;
 use sb_store::devices::FirmwareRecord;
 use serde::Deserialize;
@@ -284,4 +284,52 @@ pub async fn image(
         set("content-range", cr);
     }
     Ok(resp)
+}
+
+fn rollout_id(s: &str) -> Result<sb_core::RolloutId, ApiError> {
+    s.parse()
+        .map_err(|_| ApiError::new(ErrorCode::NotFound, format!("no rollout {s}")))
+}
+
+#[utoipa::path(post, path = "/v1/rollouts", tag = "devices", request_body = RolloutCreate,
+    responses((status = 201, body = RolloutInfo, description = "started: its first batch is told"), (status = 404, body = ErrorBody, description = "no such firmware"), (status = 409, body = ErrorBody, description = "a rollout is running over that group"), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_rollout(
+    State(st): St,
+    c: Caller,
+    crate::extract::ApiJson(req): crate::extract::ApiJson<RolloutCreate>,
+) -> Result<(StatusCode, Json<RolloutInfo>), ApiError> {
+    let r = st.rollouts.create(c.cx(), &req).await?;
+    Ok((StatusCode::CREATED, Json(r)))
+}
+
+#[utoipa::path(get, path = "/v1/rollouts", tag = "devices",
+    responses((status = 200, body = Vec<RolloutInfo>, description = "newest first, without device lists"), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn rollouts(State(st): St, c: Caller) -> Result<Json<Vec<RolloutInfo>>, ApiError> {
+    Ok(Json(st.rollouts.list(c.cx()).await?))
+}
+
+#[utoipa::path(get, path = "/v1/rollouts/{id}", tag = "devices",
+    params(("id" = String, Path)),
+    responses((status = 200, body = RolloutInfo), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn rollout(
+    State(st): St,
+    c: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RolloutInfo>, ApiError> {
+    Ok(Json(st.rollouts.get(c.cx(), rollout_id(&id)?).await?))
+}
+
+#[utoipa::path(post, path = "/v1/rollouts/{id}/cancel", tag = "devices",
+    params(("id" = String, Path)),
+    responses((status = 200, body = RolloutInfo, description = "cancelled: devices not yet told never are"), (status = 409, body = ErrorBody, description = "it has finished"), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn cancel_rollout(
+    State(st): St,
+    c: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RolloutInfo>, ApiError> {
+    Ok(Json(st.rollouts.cancel(c.cx(), rollout_id(&id)?).await?))
 }

@@ -134,6 +134,18 @@ impl Twins {
         version: Option<i64>,
     ) -> Result<TwinRecord, DevicesError> {
         let d = self.devices.get_for_update(cx, key).await?;
+        self.apply_desired(&d, patch, version, cx.now).await
+    }
+
+    /// Changes desired state for the server itself (a firmware rollout), with no caller to
+    /// authorize: whoever started the work was authorized then.
+    pub async fn apply_desired(
+        &self,
+        d: &sb_store::devices::DeviceRecord,
+        patch: &Map<String, Value>,
+        version: Option<i64>,
+        now: UnixMillis,
+    ) -> Result<TwinRecord, DevicesError> {
         let mut t = self.load(d.id).await?;
         let base = t.desired_version;
         if let Some(v) = version.filter(|v| *v != base) {
@@ -143,7 +155,7 @@ impl Twins {
             )));
         }
         let (mut desired, mut meta) = (object(&t.desired), object(&t.desired_meta));
-        let changed = merge(&mut desired, &mut meta, patch, cx.now);
+        let changed = merge(&mut desired, &mut meta, patch, now);
         if changed.is_empty() {
             return Ok(t);
         }

@@ -1195,4 +1195,84 @@ pub async fn run_devices<S: Store + crate::devices::DevicesStore>(s: &S) {
         Err(StoreError::NotFound)
     ));
     assert_eq!(s.devices().await.unwrap().len(), 1);
+
+    // Firmware and a rollout over the device.
+    let fw = FirmwareRecord {
+        version: "1.0.0".into(),
+        size: 3,
+        sha256: "ab".into(),
+        blob: [1; 32],
+        signature: "cd".into(),
+        public_key: "ef".into(),
+        created_by: owner.id,
+        created_at: UnixMillis(20_400),
+    };
+    s.create_firmware(fw.clone()).await.unwrap();
+    assert!(matches!(
+        s.create_firmware(fw.clone()).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.firmware("1.0.0").await.unwrap(), Some(fw));
+    let r = RolloutRecord {
+        id: sb_core::RolloutId::new_at(UnixMillis(20_500)),
+        version: "1.0.0".into(),
+        group: "sensors".into(),
+        state: "running".into(),
+        batch_size: 1,
+        max_failures: 0,
+        step_timeout_ms: 60_000,
+        current_batch: 0,
+        reason: None,
+        created_by: owner.id,
+        created_at: UnixMillis(20_500),
+        updated_at: UnixMillis(20_500),
+    };
+    let t = RolloutTarget {
+        rollout_id: r.id,
+        device_id: d.id,
+        name: d.name.clone(),
+        batch: 0,
+        state: "pending".into(),
+        reason: None,
+        since: UnixMillis(20_500),
+    };
+    s.create_rollout(r.clone(), vec![t.clone()]).await.unwrap();
+    assert_eq!(
+        s.rollout(r.id).await.unwrap(),
+        Some((r.clone(), vec![t.clone()]))
+    );
+    let halted = RolloutRecord {
+        state: "halted".into(),
+        reason: Some("1 failed".into()),
+        updated_at: UnixMillis(20_600),
+        ..r.clone()
+    };
+    let failed = RolloutTarget {
+        state: "failed".into(),
+        reason: Some("signature".into()),
+        since: UnixMillis(20_600),
+        ..t.clone()
+    };
+    s.update_rollout(halted.clone(), vec![failed.clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.open_rollouts().await.unwrap(),
+        vec![(halted.clone(), vec![failed.clone()])]
+    );
+    assert_eq!(s.rollouts().await.unwrap(), vec![halted.clone()]);
+    let done = RolloutRecord {
+        state: "cancelled".into(),
+        ..halted
+    };
+    s.update_rollout(done, vec![]).await.unwrap();
+    assert!(s.open_rollouts().await.unwrap().is_empty());
+    let unknown = RolloutRecord {
+        id: sb_core::RolloutId::new_at(UnixMillis(20_700)),
+        ..r
+    };
+    assert!(matches!(
+        s.update_rollout(unknown, vec![]).await,
+        Err(StoreError::NotFound)
+    ));
 }

@@ -3,7 +3,7 @@
 
 use crate::Result;
 use async_trait::async_trait;
-use sb_core::{CommandId, DeviceId, UnixMillis, UserId};
+use sb_core::{CommandId, DeviceId, RolloutId, UnixMillis, UserId};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceRecord {
@@ -72,6 +72,44 @@ pub struct FirmwareRecord {
     pub created_at: UnixMillis,
 }
 
+/// A firmware rollout: a version sent to a group's devices batch by batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RolloutRecord {
+    pub id: RolloutId,
+    pub version: String,
+    pub group: String,
+    /// running, halted, completed or cancelled.
+    pub state: String,
+    /// Devices per batch.
+    pub batch_size: u32,
+    /// Failures allowed; one more halts the rollout.
+    pub max_failures: u32,
+    /// A device in one state longer than this has failed.
+    pub step_timeout_ms: i64,
+    /// The batch being sent (0-based).
+    pub current_batch: u32,
+    /// Why it halted or was cancelled.
+    pub reason: Option<String>,
+    pub created_by: UserId,
+    pub created_at: UnixMillis,
+    pub updated_at: UnixMillis,
+}
+
+/// One device of a rollout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RolloutTarget {
+    pub rollout_id: RolloutId,
+    pub device_id: DeviceId,
+    pub name: String,
+    pub batch: u32,
+    /// pending, notified, downloading, downloaded, verified, updating, updated or failed.
+    pub state: String,
+    /// Why it failed.
+    pub reason: Option<String>,
+    /// Since when it is in this state.
+    pub since: UnixMillis,
+}
+
 #[async_trait]
 pub trait DevicesStore: Send + Sync + 'static {
     /// Registers a device; `Conflict` if the name is taken.
@@ -100,4 +138,15 @@ pub trait DevicesStore: Send + Sync + 'static {
     async fn firmware(&self, version: &str) -> Result<Option<FirmwareRecord>>;
     /// Every firmware version, newest first.
     async fn firmwares(&self) -> Result<Vec<FirmwareRecord>>;
+    /// Adds a rollout and its devices in one transaction.
+    async fn create_rollout(&self, r: RolloutRecord, targets: Vec<RolloutTarget>) -> Result<()>;
+    /// Writes a rollout's state and the given devices' states in one transaction;
+    /// `NotFound` if there is no such rollout.
+    async fn update_rollout(&self, r: RolloutRecord, targets: Vec<RolloutTarget>) -> Result<()>;
+    /// A rollout and its devices (in batch order, then by name).
+    async fn rollout(&self, id: RolloutId) -> Result<Option<(RolloutRecord, Vec<RolloutTarget>)>>;
+    /// Every rollout, newest first.
+    async fn rollouts(&self) -> Result<Vec<RolloutRecord>>;
+    /// Rollouts that are running or halted, with their devices: what a restart picks up.
+    async fn open_rollouts(&self) -> Result<Vec<(RolloutRecord, Vec<RolloutTarget>)>>;
 }

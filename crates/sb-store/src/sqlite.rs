@@ -397,6 +397,34 @@ CREATE TABLE firmware (
     created_at INTEGER NOT NULL
 ) STRICT;
 "#,
+    r#"
+-- Firmware rollouts and the state of each of their devices.
+CREATE TABLE firmware_rollouts (
+    id             TEXT PRIMARY KEY,
+    version        TEXT NOT NULL REFERENCES firmware(version),
+    group_name     TEXT NOT NULL,
+    state          TEXT NOT NULL,
+    batch_size     INTEGER NOT NULL,
+    max_failures   INTEGER NOT NULL,
+    step_timeout_ms INTEGER NOT NULL,
+    current_batch  INTEGER NOT NULL,
+    reason         TEXT,
+    created_by     TEXT NOT NULL REFERENCES users(id),
+    created_at     INTEGER NOT NULL,
+    updated_at     INTEGER NOT NULL
+) STRICT;
+CREATE INDEX firmware_rollouts_open ON firmware_rollouts(state);
+CREATE TABLE firmware_rollout_devices (
+    rollout_id TEXT NOT NULL REFERENCES firmware_rollouts(id),
+    device_id  TEXT NOT NULL REFERENCES devices(id),
+    name       TEXT NOT NULL,
+    batch      INTEGER NOT NULL,
+    state      TEXT NOT NULL,
+    reason     TEXT,
+    since      INTEGER NOT NULL,
+    PRIMARY KEY (rollout_id, device_id)
+) STRICT;
+"#,
 ];
 
 const SETUP_TOKEN_KEY: &str = "setup_token_hash";

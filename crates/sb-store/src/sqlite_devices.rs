@@ -5,7 +5,7 @@ use crate::sqlite::parse_id;
 use crate::{Result, SqliteStore, StoreError};
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, Row, params};
-use sb_core::{CommandId, DeviceId, UnixMillis};
+use sb_core::{CommandId, DeviceId, RolloutId, UnixMillis};
 
 const COLS: &str = "id, name, group_name, tags, secret_hash, owner, created_at, revoked_at, \
      last_seen_at, health, health_at";
@@ -322,6 +322,166 @@ impl DevicesStore for SqliteStore {
         })
         .await
     }
+
+    async fn create_rollout(&self, r: RolloutRecord, targets: Vec<RolloutTarget>) -> Result<()> {
+        self.write("create_rollout", move |c| {
+            let tx = c.savepoint()?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO firmware_rollouts ({ROLLOUT_COLS}) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                ),
+                params![
+                    r.id.to_string(),
+                    r.version,
+                    r.group,
+                    r.state,
+                    r.batch_size,
+                    r.max_failures,
+                    r.step_timeout_ms,
+                    r.current_batch,
+                    r.reason,
+                    r.created_by.to_string(),
+                    r.created_at.0,
+                    r.updated_at.0
+                ],
+            )?;
+            put_targets(&tx, &targets)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn update_rollout(&self, r: RolloutRecord, targets: Vec<RolloutTarget>) -> Result<()> {
+        self.write("update_rollout", move |c| {
+            let tx = c.savepoint()?;
+            let n = tx.execute(
+                "UPDATE firmware_rollouts SET state = ?2, current_batch = ?3, reason = ?4, \
+                 updated_at = ?5 WHERE id = ?1",
+                params![
+                    r.id.to_string(),
+                    r.state,
+                    r.current_batch,
+                    r.reason,
+                    r.updated_at.0
+                ],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            put_targets(&tx, &targets)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn rollout(&self, id: RolloutId) -> Result<Option<(RolloutRecord, Vec<RolloutTarget>)>> {
+        self.read("rollout", move |c| {
+            let Some(r) = c
+                .query_row(
+                    &format!("SELECT {ROLLOUT_COLS} FROM firmware_rollouts WHERE id = ?1"),
+                    [id.to_string()],
+                    rollout_at,
+                )
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let targets = targets_of(c, id)?;
+            Ok(Some((r, targets)))
+        })
+        .await
+    }
+
+    async fn rollouts(&self) -> Result<Vec<RolloutRecord>> {
+        self.read("rollouts", move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {ROLLOUT_COLS} FROM firmware_rollouts ORDER BY id DESC"
+            ))?;
+            let rows = stmt.query_map([], rollout_at)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn open_rollouts(&self) -> Result<Vec<(RolloutRecord, Vec<RolloutTarget>)>> {
+        self.read("open_rollouts", move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {ROLLOUT_COLS} FROM firmware_rollouts \
+                 WHERE state IN ('running', 'halted') ORDER BY id"
+            ))?;
+            let rows = stmt
+                .query_map([], rollout_at)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                let targets = targets_of(c, r.id)?;
+                out.push((r, targets));
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+const ROLLOUT_COLS: &str = "id, version, group_name, state, batch_size, max_failures, \
+     step_timeout_ms, current_batch, reason, created_by, created_at, updated_at";
+
+fn rollout_at(row: &Row<'_>) -> rusqlite::Result<RolloutRecord> {
+    Ok(RolloutRecord {
+        id: parse_id(row.get(0)?)?,
+        version: row.get(1)?,
+        group: row.get(2)?,
+        state: row.get(3)?,
+        batch_size: row.get(4)?,
+        max_failures: row.get(5)?,
+        step_timeout_ms: row.get(6)?,
+        current_batch: row.get(7)?,
+        reason: row.get(8)?,
+        created_by: parse_id(row.get(9)?)?,
+        created_at: UnixMillis(row.get(10)?),
+        updated_at: UnixMillis(row.get(11)?),
+    })
+}
+
+fn put_targets(tx: &rusqlite::Savepoint<'_>, targets: &[RolloutTarget]) -> Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT OR REPLACE INTO firmware_rollout_devices (rollout_id, device_id, name, batch, \
+         state, reason, since) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for t in targets {
+        stmt.execute(params![
+            t.rollout_id.to_string(),
+            t.device_id.to_string(),
+            t.name,
+            t.batch,
+            t.state,
+            t.reason,
+            t.since.0
+        ])?;
+    }
+    Ok(())
+}
+
+fn targets_of(c: &rusqlite::Connection, id: RolloutId) -> Result<Vec<RolloutTarget>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT rollout_id, device_id, name, batch, state, reason, since \
+         FROM firmware_rollout_devices WHERE rollout_id = ?1 ORDER BY batch, name",
+    )?;
+    let rows = stmt.query_map([id.to_string()], |row| {
+        Ok(RolloutTarget {
+            rollout_id: parse_id(row.get(0)?)?,
+            device_id: parse_id(row.get(1)?)?,
+            name: row.get(2)?,
+            batch: row.get(3)?,
+            state: row.get(4)?,
+            reason: row.get(5)?,
+            since: UnixMillis(row.get(6)?),
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
 const FIRMWARE_COLS: &str =

@@ -213,6 +213,33 @@ pub enum FirmwareCmd {
     },
     /// Firmware versions on the server, newest first.
     List,
+    /// Send a version to a group's devices batch by batch, e.g. `sb firmware rollout 1.4.2
+    /// --group sensors --batch 10% --max-failures 5%`; it halts itself once more devices fail
+    /// than allowed. Devices are told through their twin's desired `firmware` and report on
+    /// `devices/<id>/firmware/status`.
+    Rollout {
+        version: String,
+        #[arg(long)]
+        group: String,
+        /// Devices per batch: a count (5) or a share of the group (10%, rounded up).
+        #[arg(long, default_value = "10%")]
+        batch: String,
+        /// Failures allowed: a count (2) or a share of the group (5%, rounded down); one more
+        /// halts the rollout.
+        #[arg(long, default_value = "0")]
+        max_failures: String,
+        /// A device in one state (told, downloading, …) longer than this has failed
+        /// [default: the server's mqtt.rollout_step_timeout_secs].
+        #[arg(long)]
+        step_timeout: Option<String>,
+        /// Follow it until it completes or halts (exit status 1 if it halts).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Rollouts, newest first; with an id, that one device by device.
+    Rollouts { id: Option<String> },
+    /// Stop a rollout: devices not yet told never are.
+    Cancel { id: String },
 }
 
 #[derive(Subcommand)]
@@ -249,6 +276,14 @@ pub enum DeviceCmd {
         /// The server's MQTT listener [default: its host, port 1883].
         #[arg(long)]
         mqtt: Option<String>,
+        /// The operator's public key (hex) the devices check firmware signatures with
+        /// [default: the key the server announces with each image].
+        #[arg(long)]
+        firmware_key: Option<String>,
+        /// Damage every downloaded image by one bit, to watch the devices' signature check
+        /// refuse it and a rollout halt.
+        #[arg(long)]
+        corrupt_firmware: bool,
     },
     /// A device's twin: desired and reported state, and what the device has yet to apply.
     Twin { device: String },

@@ -11,10 +11,16 @@ pub async fn device(cmd: crate::cli::DeviceCmd, json: bool) -> anyhow::Result<()
         group,
         interval,
         mqtt,
+        firmware_key,
+        corrupt_firmware,
     } = cmd
     {
         let every = crate::client_cmds::parse_duration(&interval).context("--interval, e.g. 5s")?;
-        return crate::simulate::simulate(count, prefix, group, every, mqtt).await;
+        let firmware = crate::simulate::FirmwareTrust {
+            key: firmware_key,
+            corrupt: corrupt_firmware,
+        };
+        return crate::simulate::simulate(count, prefix, group, every, mqtt, firmware).await;
     }
     let (_, client) = logged_in()?;
     let show_secret = |s: &sb_proto::DeviceSecret, json: bool| {
@@ -167,6 +173,40 @@ pub async fn device(cmd: crate::cli::DeviceCmd, json: bool) -> anyhow::Result<()
     }
 }
 
+fn print_rollout(r: &sb_proto::RolloutInfo) {
+    println!(
+        "rollout {} of {} over {}: {}{}",
+        r.id,
+        r.version,
+        r.group,
+        r.state,
+        r.reason
+            .as_deref()
+            .map(|x| format!(" ({x})"))
+            .unwrap_or_default()
+    );
+    println!(
+        "  batch {}/{} of {}; {} updated, {} failed (at most {}), {} in progress, {} pending",
+        r.current_batch,
+        r.batches,
+        r.batch_size,
+        r.updated,
+        r.failed,
+        r.max_failures,
+        r.in_progress,
+        r.pending
+    );
+    for d in &r.devices {
+        println!(
+            "  {:>3}  {:<24} {:<12} {}",
+            d.batch,
+            d.name,
+            d.state,
+            d.reason.as_deref().unwrap_or("")
+        );
+    }
+}
+
 fn print_twin(t: &sb_proto::TwinInfo) {
     let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
     println!(
@@ -271,6 +311,95 @@ pub async fn firmware(cmd: crate::cli::FirmwareCmd, json: bool) -> anyhow::Resul
                     f.version, f.size, f.sha256
                 )
             })
+        }
+        FirmwareCmd::Rollout {
+            version,
+            group,
+            batch,
+            max_failures,
+            step_timeout,
+            wait,
+        } => {
+            let (_, client) = logged_in()?;
+            let step_timeout_secs = step_timeout
+                .map(|s| crate::client_cmds::parse_duration(&s).context("--step-timeout, e.g. 10m"))
+                .transpose()?
+                .map(|d| d.as_secs().max(1));
+            let r = client
+                .rollout_create(&sb_proto::RolloutCreate {
+                    version,
+                    group,
+                    batch,
+                    max_failures,
+                    step_timeout_secs,
+                })
+                .await?;
+            if !wait {
+                return output(json, &r, || {
+                    println!(
+                        "rollout {} of {} started over {} devices of {}: {} batches of {}, at most {} failures",
+                        r.id,
+                        r.version,
+                        r.devices_total,
+                        r.group,
+                        r.batches,
+                        r.batch_size,
+                        r.max_failures
+                    );
+                    eprintln!("  follow it with `sb firmware rollouts {}`", r.id);
+                });
+            }
+            eprintln!(
+                "  rollout {} of {}: {} devices, {} batches of {}, at most {} failures",
+                r.id, r.version, r.devices_total, r.batches, r.batch_size, r.max_failures
+            );
+            let mut last = String::new();
+            let r = loop {
+                let r = client.rollout(&r.id).await?;
+                let line = format!(
+                    "  batch {}/{}: {} updated, {} failed, {} in progress, {} pending",
+                    r.current_batch, r.batches, r.updated, r.failed, r.in_progress, r.pending
+                );
+                if line != last {
+                    eprintln!("{line}");
+                    last = line;
+                }
+                if r.state != "running" {
+                    break r;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            };
+            output(json, &r, || print_rollout(&r))?;
+            if r.state == "halted" {
+                anyhow::bail!(
+                    "the rollout halted: {}; see `sb firmware rollouts {}` for each device",
+                    r.reason.as_deref().unwrap_or(""),
+                    r.id
+                );
+            }
+            Ok(())
+        }
+        FirmwareCmd::Rollouts { id: Some(id) } => {
+            let (_, client) = logged_in()?;
+            let r = client.rollout(&id).await?;
+            output(json, &r, || print_rollout(&r))
+        }
+        FirmwareCmd::Rollouts { id: None } => {
+            let (_, client) = logged_in()?;
+            let list = client.rollouts().await?;
+            output(json, &list, || {
+                for r in &list {
+                    println!(
+                        "{}  {:<12} {:<12} {:<10} {}/{} updated, {} failed",
+                        r.id, r.version, r.group, r.state, r.updated, r.devices_total, r.failed
+                    );
+                }
+            })
+        }
+        FirmwareCmd::Cancel { id } => {
+            let (_, client) = logged_in()?;
+            let r = client.rollout_cancel(&id).await?;
+            output(json, &r, || print_rollout(&r))
         }
         FirmwareCmd::List => {
             let (_, client) = logged_in()?;

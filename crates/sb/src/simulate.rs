@@ -5,6 +5,12 @@
 //! `battery`) and a health report every interval, answers to commands (`echo` returns its
 //! payload, `reboot` succeeds, anything else is a 404), and every twin delta applied and
 //! reported.
+//!
+//! Firmware: when desired `firmware` names a version it does not run, a device reports
+//! `downloading` on `devices/<id>/firmware/status`, downloads the image with its own
+//! credentials (resuming with Range after a broken transfer), reports `downloaded`, checks the
+//! SHA-256 and the operator's Ed25519 signature (`failed` with the reason if either does not
+//! hold), then `verified`, `updating` and `updated`, and reports the firmware in its twin.
 
 use crate::client_cmds::logged_in;
 use anyhow::{Context, bail};
@@ -24,6 +30,28 @@ struct Stats {
     telemetry: AtomicU64,
     commands: AtomicU64,
     twin_updates: AtomicU64,
+    firmware_updated: AtomicU64,
+    firmware_failed: AtomicU64,
+}
+
+/// What the simulated devices trust for firmware.
+#[derive(Clone, Default)]
+pub struct FirmwareTrust {
+    /// The operator key (hex) signatures must verify with; `None`: the announced one.
+    pub key: Option<String>,
+    /// Damage each image after download (a demo of the signature check).
+    pub corrupt: bool,
+}
+
+/// One simulated device: what it needs to act, shared across its reconnects.
+struct Device {
+    id: String,
+    secret: String,
+    n: usize,
+    client: sb_client::Client,
+    trust: FirmwareTrust,
+    /// The firmware version it runs, and the one it is updating to.
+    firmware: std::sync::Mutex<(Option<String>, Option<String>)>,
 }
 
 pub async fn simulate(
@@ -32,8 +60,14 @@ pub async fn simulate(
     group: String,
     interval: Duration,
     mqtt: Option<String>,
+    trust: FirmwareTrust,
 ) -> anyhow::Result<()> {
     let (_, client) = logged_in()?;
+    if trust.key.is_none() {
+        eprintln!(
+            "  the devices trust the firmware key the server announces; --firmware-key pins the operator's"
+        );
+    }
     let addr = match mqtt {
         Some(a) => a,
         None => format!(
@@ -62,12 +96,18 @@ pub async fn simulate(
             Err(e) => return Err(e).with_context(|| format!("registering {name}")),
         };
         let (addr, stats) = (addr.clone(), stats.clone());
+        let device = Arc::new(Device {
+            id: secret.id.clone(),
+            secret: secret.secret.clone(),
+            n: i,
+            client: client.clone(),
+            trust: trust.clone(),
+            firmware: std::sync::Mutex::new((None, None)),
+        });
         tasks.push(tokio::spawn(async move {
             // A device that loses its connection comes back after a pause.
             loop {
-                if let Err(e) =
-                    run_device(&addr, &secret.id, &secret.secret, i, interval, &stats).await
-                {
+                if let Err(e) = run_device(&addr, &device, interval, &stats).await {
                     eprintln!("  {}: {e:#}; reconnecting in 2 s", secret.name);
                 }
                 tokio::time::sleep(Duration::from_secs(2)).await;
@@ -81,11 +121,13 @@ pub async fn simulate(
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = report.tick() => eprintln!(
-                "  connected {}, telemetry {}, commands {}, twin updates {}",
+                "  connected {}, telemetry {}, commands {}, twin updates {}, firmware updated {} failed {}",
                 stats.connected.load(Ordering::Relaxed),
                 stats.telemetry.load(Ordering::Relaxed),
                 stats.commands.load(Ordering::Relaxed),
                 stats.twin_updates.load(Ordering::Relaxed),
+                stats.firmware_updated.load(Ordering::Relaxed),
+                stats.firmware_failed.load(Ordering::Relaxed),
             ),
         }
     }
@@ -110,12 +152,11 @@ fn publish(topic: String, payload: String, pkid: &mut u16) -> Packet {
 
 async fn run_device(
     addr: &str,
-    id: &str,
-    secret: &str,
-    n: usize,
+    device: &Arc<Device>,
     interval: Duration,
-    stats: &Stats,
+    stats: &Arc<Stats>,
 ) -> anyhow::Result<()> {
+    let (id, secret, n) = (device.id.as_str(), device.secret.as_str(), device.n);
     let mut s = TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to {addr} (is the server started with --mqtt?)"))?;
@@ -147,6 +188,11 @@ async fn run_device(
                     format!("devices/{id}/twin/delta"),
                     SubOptions::qos(QoS::AtLeastOnce),
                 ),
+                // Retained: what is desired of it, on every connect.
+                (
+                    format!("devices/{id}/twin/desired"),
+                    SubOptions::qos(QoS::AtLeastOnce),
+                ),
             ],
             properties: Properties::default(),
         }),
@@ -160,9 +206,16 @@ async fn run_device(
     let mut temperature = 18.0 + (n % 7) as f64;
     let mut battery = 1.0f64;
     let mut connected = false;
+    // Firmware updates run beside the connection and publish through it; dropped with it.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+    let mut updates = tokio::task::JoinSet::new();
     let result = loop {
         let mut out = BytesMut::new();
         tokio::select! {
+            Some((topic, body)) = rx.recv() => {
+                codec::encode(&publish(topic, body, &mut pkid), v, &mut out);
+            }
+            Some(_) = updates.join_next(), if !updates.is_empty() => {}
             _ = tick.tick(), if connected => {
                 // A gentle random walk.
                 let r = (rand::random::<f64>() - 0.5) * 0.4;
@@ -195,7 +248,14 @@ async fn run_device(
                             if p.qos == QoS::AtLeastOnce {
                                 codec::encode(&Packet::PubAck(Ack::new(p.pkid, 0)), v, &mut out);
                             }
-                            on_message(id, &p, &mut pkid, &mut out, stats);
+                            if let Some(firmware) = on_message(id, &p, &mut pkid, &mut out, stats) {
+                                let mut state = device.firmware.lock().unwrap_or_else(|e| e.into_inner());
+                                let version = firmware["version"].as_str().map(str::to_string);
+                                if version.is_some() && version != state.0 && version != state.1 {
+                                    state.1 = version;
+                                    updates.spawn(update_firmware(device.clone(), firmware, tx.clone(), stats.clone()));
+                                }
+                            }
                         }
                         Packet::Disconnect(d) => bail!("disconnected by the server (reason {:#x})", d.code),
                         _ => {}
@@ -213,25 +273,40 @@ async fn run_device(
     result
 }
 
-fn on_message(id: &str, p: &Publish, pkid: &mut u16, out: &mut BytesMut, stats: &Stats) {
+/// Answers a message; returns the desired `firmware` if one came with it.
+fn on_message(
+    id: &str,
+    p: &Publish,
+    pkid: &mut u16,
+    out: &mut BytesMut,
+    stats: &Stats,
+) -> Option<serde_json::Value> {
     let v = Version::V5;
-    if p.topic.ends_with("/twin/delta") {
-        let delta = serde_json::from_slice::<serde_json::Value>(&p.payload)
+    for (suffix, field) in [("/twin/delta", "delta"), ("/twin/desired", "desired")] {
+        if !p.topic.ends_with(suffix) {
+            continue;
+        }
+        let mut doc = serde_json::from_slice::<serde_json::Value>(&p.payload)
             .ok()
-            .map(|d| d["delta"].to_string())
-            .unwrap_or_else(|| "{}".into());
-        codec::encode(
-            &publish(format!("devices/{id}/twin/reported"), delta, pkid),
-            v,
-            out,
-        );
-        stats.twin_updates.fetch_add(1, Ordering::Relaxed);
-        return;
+            .map(|d| d[field].clone())
+            .filter(|d| d.is_object())
+            .unwrap_or_else(|| serde_json::json!({}));
+        // Settings are applied at once; firmware is reported once installed.
+        let firmware = doc.as_object_mut().and_then(|m| m.remove("firmware"));
+        if doc.as_object().is_some_and(|m| !m.is_empty()) {
+            codec::encode(
+                &publish(format!("devices/{id}/twin/reported"), doc.to_string(), pkid),
+                v,
+                out,
+            );
+            stats.twin_updates.fetch_add(1, Ordering::Relaxed);
+        }
+        return firmware.filter(|f| f.is_object());
     }
     // devices/<id>/commands/<method>/<command id>
     let mut parts = p.topic.split('/').skip(3);
     let (Some(method), Some(command)) = (parts.next(), parts.next()) else {
-        return;
+        return None;
     };
     let payload = String::from_utf8_lossy(&p.payload);
     let answer = match method {
@@ -246,4 +321,75 @@ fn on_message(id: &str, p: &Publish, pkid: &mut u16, out: &mut BytesMut, stats: 
         .unwrap_or_else(|| format!("devices/{id}/responses/{command}"));
     codec::encode(&publish(topic, answer, pkid), v, out);
     stats.commands.fetch_add(1, Ordering::Relaxed);
+    None
+}
+
+/// Downloads, checks and "installs" the firmware a rollout announced, reporting each step.
+async fn update_firmware(
+    device: Arc<Device>,
+    firmware: serde_json::Value,
+    publish: tokio::sync::mpsc::UnboundedSender<(String, String)>,
+    stats: Arc<Stats>,
+) {
+    let id = &device.id;
+    let version = firmware["version"].as_str().unwrap_or("").to_string();
+    let report = |state: &str, reason: Option<String>| {
+        let mut body = serde_json::json!({"version": version, "state": state});
+        if let Some(r) = reason {
+            body["reason"] = r.into();
+        }
+        let _ = publish.send((format!("devices/{id}/firmware/status"), body.to_string()));
+    };
+    let outcome = async {
+        report("downloading", None);
+        let url = firmware["url"]
+            .as_str()
+            .ok_or("the announcement has no url")?;
+        let mut image = device
+            .client
+            .firmware_download_as_device(url, id, &device.secret, 5)
+            .await
+            .map_err(|e| format!("download: {e}"))?;
+        let middle = image.len() / 2;
+        if device.trust.corrupt
+            && let Some(b) = image.get_mut(middle)
+        {
+            *b ^= 0x10;
+        }
+        report("downloaded", None);
+        let key = device
+            .trust
+            .key
+            .clone()
+            .or_else(|| firmware["public_key"].as_str().map(str::to_string))
+            .ok_or("no key to check the signature with")?;
+        let signature = firmware["signature"].as_str().unwrap_or("");
+        sb_devices::firmware::verify(&image, signature, &key)
+            .map_err(|e| format!("the image is refused: {e}"))?;
+        if firmware["sha256"].as_str() != Some(sb_devices::firmware::sha256_hex(&image).as_str()) {
+            return Err("the image's SHA-256 is not the announced one".to_string());
+        }
+        report("verified", None);
+        report("updating", None);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok::<(), String>(())
+    }
+    .await;
+    let mut state = device.firmware.lock().unwrap_or_else(|e| e.into_inner());
+    state.1 = None;
+    match outcome {
+        Ok(()) => {
+            state.0 = Some(version.clone());
+            report("updated", None);
+            let _ = publish.send((
+                format!("devices/{id}/twin/reported"),
+                serde_json::json!({"firmware": firmware}).to_string(),
+            ));
+            stats.firmware_updated.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(reason) => {
+            report("failed", Some(reason));
+            stats.firmware_failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
