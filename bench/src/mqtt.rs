@@ -36,6 +36,9 @@ pub struct MqttArgs {
     /// The mosquitto binary.
     #[arg(long, default_value = "/usr/sbin/mosquitto")]
     mosquitto: String,
+    /// Only the scenarios whose name contains this (e.g. "QoS 0"); 0 idle skips the memory.
+    #[arg(long)]
+    only: Option<String>,
 }
 
 #[derive(Clone)]
@@ -454,7 +457,7 @@ pub async fn run(sb: &str, args: MqttArgs) -> anyhow::Result<()> {
     ];
     // Idle connections first, on fresh processes, so earlier load does not hide the growth.
     let mut idle = Vec::new();
-    for t in &targets {
+    for t in targets.iter().filter(|_| args.idle > 0) {
         eprintln!("  {} idle connections on {}…", args.idle, t.name);
         idle.push((t.name, idle_cost(t, args.idle).await?));
     }
@@ -475,6 +478,9 @@ pub async fn run(sb: &str, args: MqttArgs) -> anyhow::Result<()> {
     println!("|---|---|---:|---:|---:|");
     let mut ratios = Vec::new();
     for (k, s) in SCENARIOS.iter().enumerate() {
+        if args.only.as_deref().is_some_and(|o| !s.name.contains(o)) {
+            continue;
+        }
         let mut rates = Vec::new();
         for t in &targets {
             eprintln!("  {} on {}…", s.name, t.name);

@@ -329,6 +329,10 @@ pub struct MqttConfig {
     pub inflight_max: u16,
     /// Messages waiting for one session (connected or away); beyond it they are dropped.
     pub queue_max: usize,
+    /// A publisher whose message finds a connected client's queue full waits up to this long
+    /// for room (backpressure) before the message is dropped for that client; a client that
+    /// made a publisher wait this long is skipped until it catches up. 0: drop at once.
+    pub queue_full_wait_ms: u64,
     pub topic_depth_max: usize,
     /// Topic aliases an MQTT 5 client may use.
     pub topic_alias_max: u16,
@@ -382,6 +386,7 @@ impl Default for MqttConfig {
             packet_size_bytes_max: 256 * 1024,
             inflight_max: 64,
             queue_max: 1000,
+            queue_full_wait_ms: 500,
             topic_depth_max: 16,
             topic_alias_max: 32,
             session_expiry_max_secs: 7 * 24 * 3600,
@@ -862,6 +867,10 @@ packet_size_bytes_max = 262144
 inflight_max = 64
 # Messages waiting for one session, connected or away; beyond it they are dropped and counted.
 queue_max = 1000
+# A publisher whose message finds a connected client's queue full waits up to this long for
+# room (backpressure) before it is dropped for that client; a client that made a publisher
+# wait this long is skipped (its overflow dropped) until its queue is half empty. 0: no wait.
+queue_full_wait_ms = 500
 topic_depth_max = 16
 # Topic aliases an MQTT 5 client may use.
 topic_alias_max = 32

@@ -32,6 +32,10 @@ pub struct BrokerConfig {
     pub inflight_max: u16,
     /// Messages waiting for one session's client, online or away.
     pub queue_max: usize,
+    /// A publisher whose message finds a connected client's queue full waits this long for
+    /// room (backpressure) before the message is dropped for that client; a client that made
+    /// a publisher wait this long is then skipped (dropped for) until it has caught up.
+    pub queue_full_wait: Duration,
     /// Levels in a topic name or filter.
     pub topic_depth_max: usize,
     /// Topic aliases a v5 client may use towards the server.
@@ -54,6 +58,7 @@ impl Default for BrokerConfig {
             packet_size_max: 256 * 1024,
             inflight_max: 64,
             queue_max: 1000,
+            queue_full_wait: Duration::from_millis(500),
             topic_depth_max: 16,
             topic_alias_max: 32,
             session_expiry_max_secs: 7 * 24 * 3600,
@@ -187,6 +192,10 @@ struct SessionState {
     receive_max: u16,
     packet_max: usize,
     version: Version,
+    /// A publisher waits for room in the queue.
+    waited_on: bool,
+    /// Made a publisher wait in vain: its overflow is dropped until the queue is half empty.
+    slow: bool,
 }
 
 struct Session {
@@ -194,6 +203,8 @@ struct Session {
     state: Mutex<SessionState>,
     /// Rung when something is queued.
     wake: Notify,
+    /// Rung when a full queue has room again.
+    room: Notify,
     /// The connection this session belongs to: a connection that sees another id here was
     /// taken over.
     attached: tokio::sync::watch::Sender<u64>,
@@ -306,7 +317,24 @@ impl<A: Access> Broker<A> {
                     .map_err(|e| e.to_string())?;
             }
         }
-        let (n, rows) = self.route(&msg);
+        let (mut n, mut rows, full) = self.route(&msg);
+        // Connected clients whose queues are full: wait for room, within one deadline.
+        if !full.is_empty() {
+            let deadline = tokio::time::Instant::now() + self.cfg.queue_full_wait;
+            for (session, qos, retain, sub_ids) in full {
+                match self
+                    .enqueue_when_room(&session, &msg, qos, retain, &sub_ids, deadline)
+                    .await
+                {
+                    Enqueued::Memory => n += 1,
+                    Enqueued::Durable(r) => {
+                        n += 1;
+                        rows.push(*r);
+                    }
+                    Enqueued::Dropped | Enqueued::Full => {}
+                }
+            }
+        }
         if let Some(store) = &self.store
             && !rows.is_empty()
         {
@@ -318,8 +346,44 @@ impl<A: Access> Broker<A> {
         Ok(n)
     }
 
-    /// The routing itself: queues `msg` for every matching session; the rows to store.
-    fn route(&self, msg: &Arc<Message>) -> (usize, Vec<MessageRow>) {
+    /// Waits until `session`'s queue has room for `msg` (or `deadline` passes: then the
+    /// message is dropped for it, and it is marked slow).
+    async fn enqueue_when_room(
+        &self,
+        session: &Session,
+        msg: &Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        sub_ids: &[u32],
+        deadline: tokio::time::Instant,
+    ) -> Enqueued {
+        loop {
+            let room = session.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match self.enqueue(session, msg, qos, retain, sub_ids, true) {
+                Enqueued::Full => {}
+                other => return other,
+            }
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                session.lock().slow = true;
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                return Enqueued::Dropped;
+            }
+        }
+    }
+
+    /// The routing itself: queues `msg` for every matching session. Returns how many took
+    /// it, the rows to store, and the connected sessions whose queues were full.
+    #[allow(clippy::type_complexity)]
+    fn route(
+        &self,
+        msg: &Arc<Message>,
+    ) -> (
+        usize,
+        Vec<MessageRow>,
+        Vec<(Arc<Session>, QoS, bool, Vec<u32>)>,
+    ) {
         let st = self.read();
         let mut matched = Vec::new();
         st.router.matches(&msg.topic, &mut matched);
@@ -370,41 +434,47 @@ impl<A: Access> Broker<A> {
         }
         let mut delivered = 0;
         let mut rows = Vec::new();
+        let mut full = Vec::new();
         for (client, (qos, rap, sub_ids)) in per_client {
             let Some(session) = st.sessions.get(client) else {
                 continue;
             };
             // Live messages go out with retain cleared unless retain-as-published.
-            match self.enqueue(
-                session,
-                msg.clone(),
-                qos.min(msg.qos),
-                msg.retain && rap,
-                sub_ids,
-            ) {
+            let (qos, retain) = (qos.min(msg.qos), msg.retain && rap);
+            // A client is never made to wait for itself.
+            let may_wait = *session.client_id != *msg.from;
+            match self.enqueue(session, msg, qos, retain, &sub_ids, may_wait) {
                 Enqueued::Dropped => {}
                 Enqueued::Memory => delivered += 1,
                 Enqueued::Durable(r) => {
                     delivered += 1;
                     rows.push(*r);
                 }
+                Enqueued::Full => full.push((session.clone(), qos, retain, sub_ids)),
             }
         }
-        (delivered, rows)
+        (delivered, rows, full)
     }
 
     /// Queues a message for a session; a QoS 1 or 2 message for a persistent session is to
     /// be stored (the row returned).
+    /// A full queue of a connected client that is keeping up answers `Full` when the
+    /// publisher `may_wait` for room; otherwise the message is dropped for that client.
     fn enqueue(
         &self,
         session: &Session,
-        msg: Arc<Message>,
+        msg: &Arc<Message>,
         qos: QoS,
         retain: bool,
-        sub_ids: Vec<u32>,
+        sub_ids: &[u32],
+        may_wait: bool,
     ) -> Enqueued {
         let mut s = session.lock();
         if s.queue.len() >= self.cfg.queue_max {
+            if may_wait && s.connection != 0 && !s.slow && !self.cfg.queue_full_wait.is_zero() {
+                s.waited_on = true;
+                return Enqueued::Full;
+            }
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return Enqueued::Dropped;
         }
@@ -414,19 +484,19 @@ impl<A: Access> Broker<A> {
             Enqueued::Durable(Box::new(row(
                 &session.client_id,
                 seq,
-                &msg,
+                msg,
                 qos,
                 retain,
-                &sub_ids,
+                sub_ids,
             )))
         } else {
             Enqueued::Memory
         };
         s.queue.push_back(Queued {
-            msg,
+            msg: msg.clone(),
             qos,
             retain,
-            sub_ids,
+            sub_ids: sub_ids.to_vec(),
             seq,
             durable,
         });
@@ -520,8 +590,11 @@ impl<A: Access> Broker<A> {
                         } else {
                             Version::V311
                         },
+                        waited_on: false,
+                        slow: false,
                     }),
                     wake: Notify::new(),
+                    room: Notify::new(),
                     attached: tokio::sync::watch::Sender::new(0),
                 });
                 st.sessions.insert(client_id, session.clone());
@@ -740,8 +813,11 @@ impl<A: Access> Broker<A> {
                     .maximum_packet_size
                     .map_or(usize::MAX, |m| m as usize),
                 version: connect.version,
+                waited_on: false,
+                slow: false,
             }),
             wake: Notify::new(),
+            room: Notify::new(),
             attached: tokio::sync::watch::Sender::new(connection),
         });
         st.sessions.insert(client_id.clone(), session.clone());
@@ -785,6 +861,8 @@ enum Enqueued {
     Memory,
     /// Queued, and to be stored before the publisher is acknowledged.
     Durable(Box<MessageRow>),
+    /// Not queued: the connected client's queue is full, and the publisher may wait for room.
+    Full,
 }
 
 fn unix_ms_now() -> i64 {
@@ -1005,6 +1083,14 @@ impl<A: Access> Conn<A> {
             }
             self.broker.stats.sent.fetch_add(1, Ordering::Relaxed);
         }
+        let max = self.broker.cfg.queue_max;
+        if st.waited_on && st.queue.len() < max {
+            st.waited_on = false;
+            session.room.notify_waiters();
+        }
+        if st.slow && st.queue.len() <= max / 2 {
+            st.slow = false;
+        }
         marks
     }
 
@@ -1023,6 +1109,10 @@ impl<A: Access> Conn<A> {
         let broker = self.broker.clone();
         let mut attached = session.attached.subscribe();
         let mut deadline = tokio::time::Instant::now() + grace;
+        // One watch for the connection's life (not one per wake-up).
+        let who = self.who.clone();
+        let revoked = broker.access.revoked(&who);
+        tokio::pin!(revoked);
         self.flush_queue().await;
         loop {
             if !self.out.is_empty() {
@@ -1071,7 +1161,7 @@ impl<A: Access> Conn<A> {
                         return End::TakenOver;
                     }
                 }
-                _ = broker.access.revoked(&self.who) => {
+                _ = &mut revoked => {
                     self.disconnect(reason::NOT_AUTHORIZED);
                     let _ = io.write_all(&self.out).await;
                     let _ = io.flush().await;
@@ -1427,8 +1517,12 @@ impl<A: Access> Conn<A> {
             let mut rows = Vec::new();
             for (m, o) in matches {
                 let qos = o.qos.min(m.qos);
-                let ids = sub_id.into_iter().collect();
-                if let Enqueued::Durable(r) = broker.enqueue(&self.session, m, qos, true, ids) {
+                let ids: Vec<u32> = sub_id.into_iter().collect();
+                // Retained messages for a new subscription are not worth a wait: the queue
+                // full, they are dropped.
+                if let Enqueued::Durable(r) =
+                    broker.enqueue(&self.session, &m, qos, true, &ids, false)
+                {
                     rows.push(*r);
                 }
             }
@@ -1452,6 +1546,8 @@ impl<A: Access> Conn<A> {
             st.connection = 0;
             st.expiry_secs = self.expiry;
         }
+        // Publishers waiting for room in its queue wait no more.
+        session.room.notify_waiters();
         let will = match end {
             End::Client { will } => will,
             End::Abnormal => true,
