@@ -325,13 +325,17 @@ pub struct MqttConfig {
     pub connections_max: usize,
     /// Largest packet a client may send (announced to MQTT 5 clients).
     pub packet_size_bytes_max: usize,
-    /// QoS 1 and 2 messages a client may have in flight to the server.
+    /// QoS 1 and 2 messages in flight at once in each direction (to the server: its receive
+    /// maximum; to a client: at most this, or fewer if a v5 client asks).
     pub inflight_max: u16,
     /// Messages waiting for one session (connected or away); beyond it they are dropped.
     pub queue_max: usize,
-    /// A publisher whose message finds a connected client's queue full waits up to this long
-    /// for room (backpressure) before the message is dropped for that client; a client that
-    /// made a publisher wait this long is skipped until it catches up. 0: drop at once.
+    /// Messages waiting for a connected client (beyond those in flight) before publishers to
+    /// it wait for room: backpressure with a short queue keeps latency low.
+    pub queue_live_max: usize,
+    /// How long a publisher waits for that room; a client that made a publisher wait this long
+    /// is treated like one that is away (queued up to `queue_max`, then dropped for) until it
+    /// catches up. 0: no backpressure.
     pub queue_full_wait_ms: u64,
     pub topic_depth_max: usize,
     /// Topic aliases an MQTT 5 client may use.
@@ -386,6 +390,7 @@ impl Default for MqttConfig {
             packet_size_bytes_max: 256 * 1024,
             inflight_max: 64,
             queue_max: 1000,
+            queue_live_max: 128,
             queue_full_wait_ms: 500,
             topic_depth_max: 16,
             topic_alias_max: 32,
@@ -863,13 +868,17 @@ connections_max = 100000
 # Largest packet a client may send (announced to MQTT 5 clients); larger ones close the
 # connection with reason 0x95.
 packet_size_bytes_max = 262144
-# QoS 1 and 2 messages a client may have in flight to the server (its receive maximum).
+# QoS 1 and 2 messages in flight at once in each direction: from a client to the server (its
+# receive maximum) and from the server to a client (v5 clients may ask for fewer).
 inflight_max = 64
 # Messages waiting for one session, connected or away; beyond it they are dropped and counted.
 queue_max = 1000
-# A publisher whose message finds a connected client's queue full waits up to this long for
-# room (backpressure) before it is dropped for that client; a client that made a publisher
-# wait this long is skipped (its overflow dropped) until its queue is half empty. 0: no wait.
+# Messages waiting for a connected client (beyond those in flight) before publishers to it
+# wait for room (backpressure): a short queue for a client that is there keeps latency low.
+queue_live_max = 128
+# How long a publisher waits for that room. A client that made a publisher wait this long is
+# treated like one that is away (queued up to queue_max, then dropped for) until its queue is
+# half empty again. 0: no backpressure, messages past queue_max are dropped at once.
 queue_full_wait_ms = 500
 topic_depth_max = 16
 # Topic aliases an MQTT 5 client may use.

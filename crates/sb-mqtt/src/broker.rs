@@ -4,9 +4,15 @@
 //! Every session has one queue of messages for its client and a window of messages in flight
 //! (sent at QoS 1 or 2 and not yet acknowledged). Routing a publish only appends to the queues
 //! of the matching sessions and wakes their connections; a connection moves messages from its
-//! queue into the window as far as the client's receive maximum allows. A session whose client
-//! is away (a persistent session) keeps its queue, up to `queue_max` messages; what does not fit
-//! is dropped and counted. Publishing never waits for a subscriber.
+//! queue into the window as far as the client's receive maximum and `inflight_max` allow.
+//!
+//! Backpressure: when a connected client's queue holds `queue_live_max` messages, a publisher
+//! to it waits (up to `queue_full_wait`) for room before its message is routed on and
+//! acknowledged, so a burst slows its publishers instead of being lost, and latency stays
+//! short. A client that keeps a publisher waiting that long is treated as slow: its queue then
+//! fills up to `queue_max` and what does not fit is dropped and counted, until it has caught
+//! up. A session whose client is away (a persistent session) keeps its queue, up to
+//! `queue_max` messages; nobody waits for it.
 
 use crate::codec::{
     self, Ack, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, Publish, QoS, SubAck,
@@ -28,13 +34,17 @@ use tokio::sync::Notify;
 pub struct BrokerConfig {
     /// Largest packet accepted from a client (and announced to v5 clients).
     pub packet_size_max: usize,
-    /// QoS 1 and 2 messages a client may have in flight to the server (receive maximum).
+    /// QoS 1 and 2 messages in flight at once in each direction: from a client to the server
+    /// (its receive maximum, announced to v5 clients) and from the server to a client.
     pub inflight_max: u16,
     /// Messages waiting for one session's client, online or away.
     pub queue_max: usize,
-    /// A publisher whose message finds a connected client's queue full waits this long for
-    /// room (backpressure) before the message is dropped for that client; a client that made
-    /// a publisher wait this long is then skipped (dropped for) until it has caught up.
+    /// Messages waiting for a connected client before its publishers wait for room
+    /// (backpressure): a short queue for a client that is there keeps latency low.
+    pub queue_live_max: usize,
+    /// How long a publisher waits for that room; a client that made a publisher wait this
+    /// long is then treated like one that is away (its queue fills up to `queue_max`, then
+    /// drops) until it has caught up.
     pub queue_full_wait: Duration,
     /// Levels in a topic name or filter.
     pub topic_depth_max: usize,
@@ -58,6 +68,7 @@ impl Default for BrokerConfig {
             packet_size_max: 256 * 1024,
             inflight_max: 64,
             queue_max: 1000,
+            queue_live_max: 128,
             queue_full_wait: Duration::from_millis(500),
             topic_depth_max: 16,
             topic_alias_max: 32,
@@ -346,6 +357,11 @@ impl<A: Access> Broker<A> {
         Ok(n)
     }
 
+    /// The queue length at which publishers to a connected client wait for room.
+    fn live_limit(&self) -> usize {
+        self.cfg.queue_live_max.clamp(1, self.cfg.queue_max.max(1))
+    }
+
     /// Waits until `session`'s queue has room for `msg` (or `deadline` passes: then the
     /// message is dropped for it, and it is marked slow).
     async fn enqueue_when_room(
@@ -470,11 +486,16 @@ impl<A: Access> Broker<A> {
         may_wait: bool,
     ) -> Enqueued {
         let mut s = session.lock();
+        if may_wait
+            && s.connection != 0
+            && !s.slow
+            && !self.cfg.queue_full_wait.is_zero()
+            && s.queue.len() >= self.live_limit()
+        {
+            s.waited_on = true;
+            return Enqueued::Full;
+        }
         if s.queue.len() >= self.cfg.queue_max {
-            if may_wait && s.connection != 0 && !s.slow && !self.cfg.queue_full_wait.is_zero() {
-                s.waited_on = true;
-                return Enqueued::Full;
-            }
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return Enqueued::Dropped;
         }
@@ -583,7 +604,7 @@ impl<A: Access> Broker<A> {
                         next_pkid: 1,
                         connection: 0,
                         expiry_secs: row.expiry_secs,
-                        receive_max: u16::MAX,
+                        receive_max: self.cfg.inflight_max,
                         packet_max: usize::MAX,
                         version: if row.version == 5 {
                             Version::V5
@@ -782,7 +803,7 @@ impl<A: Access> Broker<A> {
                 s.connection = connection;
                 s.expiry_secs = expiry;
                 s.version = connect.version;
-                s.receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX);
+                s.receive_max = self.outbound_window(connect);
                 s.packet_max = connect
                     .properties
                     .maximum_packet_size
@@ -807,7 +828,7 @@ impl<A: Access> Broker<A> {
                 next_pkid: 1,
                 connection,
                 expiry_secs: expiry,
-                receive_max: connect.properties.receive_maximum.unwrap_or(u16::MAX),
+                receive_max: self.outbound_window(connect),
                 packet_max: connect
                     .properties
                     .maximum_packet_size
@@ -822,6 +843,18 @@ impl<A: Access> Broker<A> {
         });
         st.sessions.insert(client_id.clone(), session.clone());
         (session, false, discarded)
+    }
+
+    /// QoS 1 and 2 messages in flight to a client at once: its receive maximum (v5), and at
+    /// most `inflight_max` (v3 has no flow control of its own; a deep window only moves the
+    /// queue into socket buffers, where it adds latency and escapes the queue limit).
+    fn outbound_window(&self, connect: &Connect) -> u16 {
+        connect
+            .properties
+            .receive_maximum
+            .unwrap_or(u16::MAX)
+            .min(self.cfg.inflight_max)
+            .max(1)
     }
 
     /// Removes a session that has expired (if no connection came back for it meanwhile).
@@ -955,6 +988,13 @@ async fn read_packet<S: AsyncRead + Unpin>(
     }
 }
 
+/// A connection's write buffer is kept between rounds up to this size (past a burst it is let
+/// go, so idle connections stay small).
+const OUT_KEEP_MAX: usize = 64 * 1024;
+
+/// Spare room in a connection's read buffer before each read.
+const READ_CHUNK_MIN: usize = 2048;
+
 /// One connection's state.
 struct Conn<A: Access> {
     broker: Arc<Broker<A>>,
@@ -1083,12 +1123,12 @@ impl<A: Access> Conn<A> {
             }
             self.broker.stats.sent.fetch_add(1, Ordering::Relaxed);
         }
-        let max = self.broker.cfg.queue_max;
-        if st.waited_on && st.queue.len() < max {
+        let live = self.broker.live_limit();
+        if st.waited_on && st.queue.len() < live {
             st.waited_on = false;
             session.room.notify_waiters();
         }
-        if st.slow && st.queue.len() <= max / 2 {
+        if st.slow && st.queue.len() <= live / 2 {
             st.slow = false;
         }
         marks
@@ -1108,20 +1148,19 @@ impl<A: Access> Conn<A> {
         let session = self.session.clone();
         let broker = self.broker.clone();
         let mut attached = session.attached.subscribe();
-        let mut deadline = tokio::time::Instant::now() + grace;
+        // The keep-alive timer is moved lazily: reads only note the time, and the timer, when
+        // it fires early, is set again from there (not one timer change per read).
+        let mut last_read = tokio::time::Instant::now();
+        let keep_alive_timer = tokio::time::sleep_until(last_read + grace);
+        tokio::pin!(keep_alive_timer);
         // One watch for the connection's life (not one per wake-up).
         let who = self.who.clone();
         let revoked = broker.access.revoked(&who);
         tokio::pin!(revoked);
         self.flush_queue().await;
         loop {
-            if !self.out.is_empty() {
-                let out = self.out.split();
-                if io.write_all(&out).await.is_err() || io.flush().await.is_err() {
-                    return End::Abnormal;
-                }
-            }
-            // Whole packets already buffered are handled before reading more.
+            // Whole packets already buffered are handled before reading more, and what they
+            // answer goes out in one write.
             match codec::decode(buf, Some(self.version), broker.cfg.packet_size_max) {
                 Ok(Some(p)) => match self.handle(p).await {
                     Some(end) => {
@@ -1142,12 +1181,32 @@ impl<A: Access> Conn<A> {
                     return End::Abnormal;
                 }
             }
+            if !self.out.is_empty() {
+                // Written from, then cleared: the buffer is kept for the next round.
+                if io.write_all(&self.out).await.is_err() || io.flush().await.is_err() {
+                    return End::Abnormal;
+                }
+                self.out.clear();
+                if self.out.capacity() > OUT_KEEP_MAX {
+                    self.out = BytesMut::new();
+                }
+            }
+            // Room for the whole packet being read, at once rather than by small growths.
+            if let Some(size) = codec::frame_size(buf) {
+                buf.reserve(size.saturating_sub(buf.len()));
+            } else if buf.capacity() - buf.len() < READ_CHUNK_MIN {
+                buf.reserve(READ_CHUNK_MIN);
+            }
             tokio::select! {
                 r = io.read_buf(buf) => match r {
                     Ok(0) | Err(_) => return End::Abnormal,
-                    Ok(_) => deadline = tokio::time::Instant::now() + grace,
+                    Ok(_) => last_read = tokio::time::Instant::now(),
                 },
-                _ = tokio::time::sleep_until(deadline) => {
+                _ = &mut keep_alive_timer => {
+                    if tokio::time::Instant::now() < last_read + grace {
+                        keep_alive_timer.as_mut().reset(last_read + grace);
+                        continue;
+                    }
                     self.disconnect(reason::KEEP_ALIVE_TIMEOUT);
                     let _ = io.write_all(&self.out).await;
                     return End::Abnormal;

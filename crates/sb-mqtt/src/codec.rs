@@ -484,13 +484,41 @@ pub fn decode(
     if buf.len() < size {
         return Ok(None);
     }
+    // A large PUBLISH keeps its payload where it was read (no copy); small ones are copied
+    // out, so the read buffer is reused.
+    if first >> 4 == 3 && version.is_some() && len >= SHARED_PAYLOAD_MIN {
+        let frame = buf.split_to(size).freeze().slice(header..);
+        return decode_body_of(first, &frame, version, Some(&frame)).map(Some);
+    }
     let packet = decode_body(first, &buf[header..size], version)?;
     buf.advance(size);
     Ok(Some(packet))
 }
 
+/// PUBLISH packets at least this long share the read buffer instead of copying the payload.
+const SHARED_PAYLOAD_MIN: usize = 4096;
+
+/// The whole size of the packet that starts `buf`, once its fixed header is there: how much
+/// to make room for before reading the rest.
+pub fn frame_size(buf: &[u8]) -> Option<usize> {
+    fixed_header(buf)
+        .ok()
+        .flatten()
+        .map(|(_, len, header)| header + len)
+}
+
 /// Decodes one packet body (the bytes after the fixed header).
 pub fn decode_body(first: u8, body: &[u8], version: Option<Version>) -> Result<Packet> {
+    decode_body_of(first, body, version, None)
+}
+
+/// `shared`: the body as `Bytes`, for a PUBLISH payload to be a slice of instead of a copy.
+fn decode_body_of(
+    first: u8,
+    body: &[u8],
+    version: Option<Version>,
+    shared: Option<&Bytes>,
+) -> Result<Packet> {
     let kind = first >> 4;
     let flags = first & 0x0f;
     let mut r = Reader { buf: body };
@@ -525,7 +553,7 @@ pub fn decode_body(first: u8, body: &[u8], version: Option<Version>) -> Result<P
                 properties,
             })
         }
-        3 => Packet::Publish(publish(flags, &mut r, v5)?),
+        3 => Packet::Publish(publish(flags, &mut r, v5, shared)?),
         4..=7 => {
             expect_flags(if kind == 6 { 0b0010 } else { 0 })?;
             let pkid = r.u16()?;
@@ -770,7 +798,7 @@ fn connect(flags: u8, r: &mut Reader<'_>) -> Result<Connect> {
     })
 }
 
-fn publish(flags: u8, r: &mut Reader<'_>, v5: bool) -> Result<Publish> {
+fn publish(flags: u8, r: &mut Reader<'_>, v5: bool, shared: Option<&Bytes>) -> Result<Publish> {
     let qos = QoS::from_u8((flags >> 1) & 0b11).ok_or(DecodeError::Malformed("QoS 3"))?;
     let dup = flags & 0b1000 != 0;
     if dup && qos == QoS::AtMostOnce {
@@ -792,7 +820,14 @@ fn publish(flags: u8, r: &mut Reader<'_>, v5: bool) -> Result<Publish> {
         retain: flags & 1 != 0,
         topic,
         pkid,
-        payload: Bytes::copy_from_slice(r.take(r.left())?),
+        payload: {
+            let at = r.left();
+            let bytes = r.take(at)?;
+            match shared {
+                Some(b) => b.slice(b.len() - at..),
+                None => Bytes::copy_from_slice(bytes),
+            }
+        },
         properties,
     })
 }
@@ -1195,6 +1230,19 @@ mod tests {
                         topic: "a/b".into(),
                         pkid: if qos == QoS::AtMostOnce { 0 } else { 7 },
                         payload: Bytes::from(vec![1u8; 300]),
+                        properties: p5(props()),
+                    }),
+                    v,
+                );
+                // Large enough for the payload to be shared with the read buffer.
+                round_trip(
+                    Packet::Publish(Publish {
+                        dup: false,
+                        qos,
+                        retain: false,
+                        topic: "big".into(),
+                        pkid: if qos == QoS::AtMostOnce { 0 } else { 8 },
+                        payload: Bytes::from((0..20_000u32).map(|i| i as u8).collect::<Vec<_>>()),
                         properties: p5(props()),
                     }),
                     v,

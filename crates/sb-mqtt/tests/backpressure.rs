@@ -175,3 +175,39 @@ async fn a_subscriber_that_stops_reading_stalls_publishers_only_briefly() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_v3_client_gets_at_most_inflight_max_unacknowledged_messages() {
+    let b = Broker::new(
+        BrokerConfig {
+            inflight_max: 5,
+            ..BrokerConfig::default()
+        },
+        Open,
+        None,
+    );
+    let mut sub = Client::connect(&b, "sub", 1 << 16).await;
+    sub.subscribe("t", QoS::AtLeastOnce).await;
+    let mut publisher = Client::connect(&b, "pub", 1 << 16).await;
+    publisher.publish_acked("t", 20).await;
+    let mut pkids = Vec::new();
+    for _ in 0..5 {
+        match sub.next().await {
+            Packet::Publish(p) => pkids.push(p.pkid),
+            other => panic!("{other:?}"),
+        }
+    }
+    // The window is full: nothing more comes until an acknowledgement.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), sub.next())
+            .await
+            .is_err(),
+        "a sixth message came while five were unacknowledged"
+    );
+    sub.send(&Packet::PubAck(codec::Ack::new(pkids[0], 0)))
+        .await;
+    match sub.next().await {
+        Packet::Publish(p) => assert_eq!(p.payload.as_ref(), 5u32.to_be_bytes()),
+        other => panic!("{other:?}"),
+    }
+}

@@ -276,6 +276,7 @@ pub fn broker(
         inflight_max: cfg.inflight_max.max(1),
         queue_max: cfg.queue_max,
         queue_full_wait: Duration::from_millis(cfg.queue_full_wait_ms),
+        queue_live_max: cfg.queue_live_max,
         topic_depth_max: cfg.topic_depth_max,
         topic_alias_max: cfg.topic_alias_max,
         session_expiry_max_secs: cfg.session_expiry_max_secs,
