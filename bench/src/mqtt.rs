@@ -387,9 +387,15 @@ fn rss(pid: u32) -> anyhow::Result<u64> {
     Ok(kb * 1024)
 }
 
-/// Bytes of resident memory per idle connection: `n` connected clients, measured after they
-/// settle, against before.
+/// Bytes of resident memory per idle connection: `n` more connected clients, measured after
+/// they settle, against before (after a warm-up).
 async fn idle_cost(t: &Target, n: usize) -> anyhow::Result<f64> {
+    // A first hundred warm up what every broker sets up once (caches, arenas), so the figure
+    // is what one more connection costs.
+    let mut warm = Vec::new();
+    for i in 0..100 {
+        warm.push(connect(t, &format!("warm-{i}")).await?);
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = rss(t.pid)?;
     let mut conns = Vec::with_capacity(n);

@@ -671,11 +671,43 @@ impl<A: Access> Broker<A> {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let mut buf = BytesMut::with_capacity(4096);
+        let mut buf = BytesMut::with_capacity(READ_ROOM_MIN);
+        // The handshake and the goodbye are boxed: what an idle connection holds is only what
+        // its loop needs.
+        let Some((mut conn, keep_alive, acked)) =
+            Box::pin(self.clone().handshake(&mut io, &mut buf, peer)).await
+        else {
+            return;
+        };
+        let end = if acked {
+            self.access.connected(&conn.who).await;
+            conn.resend_inflight();
+            conn.run(&mut io, &mut buf, keep_alive).await
+        } else {
+            End::Abnormal
+        };
+        self.stats.connections.fetch_sub(1, Ordering::Relaxed);
+        let who = conn.who.clone();
+        Box::pin(conn.finish(end)).await;
+        self.access.disconnected(&who).await;
+    }
+
+    /// CONNECT, authentication, the session, and the CONNACK; the connection, its keep-alive
+    /// and whether the CONNACK went out (`None`: refused or gone).
+    async fn handshake<S>(
+        self: Arc<Self>,
+        io: &mut S,
+        buf: &mut BytesMut,
+        peer: Peer,
+    ) -> Option<(Conn<A>, u16, bool)>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let io = &mut *io;
         // CONNECT first, within the timeout.
         let connect = match tokio::time::timeout(
             self.cfg.connect_timeout,
-            read_packet(&mut io, &mut buf, None, self.cfg.packet_size_max),
+            read_packet(io, buf, None, self.cfg.packet_size_max),
         )
         .await
         {
@@ -687,28 +719,28 @@ impl<A: Access> Broker<A> {
                 } else {
                     (reason::V3_REFUSED_PROTOCOL, Version::V311)
                 };
-                let _ = send(&mut io, &connack(false, code), v).await;
-                return;
+                let _ = send(io, &connack(false, code), v).await;
+                return None;
             }
             Ok(Err(_)) => {
                 self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                return;
+                return None;
             }
-            _ => return,
+            _ => return None,
         };
         let v = connect.version;
         let who = match self.access.connect(&connect, &peer).await {
             Ok(p) => p,
             Err(r) => {
-                let _ = send(&mut io, &connack(false, r.code(v)), v).await;
-                return;
+                let _ = send(io, &connack(false, r.code(v)), v).await;
+                return None;
             }
         };
         let mut props = Properties::default();
         let client_id: Arc<str> = if connect.client_id.is_empty() {
             if v == Version::V311 && !connect.clean_start {
-                let _ = send(&mut io, &connack(false, reason::V3_REFUSED_IDENTIFIER), v).await;
-                return;
+                let _ = send(io, &connack(false, reason::V3_REFUSED_IDENTIFIER), v).await;
+                return None;
             }
             let id = format!("auto-{}", uuid::Uuid::new_v4().simple());
             props.assigned_client_identifier = Some(id.clone());
@@ -756,7 +788,7 @@ impl<A: Access> Broker<A> {
             code: reason::SUCCESS,
             properties: props,
         });
-        let mut conn = Conn {
+        let conn = Conn {
             broker: self.clone(),
             session: session.clone(),
             id: connection,
@@ -772,17 +804,8 @@ impl<A: Access> Broker<A> {
                 .unwrap_or(0),
             expiry,
         };
-        let end = if send(&mut io, &ack, v).await.is_err() {
-            End::Abnormal
-        } else {
-            self.access.connected(&conn.who).await;
-            conn.resend_inflight();
-            conn.run(&mut io, &mut buf, keep_alive).await
-        };
-        self.stats.connections.fetch_sub(1, Ordering::Relaxed);
-        let who = conn.who.clone();
-        conn.finish(end).await;
-        self.access.disconnected(&who).await;
+        let acked = send(io, &ack, v).await.is_ok();
+        Some((conn, keep_alive, acked))
     }
 
     /// Takes over or creates the session for `client_id`; whether one was resumed, and
@@ -992,8 +1015,10 @@ async fn read_packet<S: AsyncRead + Unpin>(
 /// go, so idle connections stay small).
 const OUT_KEEP_MAX: usize = 64 * 1024;
 
-/// Spare room in a connection's read buffer before each read.
-const READ_CHUNK_MIN: usize = 2048;
+/// Spare room in a connection's read buffer before each read: from this…
+const READ_ROOM_MIN: usize = 256;
+/// …doubling while reads fill it, up to this.
+const READ_ROOM_MAX: usize = 64 * 1024;
 
 /// One connection's state.
 struct Conn<A: Access> {
@@ -1151,6 +1176,7 @@ impl<A: Access> Conn<A> {
         // The keep-alive timer is moved lazily: reads only note the time, and the timer, when
         // it fires early, is set again from there (not one timer change per read).
         let mut last_read = tokio::time::Instant::now();
+        let mut read_room = READ_ROOM_MIN;
         let keep_alive_timer = tokio::time::sleep_until(last_read + grace);
         tokio::pin!(keep_alive_timer);
         // One watch for the connection's life (not one per wake-up).
@@ -1162,7 +1188,7 @@ impl<A: Access> Conn<A> {
             // Whole packets already buffered are handled before reading more, and what they
             // answer goes out in one write.
             match codec::decode(buf, Some(self.version), broker.cfg.packet_size_max) {
-                Ok(Some(p)) => match self.handle(p).await {
+                Ok(Some(p)) => match Box::pin(self.handle(p)).await {
                     Some(end) => {
                         if !self.out.is_empty() {
                             let _ = io.write_all(&self.out).await;
@@ -1191,16 +1217,28 @@ impl<A: Access> Conn<A> {
                     self.out = BytesMut::new();
                 }
             }
-            // Room for the whole packet being read, at once rather than by small growths.
-            if let Some(size) = codec::frame_size(buf) {
-                buf.reserve(size.saturating_sub(buf.len()));
-            } else if buf.capacity() - buf.len() < READ_CHUNK_MIN {
-                buf.reserve(READ_CHUNK_MIN);
+            // Room for the whole packet being read, at once rather than by small growths; else
+            // as much as recent reads used (a busy connection reads in large chunks, an idle
+            // one holds a small buffer).
+            if buf.is_empty() && buf.capacity() > 4 * read_room {
+                *buf = BytesMut::new();
             }
+            match codec::frame_size(buf) {
+                Some(size) if size > buf.len() => buf.reserve(size - buf.len()),
+                _ => buf.reserve(read_room),
+            }
+            let room = buf.capacity() - buf.len();
             tokio::select! {
                 r = io.read_buf(buf) => match r {
                     Ok(0) | Err(_) => return End::Abnormal,
-                    Ok(_) => last_read = tokio::time::Instant::now(),
+                    Ok(n) => {
+                        last_read = tokio::time::Instant::now();
+                        if n >= room {
+                            read_room = (read_room * 2).min(READ_ROOM_MAX);
+                        } else if n < read_room / 4 {
+                            read_room = (read_room / 2).max(READ_ROOM_MIN);
+                        }
+                    }
                 },
                 _ = &mut keep_alive_timer => {
                     if tokio::time::Instant::now() < last_read + grace {

@@ -497,6 +497,8 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         auth.clone(),
         config.mqtt.clone(),
     );
+    let revocations = Arc::new(mqtt::Revocations::default());
+    revocations.spawn(&auth)?;
     let mqtt_broker = mqtt::broker(
         mqtt::MqttAccess {
             devices: devices.clone(),
@@ -505,6 +507,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             rollouts: rollouts.clone(),
             auth: auth.clone(),
             monitor: monitor.clone(),
+            revocations: revocations.clone(),
             cfg: config.mqtt.clone(),
         },
         mqtt_store,

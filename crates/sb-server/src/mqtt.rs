@@ -8,13 +8,14 @@
 //! an account, closes its connections at once.
 
 use crate::AppState;
-use sb_auth::{Action, Auth, AuthEvent, Ctx, Origin, Subject, credential_topic, user_topic};
+use sb_auth::{Action, Auth, AuthEvent, Ctx, Origin, Subject};
 use sb_core::DeviceId;
 use sb_core::config::{MqttConfig, MqttListener};
 use sb_devices::{Devices, filter_covers, topic_resource};
 use sb_mqtt::broker::{Access, Broker, BrokerConfig, Peer, Refusal};
 use sb_mqtt::codec::Connect;
 use sb_store::devices::DeviceRecord;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,7 +46,124 @@ pub struct MqttAccess {
     pub rollouts: Arc<crate::rollouts::Rollouts>,
     pub auth: Arc<Auth>,
     pub monitor: Arc<sb_monitor::Monitor>,
+    pub revocations: Arc<Revocations>,
     pub cfg: MqttConfig,
+}
+
+/// Connections waiting to hear that their credential was revoked or their account disabled:
+/// one bus subscription for all of them (not two per connection), and a map from credential
+/// and account to the connections using them.
+#[derive(Default)]
+pub struct Revocations {
+    next: AtomicUsize,
+    watchers: std::sync::Mutex<Watchers>,
+}
+
+#[derive(Default)]
+struct Watchers {
+    by_credential: HashMap<String, Vec<(usize, Arc<tokio::sync::Notify>)>>,
+    by_user: HashMap<sb_core::UserId, Vec<(usize, Arc<tokio::sync::Notify>)>>,
+}
+
+/// Removes a connection's watch when it ends.
+pub struct Registration {
+    owner: Arc<Revocations>,
+    id: usize,
+    credential: String,
+    user: sb_core::UserId,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut w = self.owner.lock();
+        if let Some(v) = w.by_credential.get_mut(&self.credential) {
+            v.retain(|(id, _)| *id != self.id);
+            if v.is_empty() {
+                w.by_credential.remove(&self.credential);
+            }
+        }
+        if let Some(v) = w.by_user.get_mut(&self.user) {
+            v.retain(|(id, _)| *id != self.id);
+            if v.is_empty() {
+                w.by_user.remove(&self.user);
+            }
+        }
+    }
+}
+
+impl Revocations {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Watchers> {
+        self.watchers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A notification that fires when `subject`'s credential is revoked or its account
+    /// disabled, for as long as the registration is held.
+    pub fn watch(self: &Arc<Self>, subject: &Subject) -> (Arc<tokio::sync::Notify>, Registration) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let credential = subject.credential.id_string();
+        {
+            let mut w = self.lock();
+            w.by_credential
+                .entry(credential.clone())
+                .or_default()
+                .push((id, notify.clone()));
+            w.by_user
+                .entry(subject.user_id)
+                .or_default()
+                .push((id, notify.clone()));
+        }
+        (
+            notify,
+            Registration {
+                owner: self.clone(),
+                id,
+                credential,
+                user: subject.user_id,
+            },
+        )
+    }
+
+    /// Follows the auth events on the bus. Should the subscription fall behind and be cut,
+    /// every watched connection is closed (its client logs in again and is checked afresh)
+    /// rather than risk missing a revocation.
+    pub fn spawn(self: &Arc<Self>, auth: &Auth) -> anyhow::Result<()> {
+        let mut sub = auth
+            .bus()
+            .subscribe("auth/#")
+            .map_err(|e| anyhow::anyhow!("watching revocations: {e:?}"))?;
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match sub.recv().await {
+                    Ok(m) => {
+                        let w = me.lock();
+                        let hit = if let Some(c) = m.topic.strip_prefix("auth/credential/") {
+                            (m.payload == AuthEvent::CredentialRevoked)
+                                .then(|| w.by_credential.get(c))
+                                .flatten()
+                        } else if let Some(u) = m.topic.strip_prefix("auth/user/") {
+                            u.parse().ok().and_then(|u| w.by_user.get(&u))
+                        } else {
+                            None
+                        };
+                        for (_, n) in hit.into_iter().flatten() {
+                            n.notify_one();
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = ?e, "the revocation watch was cut; closing every MQTT login to check it again");
+                        let w = me.lock();
+                        for (_, n) in w.by_credential.values().flatten() {
+                            n.notify_one();
+                        }
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
 }
 
 impl MqttAccess {
@@ -243,24 +361,8 @@ impl Access for MqttAccess {
             Who::Device { subject, .. } | Who::User { subject, .. } => subject,
             Who::Anonymous => return std::future::pending().await,
         };
-        let bus = self.auth.bus();
-        let (Ok(mut credential), Ok(mut user)) = (
-            bus.subscribe(&credential_topic(&subject.credential.id_string())),
-            bus.subscribe(&user_topic(subject.user_id)),
-        ) else {
-            return std::future::pending().await;
-        };
-        loop {
-            tokio::select! {
-                ev = credential.recv() => match ev {
-                    Ok(m) if m.payload == AuthEvent::CredentialRevoked => return,
-                    Ok(_) => {}
-                    Err(_) => return,
-                },
-                // The owner's account disabled: its devices and sessions go too.
-                _ = user.recv() => return,
-            }
-        }
+        let (notify, _registration) = self.revocations.watch(subject);
+        notify.notified().await;
     }
 }
 
@@ -341,16 +443,20 @@ pub fn spawn(
                 let serve = async {
                     match tls {
                         None => broker.serve(stream, peer).await,
+                        // Boxed: a plain connection's task does not carry TLS's size.
                         Some(acceptor) => {
-                            match tokio::time::timeout(
-                                Duration::from_secs(10),
-                                acceptor.accept(stream),
-                            )
+                            Box::pin(async move {
+                                match tokio::time::timeout(
+                                    Duration::from_secs(10),
+                                    acceptor.accept(stream),
+                                )
+                                .await
+                                {
+                                    Ok(Ok(s)) => broker.serve(s, peer).await,
+                                    _ => tracing::debug!(%addr, "MQTT TLS handshake failed"),
+                                }
+                            })
                             .await
-                            {
-                                Ok(Ok(s)) => broker.serve(s, peer).await,
-                                _ => tracing::debug!(%addr, "MQTT TLS handshake failed"),
-                            }
                         }
                     }
                 };
