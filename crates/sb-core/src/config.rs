@@ -380,6 +380,9 @@ pub struct MqttConfig {
     pub rollout_step_timeout_secs: u64,
     /// Most devices one rollout may hold.
     pub rollout_devices_max: usize,
+    /// The built-in `DeviceOffline` alert fires for a device offline this long (from the
+    /// `device_online` series, so at `status_interval_secs` granularity); 0 turns it off.
+    pub offline_alert_after_secs: u64,
 }
 
 impl Default for MqttConfig {
@@ -413,6 +416,7 @@ impl Default for MqttConfig {
             twin_bytes_max: 64 * 1024,
             rollout_step_timeout_secs: 600,
             rollout_devices_max: 100_000,
+            offline_alert_after_secs: 600,
         }
     }
 }
@@ -524,6 +528,10 @@ pub struct MonitoringConfig {
     /// Prometheus rule files (alerting and recording rules); reloaded on SIGHUP or
     /// `sb alerts reload`.
     pub rule_files: Vec<PathBuf>,
+    /// Rules the server itself ships (name, rule-file text), loaded with the files; not read
+    /// from the config (e.g. the device-offline alert of `mqtt.offline_alert_after_secs`).
+    #[serde(skip)]
+    pub builtin_rules: Vec<(String, String)>,
     /// How often a rule group without its own `interval` is evaluated.
     pub rule_evaluation_interval_ms: u64,
     /// Alerts with the same values of these labels are notified together.
@@ -622,6 +630,7 @@ impl Default for MonitoringConfig {
             query_range_points_max: 11_000,
             query_timeout_ms: 120_000,
             rule_files: Vec::new(),
+            builtin_rules: Vec::new(),
             rule_evaluation_interval_ms: 60_000,
             alert_group_by: vec!["alertname".into()],
             alert_repeat_interval_ms: 4 * 3_600_000,
@@ -926,6 +935,10 @@ twin_bytes_max = 65536
 rollout_step_timeout_secs = 600
 # Most devices one firmware rollout may hold.
 rollout_devices_max = 100000
+# The built-in alert DeviceOffline fires for a device offline this long (it watches the
+# device_online series, so needs status_interval_secs > 0), and notifies like any alert
+# (webhooks, chat, silences). 0 turns it off.
+offline_alert_after_secs = 600
 "#;
 
 #[cfg(test)]

@@ -87,13 +87,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Reads and checks the rule files.
+/// Reads and checks the rule files, and the server's built-in rules.
 pub fn read_rule_files(cfg: &MonitoringConfig) -> Result<Vec<alerts::Group>, String> {
     let mut files = Vec::new();
     for path in &cfg.rule_files {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         files.push((path.display().to_string(), text));
     }
+    files.extend(cfg.builtin_rules.iter().cloned());
     alerts::load_rules(&files, cfg.rule_evaluation_interval_ms as i64)
 }
 

@@ -465,9 +465,11 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         Bus::new(bus_config),
         config.chat.clone(),
     ));
+    let mut monitoring = config.monitoring.clone();
+    monitoring.builtin_rules = mqtt::builtin_rules(&config.mqtt);
     let (monitor, recovery) = sb_monitor::Monitor::open(
         &data_dir.join("tsdb"),
-        config.monitoring.clone(),
+        monitoring,
         config.store.durability == sb_core::config::Durability::Full,
         auth.clone(),
     )

@@ -546,6 +546,31 @@ pub async fn websocket(
 
 /// Writes `device_online` and `device_healthy` (0 or 1) for every device that is not revoked,
 /// every `mqtt.status_interval_secs`, so alert rules can watch them.
+/// The alert rules devices come with: `DeviceOffline`, for a device offline longer than
+/// `mqtt.offline_alert_after_secs` (off at 0, or without the status series).
+pub fn builtin_rules(cfg: &MqttConfig) -> Vec<(String, String)> {
+    let after = cfg.offline_alert_after_secs;
+    if after == 0 || cfg.status_interval_secs == 0 {
+        return Vec::new();
+    }
+    let text = format!(
+        r#"groups:
+- name: devices
+  interval: {interval}s
+  rules:
+  - alert: DeviceOffline
+    expr: device_online == 0
+    for: {after}s
+    labels:
+      severity: warning
+    annotations:
+      summary: "device {{{{ $labels.device }}}} (group {{{{ $labels.group }}}}) has been offline for more than {after} s"
+"#,
+        interval = cfg.status_interval_secs,
+    );
+    vec![("builtin:devices".to_string(), text)]
+}
+
 pub fn spawn_status_metrics(state: Arc<AppState>) {
     let every = state.config.mqtt.status_interval_secs;
     if every == 0 {

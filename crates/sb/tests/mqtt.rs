@@ -1331,3 +1331,45 @@ async fn subscriptions_open_commands_and_twin_size_are_limited() {
         0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_offline_past_its_threshold_raises_the_builtin_alert() {
+    let b = Broker::start_with_env(vec![
+        ("SB_MQTT__STATUS_INTERVAL_SECS", "1".into()),
+        ("SB_MQTT__OFFLINE_ALERT_AFTER_SECS", "2".into()),
+    ]);
+    let admin = b.server.admin().await;
+    let (_, _) = device(&admin, "away-1", "field").await;
+    let (id, secret) = device(&admin, "here-1", "field").await;
+    let _here = simulated_device(&b, &id, &secret).await;
+    // The one that never came fires DeviceOffline, labelled and explained; the one online
+    // does not.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let alert = loop {
+        let alerts = admin.alerts().await.unwrap();
+        if let Some(a) = alerts.iter().find(|a| {
+            a.labels.get("alertname").map(String::as_str) == Some("DeviceOffline")
+                && a.state == "firing"
+        }) {
+            break (a.clone(), alerts);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no DeviceOffline alert: {alerts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let (a, all) = alert;
+    assert_eq!(a.labels["device"], "away-1");
+    assert_eq!(a.labels["group"], "field");
+    assert!(
+        a.annotations["summary"].contains("away-1"),
+        "{:?}",
+        a.annotations
+    );
+    assert!(
+        !all.iter()
+            .any(|x| x.labels.get("device").map(String::as_str) == Some("here-1")),
+        "{all:?}"
+    );
+}
