@@ -442,3 +442,102 @@ async fn a_device_stuck_past_the_step_timeout_fails_and_a_clean_rollout_complete
     );
     assert!(stderr(&out).contains("has no devices"), "{}", stderr(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_survives_a_sigkill_and_completes_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let first = TestServer::start_with(ServerOptions {
+        mqtt: true,
+        data_dir: Some(data.clone()),
+        ..Default::default()
+    });
+    let addr = first.addr.clone();
+    let home = tempfile::tempdir().unwrap();
+    register_admin_cli(&first, home.path());
+    let keys = json(&sb(home.path(), &["firmware", "keygen", "--json"], ""));
+    let public = keys["public_key"].as_str().unwrap().to_string();
+    let file = home.path().join("fw.bin");
+    std::fs::write(&file, vec![3u8; 50_000]).unwrap();
+    let out = sb(
+        home.path(),
+        &[
+            "firmware",
+            "upload",
+            file.to_str().unwrap(),
+            "--version",
+            "4.0.0",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    for name in ["r-0001", "r-0002"] {
+        let out = sb(
+            home.path(),
+            &["device", "register", name, "--group", "g"],
+            "",
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    // Started with nobody online: the first device is told, the second waits its turn.
+    let r = json(&sb(
+        home.path(),
+        &[
+            "firmware", "rollout", "4.0.0", "--group", "g", "--batch", "1", "--json",
+        ],
+        "",
+    ));
+    let id = r["id"].as_str().unwrap().to_string();
+    assert_eq!(r["devices"][0]["state"], "notified", "{r}");
+    assert_eq!(r["devices"][1]["state"], "pending", "{r}");
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &first.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    drop(first);
+
+    // Back on the same address and data: the rollout carries on when the devices come.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let second = loop {
+        if let Some(s) = TestServer::try_start_with(ServerOptions {
+            mqtt: true,
+            data_dir: Some(data.clone()),
+            listen: &addr,
+            ..Default::default()
+        }) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "{addr} stayed taken");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mqtt = second.mqtt.clone().unwrap();
+    let _sim = Simulator::start(
+        home.path(),
+        &mqtt,
+        &[
+            "--count",
+            "2",
+            "--prefix",
+            "r",
+            "--group",
+            "g",
+            "--firmware-key",
+            &public,
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = json(&sb(
+            home.path(),
+            &["firmware", "rollouts", &id, "--json"],
+            "",
+        ));
+        if r["state"] == "completed" {
+            assert_eq!(r["updated"], 2, "{r}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the rollout did not resume: {r}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
