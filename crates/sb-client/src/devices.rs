@@ -39,6 +39,16 @@ impl Client {
         .await
     }
 
+    /// A client certificate and key for a device (shown once; the earlier one stops working).
+    pub async fn device_certificate(&self, key: &str) -> Result<sb_proto::DeviceCertificate> {
+        self.call(
+            Method::POST,
+            &format!("/v1/devices/{}/certificate", enc(key)),
+            Self::NO_BODY,
+        )
+        .await
+    }
+
     pub async fn device_revoke(&self, key: &str) -> Result<DeviceInfo> {
         self.call(
             Method::DELETE,

@@ -383,6 +383,8 @@ pub struct MqttConfig {
     /// The built-in `DeviceOffline` alert fires for a device offline this long (from the
     /// `device_online` series, so at `status_interval_secs` granularity); 0 turns it off.
     pub offline_alert_after_secs: u64,
+    /// How long a device's client certificate (`sb device cert`) is valid.
+    pub device_cert_validity_days: u32,
 }
 
 impl Default for MqttConfig {
@@ -417,6 +419,7 @@ impl Default for MqttConfig {
             rollout_step_timeout_secs: 600,
             rollout_devices_max: 100_000,
             offline_alert_after_secs: 600,
+            device_cert_validity_days: 3650,
         }
     }
 }
@@ -939,6 +942,10 @@ rollout_devices_max = 100000
 # device_online series, so needs status_interval_secs > 0), and notifies like any alert
 # (webhooks, chat, silences). 0 turns it off.
 offline_alert_after_secs = 600
+# How long a device's client certificate (sb device cert) is valid. Certificates come from
+# the device CA in <data_dir>/tls/device-ca.pem; a TLS listener accepts them in place of the
+# secret. Issuing a new one, or revoking the device, refuses the old one at once.
+device_cert_validity_days = 3650
 "#;
 
 #[cfg(test)]

@@ -313,6 +313,58 @@ impl Devices {
         Some((d, subject))
     }
 
+    /// The device whose current client certificate has this SHA-256 (not revoked, not
+    /// expired), and the subject it acts as.
+    pub async fn authenticate_cert(
+        &self,
+        fingerprint: &str,
+        now: UnixMillis,
+    ) -> Option<(DeviceRecord, Subject)> {
+        let (id, expires_at) = self.store.device_by_cert(fingerprint).await.ok()??;
+        if expires_at <= now {
+            return None;
+        }
+        let d = self.store.device(id).await.ok()??;
+        if d.revoked_at.is_some() {
+            return None;
+        }
+        let owner = self.auth.store().user_by_id(d.owner).await.ok()??;
+        let subject = Subject {
+            user_id: owner.id,
+            username: d.name.clone(),
+            role: owner.role,
+            credential: Credential::Device(d.id),
+        };
+        Some((d, subject))
+    }
+
+    /// Records the client certificate just issued to a device (of the caller's, or any for an
+    /// admin): it replaces the one before.
+    pub async fn set_cert(
+        &self,
+        cx: Ctx<'_>,
+        key: &str,
+        issue: impl FnOnce(&DeviceRecord) -> std::result::Result<(String, UnixMillis), String>,
+    ) -> Result<DeviceRecord> {
+        let d = self.get_for_update(cx, key).await?;
+        if d.revoked_at.is_some() {
+            return Err(DevicesError::Conflict(format!("{} is revoked", d.name)));
+        }
+        let (fingerprint, expires_at) = issue(&d).map_err(DevicesError::Internal)?;
+        self.store
+            .set_device_cert(d.id, fingerprint, cx.now, expires_at)
+            .await?;
+        self.auth
+            .record(
+                cx,
+                "device.certificate",
+                d.id.to_string(),
+                serde_json::json!({"name": d.name}),
+            )
+            .await?;
+        Ok(d)
+    }
+
     /// Ids of the devices a user registered.
     pub async fn owned_by(&self, subject: &Subject) -> Result<Vec<DeviceId>> {
         Ok(self

@@ -108,6 +108,8 @@ pub struct Peer {
     pub addr: std::net::SocketAddr,
     /// The listener lets clients without credentials in.
     pub allow_anonymous: bool,
+    /// The client certificate (DER) the TLS layer verified, if the client sent one.
+    pub certificate: Option<Vec<u8>>,
 }
 
 /// Who may connect, publish and subscribe: the server plugs its identities and `authorize()`

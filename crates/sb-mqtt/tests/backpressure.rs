@@ -48,6 +48,7 @@ impl Client {
             Peer {
                 addr: "127.0.0.1:1".parse().unwrap(),
                 allow_anonymous: true,
+                certificate: None,
             },
         ));
         let mut c = Client {

@@ -410,6 +410,21 @@ pub struct TwinPatch {
     pub version: Option<i64>,
 }
 
+/// A client certificate for a device (mTLS on the MQTT TLS listeners), with its private key:
+/// shown only this once. It replaces the device's earlier certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeviceCertificate {
+    pub device_id: String,
+    pub name: String,
+    pub certificate_pem: String,
+    pub private_key_pem: String,
+    /// The device CA's certificate (what the server trusts client certificates by).
+    pub ca_pem: String,
+    /// SHA-256 of the certificate.
+    pub fingerprint: String,
+    pub expires_at_ms: i64,
+}
+
 /// A device's id and secret (its MQTT password), shown only this once.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DeviceSecret {

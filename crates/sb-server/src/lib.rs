@@ -7,6 +7,7 @@
 mod alerting;
 mod commands;
 pub mod config;
+mod device_ca;
 mod error;
 mod extract;
 mod listener;
@@ -67,6 +68,8 @@ pub struct AppState {
     pub commands: Arc<commands::Commands>,
     pub twins: Arc<twins::Twins>,
     pub rollouts: Arc<rollouts::Rollouts>,
+    /// Issues devices their client certificates.
+    pub device_ca: Arc<device_ca::DeviceCa>,
     pub(crate) devices_store: Arc<dyn sb_store::DevicesStore>,
     pub mqtt: Arc<mqtt::MqttBroker>,
     pub blobs: sb_blob::LocalBlobStore,
@@ -162,6 +165,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .routes(routes!(routes_devices::register, routes_devices::list))
         .routes(routes!(routes_devices::show, routes_devices::revoke))
         .routes(routes!(routes_devices::rotate))
+        .routes(routes!(routes_devices::certificate))
         .routes(routes!(routes_devices::call))
         .routes(routes!(routes_devices::command))
         .routes(routes!(routes_devices::twin, routes_devices::set_desired))
@@ -411,6 +415,10 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))?;
     }
     let identity = tls::load_or_generate(&config.tls, &data_dir)?;
+    let device_ca = Arc::new(
+        device_ca::DeviceCa::load_or_generate(&data_dir.join("tls"), now())
+            .context("the device CA")?,
+    );
     let metrics = Arc::new(metrics::Metrics::new());
     let m2 = metrics.clone();
     let store = SqliteStore::open(&data_dir.join("sb.db"), &config.store)
@@ -555,6 +563,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         commands,
         twins,
         rollouts,
+        device_ca,
         devices_store: sqlite_devices,
         mqtt: mqtt_broker,
         blobs,
@@ -582,11 +591,12 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let mut mqtt_banner = Vec::new();
     for (listener, spec) in mqtt_listeners {
         mqtt_banner.push(mqtt::describe(listener.local_addr()?, &spec));
-        let tls = spec.tls.then(|| {
-            let mut c = (*identity.config).clone();
-            c.alpn_protocols = Vec::new();
-            tokio_rustls::TlsAcceptor::from(Arc::new(c))
-        });
+        let tls = if spec.tls {
+            let c = identity.mqtt_config(&state.device_ca.cert_der)?;
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(c)))
+        } else {
+            None
+        };
         mqtt::spawn(state.clone(), listener, spec, tls, mqtt_open.clone());
     }
 

@@ -236,6 +236,27 @@ impl Access for MqttAccess {
             ip: peer.addr.ip(),
             client: format!("mqtt {}", c.client_id),
         };
+        // A client certificate from the device CA names its device (the one issued last to
+        // it); a user name, if given, must be that device's id.
+        if let Some(der) = &peer.certificate {
+            let (record, subject) = self
+                .devices
+                .authenticate_cert(&sb_proto::cert_fingerprint(der), crate::now())
+                .await
+                .ok_or(Refusal::BadCredentials)?;
+            if c.username
+                .as_deref()
+                .is_some_and(|u| u != record.id.to_string())
+            {
+                return Err(Refusal::BadCredentials);
+            }
+            self.devices.seen(record.id, crate::now()).await;
+            return Ok(Who::Device {
+                record: Arc::new(record),
+                subject,
+                origin,
+            });
+        }
         let Some(password) = &c.password else {
             return if peer.allow_anonymous && c.username.is_none() {
                 Ok(Who::Anonymous)
@@ -434,9 +455,10 @@ pub fn spawn(
                 tls.clone(),
                 state.shutdown.clone(),
             );
-            let peer = Peer {
+            let mut peer = Peer {
                 addr,
                 allow_anonymous: spec.allow_anonymous,
+                certificate: None,
             };
             open.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
@@ -452,7 +474,16 @@ pub fn spawn(
                                 )
                                 .await
                                 {
-                                    Ok(Ok(s)) => broker.serve(s, peer).await,
+                                    Ok(Ok(s)) => {
+                                        // A device CA certificate, verified by the handshake.
+                                        peer.certificate = s
+                                            .get_ref()
+                                            .1
+                                            .peer_certificates()
+                                            .and_then(|c| c.first())
+                                            .map(|c| c.to_vec());
+                                        broker.serve(s, peer).await
+                                    }
                                     _ => tracing::debug!(%addr, "MQTT TLS handshake failed"),
                                 }
                             })
@@ -507,6 +538,7 @@ pub async fn websocket(
             let peer = Peer {
                 addr,
                 allow_anonymous: false,
+                certificate: None,
             };
             let serve = tokio::spawn(broker.serve(theirs, peer));
             let (mut tx, mut rx) = ws.split();

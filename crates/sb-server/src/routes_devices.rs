@@ -199,3 +199,42 @@ pub async fn set_desired(
         .await?;
     Ok(Json(crate::twins::info(&t)))
 }
+
+#[utoipa::path(post, path = "/v1/devices/{device}/certificate", tag = "devices",
+    params(("device" = String, Path, description = "id or name")),
+    responses((status = 201, body = DeviceCertificate, description = "a client certificate and its key, shown only now; the device's earlier certificate stops working"), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn certificate(
+    State(st): St,
+    c: Caller,
+    Path(device): Path<String>,
+) -> Result<(StatusCode, Json<DeviceCertificate>), ApiError> {
+    let days = st.config.mqtt.device_cert_validity_days.max(1);
+    let mut issued = None;
+    let d = st
+        .devices
+        .set_cert(c.cx(), &device, |d| {
+            let i = st
+                .device_ca
+                .issue(&d.id.to_string(), c.now, days)
+                .map_err(|e| format!("issuing a certificate: {e:#}"))?;
+            let out = (i.fingerprint.clone(), i.expires_at);
+            issued = Some(i);
+            Ok(out)
+        })
+        .await?;
+    let i = issued
+        .ok_or_else(|| ApiError::new(sb_core::ErrorCode::Internal, "no certificate was issued"))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(DeviceCertificate {
+            device_id: d.id.to_string(),
+            name: d.name.clone(),
+            certificate_pem: i.cert_pem,
+            private_key_pem: i.key_pem,
+            ca_pem: st.device_ca.cert_pem.clone(),
+            fingerprint: i.fingerprint,
+            expires_at_ms: i.expires_at.0,
+        }),
+    ))
+}

@@ -15,9 +15,11 @@ pub struct TlsIdentity {
     pub fingerprint: String,
     pub cert_path: PathBuf,
     pub generated: bool,
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
 }
 
-fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
@@ -68,7 +70,7 @@ pub fn load_or_generate(config: &TlsConfig, data_dir: &Path) -> anyhow::Result<T
     let mut server = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
+        .with_single_cert(certs.clone(), key.clone_key())
         .context("certificate and key do not match")?;
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsIdentity {
@@ -76,5 +78,27 @@ pub fn load_or_generate(config: &TlsConfig, data_dir: &Path) -> anyhow::Result<T
         fingerprint,
         cert_path,
         generated,
+        certs,
+        key,
     })
+}
+
+impl TlsIdentity {
+    /// The same identity for MQTT over TLS: no ALPN, and a client certificate from the device
+    /// CA accepted but not required (devices may log in with a secret instead).
+    pub fn mqtt_config(&self, device_ca: &CertificateDer<'static>) -> anyhow::Result<ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(device_ca.clone())?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .allow_unauthenticated()
+        .build()?;
+        Ok(ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.certs.clone(), self.key.clone_key())?)
+    }
 }

@@ -1183,6 +1183,17 @@ pub async fn run_devices<S: Store + crate::devices::DevicesStore>(s: &S) {
         (got.health.as_deref(), got.health_at),
         (Some(r#"{"ok":true}"#), Some(UnixMillis(20_150)))
     );
+    s.set_device_cert(d.id, "c1".into(), UnixMillis(20_160), UnixMillis(99_000))
+        .await
+        .unwrap();
+    s.set_device_cert(d.id, "c2".into(), UnixMillis(20_170), UnixMillis(99_000))
+        .await
+        .unwrap();
+    assert_eq!(s.device_by_cert("c1").await.unwrap(), None, "replaced");
+    assert_eq!(
+        s.device_by_cert("c2").await.unwrap(),
+        Some((d.id, UnixMillis(99_000)))
+    );
     s.revoke_device(d.id, UnixMillis(20_200)).await.unwrap();
     s.revoke_device(d.id, UnixMillis(20_300)).await.unwrap();
     assert_eq!(
@@ -1195,6 +1206,14 @@ pub async fn run_devices<S: Store + crate::devices::DevicesStore>(s: &S) {
         Err(StoreError::NotFound)
     ));
     assert_eq!(s.devices().await.unwrap().len(), 1);
+
+    // A client certificate: the newest replaces the one before; none for a revoked device.
+    assert!(matches!(
+        s.set_device_cert(d.id, "aa".into(), UnixMillis(1), UnixMillis(9))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(s.device_by_cert("aa").await.unwrap(), None);
 
     // Firmware and a rollout over the device.
     let fw = FirmwareRecord {

@@ -138,6 +138,17 @@ pub trait DevicesStore: Send + Sync + 'static {
     async fn firmware(&self, version: &str) -> Result<Option<FirmwareRecord>>;
     /// Every firmware version, newest first.
     async fn firmwares(&self) -> Result<Vec<FirmwareRecord>>;
+    /// Records a device's client certificate (by SHA-256), replacing the one before;
+    /// `NotFound` if the device does not exist or is revoked.
+    async fn set_device_cert(
+        &self,
+        id: DeviceId,
+        sha256: String,
+        issued_at: UnixMillis,
+        expires_at: UnixMillis,
+    ) -> Result<()>;
+    /// The device whose current certificate has this SHA-256 (and when it expires).
+    async fn device_by_cert(&self, sha256: &str) -> Result<Option<(DeviceId, UnixMillis)>>;
     /// Adds a rollout and its devices in one transaction.
     async fn create_rollout(&self, r: RolloutRecord, targets: Vec<RolloutTarget>) -> Result<()>;
     /// Writes a rollout's state and the given devices' states in one transaction;

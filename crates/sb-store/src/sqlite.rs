@@ -425,6 +425,15 @@ CREATE TABLE firmware_rollout_devices (
     PRIMARY KEY (rollout_id, device_id)
 ) STRICT;
 "#,
+    r#"
+-- Each device's current client certificate (from the device CA), by its SHA-256.
+CREATE TABLE device_certs (
+    device_id  TEXT PRIMARY KEY REFERENCES devices(id),
+    sha256     TEXT NOT NULL UNIQUE,
+    issued_at  INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+) STRICT;
+"#,
 ];
 
 const SETUP_TOKEN_KEY: &str = "setup_token_hash";

@@ -323,6 +323,53 @@ impl DevicesStore for SqliteStore {
         .await
     }
 
+    async fn set_device_cert(
+        &self,
+        id: DeviceId,
+        sha256: String,
+        issued_at: UnixMillis,
+        expires_at: UnixMillis,
+    ) -> Result<()> {
+        self.write("set_device_cert", move |c| {
+            let live: bool = c
+                .query_row(
+                    "SELECT revoked_at IS NULL FROM devices WHERE id = ?1",
+                    [id.to_string()],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(false);
+            if !live {
+                return Err(StoreError::NotFound);
+            }
+            c.execute(
+                "INSERT OR REPLACE INTO device_certs (device_id, sha256, issued_at, expires_at) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![id.to_string(), sha256, issued_at.0, expires_at.0],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn device_by_cert(&self, sha256: &str) -> Result<Option<(DeviceId, UnixMillis)>> {
+        let sha256 = sha256.to_string();
+        self.read("device_by_cert", move |c| {
+            let row = c
+                .query_row(
+                    "SELECT device_id, expires_at FROM device_certs WHERE sha256 = ?1",
+                    [sha256],
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+                )
+                .optional()?;
+            match row {
+                Some((id, exp)) => Ok(Some((parse_id(id)?, UnixMillis(exp)))),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
     async fn create_rollout(&self, r: RolloutRecord, targets: Vec<RolloutTarget>) -> Result<()> {
         self.write("create_rollout", move |c| {
             let tx = c.savepoint()?;

@@ -261,6 +261,15 @@ pub enum DeviceCmd {
     Rotate { device: String },
     /// Revoke a device for good: it is disconnected now and refused from now on.
     Revoke { device: String },
+    /// Issue a device a client certificate from the server's device CA, for MQTT over TLS
+    /// without a password (mTLS); writes NAME.crt, NAME.key (0600) and device-ca.crt into
+    /// --out. The device's earlier certificate stops working.
+    Cert {
+        device: String,
+        /// Where to write the files.
+        #[arg(long, default_value = ".")]
+        out: std::path::PathBuf,
+    },
     /// Run simulated devices against the server (telemetry, health, command answers, twin
     /// sync), registering them as PREFIX-0001…; for demos and load. Ctrl-C stops.
     Simulate {

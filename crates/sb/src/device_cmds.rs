@@ -163,6 +163,41 @@ pub async fn device(cmd: crate::cli::DeviceCmd, json: bool) -> anyhow::Result<()
                 .await?;
             output(json, &t, || print_twin(&t))
         }
+        DeviceCmd::Cert { device, out } => {
+            let c = client.device_certificate(&device).await?;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let cert = out.join(format!("{}.crt", c.name));
+            let key = out.join(format!("{}.key", c.name));
+            let ca = out.join("device-ca.crt");
+            {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&key)
+                    .with_context(|| format!("creating {}", key.display()))?;
+                f.write_all(c.private_key_pem.as_bytes())?;
+            }
+            std::fs::write(&cert, &c.certificate_pem)?;
+            std::fs::write(&ca, &c.ca_pem)?;
+            output(json, &c, || {
+                println!("{}: certificate {}", c.name, cert.display());
+                println!(
+                    "{}: private key {} (keep it on the device only)",
+                    c.name,
+                    key.display()
+                );
+                println!("device CA: {}", ca.display());
+                eprintln!(
+                    "  connect to a TLS listener with them and no password, e.g. mosquitto_pub --cert {} --key {} --cafile SERVER_CERT …",
+                    cert.display(),
+                    key.display()
+                );
+            })
+        }
         DeviceCmd::Simulate { .. } => unreachable!("handled above"),
         DeviceCmd::Revoke { device } => {
             let d = client.device_revoke(&device).await?;

@@ -1373,3 +1373,147 @@ async fn a_device_offline_past_its_threshold_raises_the_builtin_alert() {
         "{all:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_logs_in_over_tls_with_its_client_certificate_and_only_the_latest_one() {
+    if !clients() {
+        return;
+    }
+    // A TLS listener from the config file, on a port picked here.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sb.toml");
+    std::fs::write(
+        &config,
+        format!("[[mqtt.listeners]]\nbind = \"127.0.0.1:{port}\"\ntls = true\n"),
+    )
+    .unwrap();
+    let server = TestServer::start_with(ServerOptions {
+        config: Some(config),
+        ..Default::default()
+    });
+    let server_cert = server.data_dir.join("tls").join("cert.pem");
+    let home = tempfile::tempdir().unwrap();
+    register_admin_cli(&server, home.path());
+    let dev = json(&sb(
+        home.path(),
+        &["device", "register", "cert-1", "--json"],
+        "",
+    ));
+    let id = dev["id"].as_str().unwrap().to_string();
+    let certs = home.path().join("certs");
+    let issue = || {
+        let out = sb(
+            home.path(),
+            &[
+                "device",
+                "cert",
+                "cert-1",
+                "--out",
+                certs.to_str().unwrap(),
+                "--json",
+            ],
+            "",
+        );
+        let c = json(&out);
+        assert!(
+            c["certificate_pem"]
+                .as_str()
+                .unwrap()
+                .contains("BEGIN CERTIFICATE")
+        );
+        c
+    };
+    issue();
+    let key = certs.join("cert-1.key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let keep = |name: &str| {
+        for ext in ["crt", "key"] {
+            std::fs::copy(
+                certs.join(format!("cert-1.{ext}")),
+                certs.join(format!("{name}.{ext}")),
+            )
+            .unwrap();
+        }
+    };
+    keep("first");
+    let topic = format!("devices/{id}/telemetry");
+    let publish = |cert: Option<&str>, body: &str| {
+        let mut args: Vec<String> = [
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "--cafile",
+            server_cert.to_str().unwrap(),
+            "-q",
+            "1",
+            "-t",
+            &topic,
+            "-m",
+            body,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(name) = cert {
+            for (flag, ext) in [("--cert", "crt"), ("--key", "key")] {
+                args.push(flag.into());
+                args.push(certs.join(format!("{name}.{ext}")).to_str().unwrap().into());
+            }
+        }
+        Command::new("mosquitto_pub").args(&args).output().unwrap()
+    };
+    // With the certificate and no password: in, as the device (its telemetry is stored).
+    let out = publish(Some("first"), r#"{"volts":3.3}"#);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let admin = server.login("admin").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = admin
+            .prometheus_api(
+                "/api/v1/query",
+                &[("query", &format!(r#"volts{{device_id="{id}"}}"#))],
+            )
+            .await
+            .unwrap();
+        if v["result"][0]["value"][1] == "3.3" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no telemetry: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Neither certificate nor password: refused (no anonymous clients on this listener).
+    assert!(!publish(None, "{}").status.success());
+    // A new certificate replaces the first: the first is refused, the new one works.
+    issue();
+    keep("second");
+    let out = publish(Some("first"), "{}");
+    assert!(
+        !out.status.success(),
+        "a replaced certificate must be refused"
+    );
+    let out = publish(Some("second"), r#"{"volts":3.2}"#);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Revoked: refused.
+    let out = sb(home.path(), &["device", "revoke", "cert-1"], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!publish(Some("second"), "{}").status.success());
+}

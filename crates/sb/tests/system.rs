@@ -344,6 +344,7 @@ async fn openapi_documents_every_route_and_every_documented_route_exists() {
         ("POST", "/v1/devices/{device}/rotate"),
         ("POST", "/v1/devices/{device}/commands"),
         ("GET", "/v1/devices/{device}/commands/{command}"),
+        ("POST", "/v1/devices/{device}/certificate"),
         ("GET", "/v1/devices/{device}/twin"),
         ("PATCH", "/v1/devices/{device}/twin"),
         ("POST", "/v1/firmware"),
