@@ -306,6 +306,17 @@ impl<A: Access> Broker<A> {
     /// retained message) is durable: only then may the publisher be acknowledged. Returns how
     /// many sessions it was queued for.
     pub async fn publish(&self, msg: Message) -> Result<usize, String> {
+        self.publish_with(msg, None).await
+    }
+
+    /// [`Broker::publish`], recording with the routed copies (in one transaction) the QoS 2
+    /// packet id a persistent session's client sent it under, so a resend after a crash is
+    /// not routed twice.
+    async fn publish_with(
+        &self,
+        msg: Message,
+        incoming: Option<(String, u16)>,
+    ) -> Result<usize, String> {
         let msg = Arc::new(msg);
         if msg.retain {
             let keep = {
@@ -349,10 +360,10 @@ impl<A: Access> Broker<A> {
             }
         }
         if let Some(store) = &self.store
-            && !rows.is_empty()
+            && (!rows.is_empty() || incoming.is_some())
         {
             store
-                .append_messages(rows)
+                .append_messages(rows, incoming)
                 .await
                 .map_err(|e| e.to_string())?;
         }
@@ -542,6 +553,7 @@ impl<A: Access> Broker<A> {
                     .iter()
                     .map(|(f, (o, id))| (f.clone(), o.to_byte(), *id))
                     .collect(),
+                incoming: Vec::new(),
             })
         };
         let r = match row {
@@ -602,7 +614,7 @@ impl<A: Access> Broker<A> {
                         subs,
                         queue: VecDeque::new(),
                         inflight: BTreeMap::new(),
-                        incoming: HashSet::new(),
+                        incoming: row.incoming.iter().copied().collect(),
                         next_pkid: 1,
                         connection: 0,
                         expiry_secs: row.expiry_secs,
@@ -1358,6 +1370,14 @@ impl<A: Access> Conn<A> {
             }
             Packet::PubRel(a) => {
                 let known = self.session.lock().incoming.remove(&a.pkid);
+                if known && self.expiry > 0 {
+                    if let Some(store) = &self.broker.store {
+                        let r = store
+                            .release_incoming(&self.session.client_id, a.pkid)
+                            .await;
+                        Broker::<A>::logged("releasing a QoS 2 packet id", r);
+                    }
+                }
                 let code = if known {
                     reason::SUCCESS
                 } else {
@@ -1488,7 +1508,10 @@ impl<A: Access> Conn<A> {
                 from: self.session.client_id.clone(),
             };
             broker.access.accepted(&self.who, &msg).await;
-            match broker.publish(msg).await {
+            // A persistent session's QoS 2 packet id is stored with the message.
+            let incoming = (p.qos == QoS::ExactlyOnce && self.expiry > 0)
+                .then(|| (self.session.client_id.to_string(), p.pkid));
+            match broker.publish_with(msg, incoming).await {
                 Ok(_) => {
                     if p.qos == QoS::ExactlyOnce {
                         self.session.lock().incoming.insert(p.pkid);
@@ -1628,7 +1651,7 @@ impl<A: Access> Conn<A> {
             if !rows.is_empty()
                 && let Some(store) = &broker.store
             {
-                let r = store.append_messages(rows).await;
+                let r = store.append_messages(rows, None).await;
                 Broker::<A>::logged("storing retained messages for a session", r);
             }
         }

@@ -13,6 +13,9 @@ pub struct SessionRow {
     pub expiry_secs: u32,
     /// (filter as subscribed, options byte as on the wire, subscription identifier).
     pub subs: Vec<(String, u8, Option<u32>)>,
+    /// QoS 2 packet ids received from the client and not yet released (PUBREL): a resend
+    /// after a restart is acknowledged, not routed again. Loaded; `save_session` leaves them.
+    pub incoming: Vec<u16>,
 }
 
 /// A message for one session (or, with an empty client id, a retained message).
@@ -39,7 +42,15 @@ pub trait MqttStore: Send + Sync + 'static {
     async fn save_session(&self, s: SessionRow) -> Result<()>;
     /// Removes a session and every message queued for it.
     async fn delete_session(&self, client_id: &str) -> Result<()>;
-    async fn append_messages(&self, rows: Vec<MessageRow>) -> Result<()>;
+    /// Stores messages queued for persistent sessions and, in the same transaction, a QoS 2
+    /// packet id received from a persistent session's client (`incoming`).
+    async fn append_messages(
+        &self,
+        rows: Vec<MessageRow>,
+        incoming: Option<(String, u16)>,
+    ) -> Result<()>;
+    /// Forgets a released QoS 2 packet id of a client.
+    async fn release_incoming(&self, client_id: &str, pkid: u16) -> Result<()>;
     async fn mark_message(
         &self,
         client_id: &str,

@@ -426,6 +426,12 @@ CREATE TABLE firmware_rollout_devices (
 ) STRICT;
 "#,
     r#"
+-- QoS 2 packet ids a persistent MQTT session's client sent and has not released yet.
+CREATE TABLE mqtt_incoming (
+    client_id TEXT NOT NULL,
+    pkid      INTEGER NOT NULL,
+    PRIMARY KEY (client_id, pkid)
+) STRICT;
 -- Each device's current client certificate (from the device CA), by its SHA-256.
 CREATE TABLE device_certs (
     device_id  TEXT PRIMARY KEY REFERENCES devices(id),

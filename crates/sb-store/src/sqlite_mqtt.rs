@@ -67,17 +67,42 @@ impl MqttStore for SqliteStore {
         let id = client_id.to_string();
         self.write("mqtt_delete_session", move |c| {
             c.execute("DELETE FROM mqtt_messages WHERE client_id = ?1", [&id])?;
+            c.execute("DELETE FROM mqtt_incoming WHERE client_id = ?1", [&id])?;
             c.execute("DELETE FROM mqtt_sessions WHERE client_id = ?1", [&id])?;
             Ok(())
         })
         .await
     }
 
-    async fn append_messages(&self, rows: Vec<MessageRow>) -> Result<()> {
+    async fn append_messages(
+        &self,
+        rows: Vec<MessageRow>,
+        incoming: Option<(String, u16)>,
+    ) -> Result<()> {
         self.write("mqtt_append", move |c| {
+            let tx = c.savepoint()?;
             for m in &rows {
-                insert(c, "mqtt_messages", m)?;
+                insert(&tx, "mqtt_messages", m)?;
             }
+            if let Some((client, pkid)) = incoming {
+                tx.execute(
+                    "INSERT OR IGNORE INTO mqtt_incoming (client_id, pkid) VALUES (?1, ?2)",
+                    params![client, i64::from(pkid)],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn release_incoming(&self, client_id: &str, pkid: u16) -> Result<()> {
+        let id = client_id.to_string();
+        self.write("mqtt_release_incoming", move |c| {
+            c.execute(
+                "DELETE FROM mqtt_incoming WHERE client_id = ?1 AND pkid = ?2",
+                params![id, i64::from(pkid)],
+            )?;
             Ok(())
         })
         .await
@@ -145,9 +170,20 @@ impl MqttStore for SqliteStore {
                                 e.into(),
                             )
                         })?,
+                        incoming: Vec::new(),
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut sessions = sessions;
+            let mut stmt = c.prepare("SELECT client_id, pkid FROM mqtt_incoming")?;
+            let incoming = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            for (client, pkid) in incoming {
+                if let Some(s) = sessions.iter_mut().find(|s| s.client_id == client) {
+                    s.incoming.push(pkid as u16);
+                }
+            }
             let mut stmt = c.prepare(&format!(
                 "SELECT {MSG_COLS} FROM mqtt_messages ORDER BY client_id, seq"
             ))?;

@@ -1517,3 +1517,146 @@ async fn a_device_logs_in_over_tls_with_its_client_certificate_and_only_the_late
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!publish(Some("second"), "{}").status.success());
 }
+
+/// A v5 client with a persistent session (expiry one hour): its stream and read buffer, and
+/// whether the server still had its session.
+async fn persistent_client(
+    b: &Broker,
+    id: &str,
+    secret: &str,
+    client_id: &str,
+) -> (tokio::net::TcpStream, bytes::BytesMut, bool) {
+    use sb_mqtt::codec::{Connect, Packet, Properties, Version, decode, encode};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(format!("{}:{}", b.host, b.port))
+        .await
+        .unwrap();
+    let mut out = bytes::BytesMut::new();
+    encode(
+        &Packet::Connect(Box::new(Connect {
+            version: Version::V5,
+            clean_start: false,
+            keep_alive: 30,
+            client_id: client_id.into(),
+            will: None,
+            username: Some(id.into()),
+            password: Some(bytes::Bytes::copy_from_slice(secret.as_bytes())),
+            properties: Properties {
+                session_expiry_interval: Some(3600),
+                ..Properties::default()
+            },
+        })),
+        Version::V5,
+        &mut out,
+    );
+    s.write_all(&out).await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        if let Some(p) = decode(&mut buf, Some(Version::V5), 1 << 20).unwrap() {
+            let Packet::ConnAck(ack) = p else {
+                panic!("{p:?}")
+            };
+            assert_eq!(ack.code, 0);
+            return (s, buf, ack.session_present);
+        }
+        assert!(s.read_buf(&mut buf).await.unwrap() > 0, "closed");
+    }
+}
+
+async fn next_packet(
+    s: &mut tokio::net::TcpStream,
+    buf: &mut bytes::BytesMut,
+) -> sb_mqtt::codec::Packet {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(p) =
+            sb_mqtt::codec::decode(buf, Some(sb_mqtt::codec::Version::V5), 1 << 20).unwrap()
+        {
+            return p;
+        }
+        assert!(s.read_buf(buf).await.unwrap() > 0, "closed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos2_publish_resent_after_a_sigkill_is_not_routed_twice() {
+    use sb_mqtt::codec::{Ack, Packet, Properties, Publish, QoS, Version, encode};
+    use tokio::io::AsyncWriteExt;
+    if !clients() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let start = || {
+        let server = TestServer::start_with(ServerOptions {
+            mqtt: true,
+            data_dir: Some(data.clone()),
+            ..Default::default()
+        });
+        let addr = server.mqtt.clone().unwrap();
+        let (host, port) = addr.rsplit_once(':').unwrap();
+        Broker {
+            host: host.to_string(),
+            port: port.to_string(),
+            server,
+        }
+    };
+    let b = start();
+    let (admin, _) = admin_token(&b.server).await;
+    let (id, secret) = device(&admin, "twice-1", "").await;
+    let topic = format!("devices/{id}/once");
+    let sub_args = ["-c", "-i", "listener", "-q", "2", "-t", topic.as_str()];
+    drop(b.subscribe(&id, &secret, &sub_args));
+    // A QoS 2 PUBLISH, its PUBREC received, and then the server dies before the PUBREL.
+    let (mut s, mut buf, _) = persistent_client(&b, &id, &secret, "sender").await;
+    let publish = |dup: bool| {
+        let mut out = bytes::BytesMut::new();
+        encode(
+            &Packet::Publish(Publish {
+                dup,
+                qos: QoS::ExactlyOnce,
+                retain: false,
+                topic: topic.clone(),
+                pkid: 42,
+                payload: bytes::Bytes::from_static(b"just-once"),
+                properties: Properties::default(),
+            }),
+            Version::V5,
+            &mut out,
+        );
+        out
+    };
+    s.write_all(&publish(false)).await.unwrap();
+    assert!(matches!(next_packet(&mut s, &mut buf).await, Packet::PubRec(a) if a.pkid == 42));
+    let status = Command::new("kill")
+        .args(["-KILL", &b.server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    drop(s);
+    drop(b);
+
+    // The client comes back to its session and resends (DUP), as MQTT says it must.
+    let b = start();
+    let (mut s, mut buf, present) = persistent_client(&b, &id, &secret, "sender").await;
+    assert!(present, "the persistent session survived");
+    s.write_all(&publish(true)).await.unwrap();
+    assert!(matches!(next_packet(&mut s, &mut buf).await, Packet::PubRec(a) if a.pkid == 42));
+    let mut out = bytes::BytesMut::new();
+    encode(&Packet::PubRel(Ack::new(42, 0)), Version::V5, &mut out);
+    s.write_all(&out).await.unwrap();
+    assert!(
+        matches!(next_packet(&mut s, &mut buf).await, Packet::PubComp(a) if a.pkid == 42 && a.code == 0)
+    );
+    // The listener gets it exactly once.
+    let mut listener = b.subscribe(&id, &secret, &sub_args);
+    let mut got = Vec::new();
+    while let Some(m) = listener.message(Duration::from_millis(1500)) {
+        got.push(m);
+    }
+    assert_eq!(
+        got.iter().filter(|m| m.ends_with("just-once")).count(),
+        1,
+        "{got:?}"
+    );
+}
