@@ -1370,13 +1370,14 @@ impl<A: Access> Conn<A> {
             }
             Packet::PubRel(a) => {
                 let known = self.session.lock().incoming.remove(&a.pkid);
-                if known && self.expiry > 0 {
-                    if let Some(store) = &self.broker.store {
-                        let r = store
-                            .release_incoming(&self.session.client_id, a.pkid)
-                            .await;
-                        Broker::<A>::logged("releasing a QoS 2 packet id", r);
-                    }
+                if known
+                    && self.expiry > 0
+                    && let Some(store) = &self.broker.store
+                {
+                    let r = store
+                        .release_incoming(&self.session.client_id, a.pkid)
+                        .await;
+                    Broker::<A>::logged("releasing a QoS 2 packet id", r);
                 }
                 let code = if known {
                     reason::SUCCESS
