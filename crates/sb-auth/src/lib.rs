@@ -468,6 +468,19 @@ impl Auth {
         Ok((session, secret, user))
     }
 
+    /// Whether a credential (a device secret or certificate) may be tried from `ip` now:
+    /// after `token_failures_per_ip_per_minute` failures from it, not for a while.
+    pub fn credential_attempt(&self, ip: IpAddr, now: UnixMillis) -> Result<()> {
+        self.token_failures_ip
+            .peek(&ip, now)
+            .map_err(AuthError::RateLimited)
+    }
+
+    /// Counts a credential that did not hold against `ip`.
+    pub fn credential_failed(&self, ip: IpAddr, now: UnixMillis) {
+        let _ = self.token_failures_ip.check(&ip, now);
+    }
+
     /// Resolves a bearer token (session or API token) to its subject.
     pub async fn authenticate(&self, bearer: &str, ip: IpAddr, now: UnixMillis) -> Result<Subject> {
         self.token_failures_ip

@@ -183,7 +183,8 @@ pub struct RateLimitConfig {
     pub login_per_ip_per_minute: u32,
     pub login_per_account_per_minute: u32,
     pub register_per_ip_per_minute: u32,
-    /// Requests carrying a bad (unknown, expired, revoked) token, per client IP.
+    /// Requests carrying a bad (unknown, expired, revoked) token, and device logins with a
+    /// wrong secret or certificate (MQTT, firmware downloads), per client IP.
     pub token_failures_per_ip_per_minute: u32,
     /// Authenticated requests per session or API token.
     pub requests_per_credential_per_second: u32,
@@ -726,7 +727,8 @@ profile_field_length_max = 200
 login_per_ip_per_minute = 30
 login_per_account_per_minute = 10
 register_per_ip_per_minute = 10
-# Requests with an unknown, expired or revoked token, per client IP.
+# Requests with an unknown, expired or revoked token, and device logins with a wrong secret
+# or certificate (MQTT, firmware downloads), per client IP; past it, that IP waits.
 token_failures_per_ip_per_minute = 60
 # Authenticated requests per session or API token.
 requests_per_credential_per_second = 200

@@ -87,6 +87,8 @@ pub enum Refusal {
     BadCredentials,
     NotAuthorized,
     Unavailable,
+    /// Too many failed attempts from this address lately.
+    RateLimited,
 }
 
 impl Refusal {
@@ -97,7 +99,10 @@ impl Refusal {
             (Refusal::Unavailable, Version::V5) => reason::SERVER_UNAVAILABLE,
             (Refusal::BadCredentials, Version::V311) => reason::V3_BAD_CREDENTIALS,
             (Refusal::NotAuthorized, Version::V311) => reason::V3_NOT_AUTHORIZED,
-            (Refusal::Unavailable, Version::V311) => reason::V3_SERVER_UNAVAILABLE,
+            (Refusal::RateLimited, Version::V5) => reason::CONNECTION_RATE_EXCEEDED,
+            (Refusal::Unavailable | Refusal::RateLimited, Version::V311) => {
+                reason::V3_SERVER_UNAVAILABLE
+            }
         }
     }
 }

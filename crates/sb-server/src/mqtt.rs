@@ -238,12 +238,19 @@ impl Access for MqttAccess {
         };
         // A client certificate from the device CA names its device (the one issued last to
         // it); a user name, if given, must be that device's id.
+        let (ip, now) = (peer.addr.ip(), crate::now());
         if let Some(der) = &peer.certificate {
-            let (record, subject) = self
+            self.auth
+                .credential_attempt(ip, now)
+                .map_err(|_| Refusal::RateLimited)?;
+            let Some((record, subject)) = self
                 .devices
-                .authenticate_cert(&sb_proto::cert_fingerprint(der), crate::now())
+                .authenticate_cert(&sb_proto::cert_fingerprint(der), now)
                 .await
-                .ok_or(Refusal::BadCredentials)?;
+            else {
+                self.auth.credential_failed(ip, now);
+                return Err(Refusal::BadCredentials);
+            };
             if c.username
                 .as_deref()
                 .is_some_and(|u| u != record.id.to_string())
@@ -266,11 +273,14 @@ impl Access for MqttAccess {
         };
         let username = c.username.as_deref().unwrap_or("");
         if username.parse::<DeviceId>().is_ok() {
-            let (record, subject) = self
-                .devices
-                .authenticate(username, password)
-                .await
-                .ok_or(Refusal::BadCredentials)?;
+            self.auth
+                .credential_attempt(ip, now)
+                .map_err(|_| Refusal::RateLimited)?;
+            let Some((record, subject)) = self.devices.authenticate(username, password).await
+            else {
+                self.auth.credential_failed(ip, now);
+                return Err(Refusal::BadCredentials);
+            };
             self.devices.seen(record.id, crate::now()).await;
             return Ok(Who::Device {
                 record: Arc::new(record),
@@ -281,9 +291,12 @@ impl Access for MqttAccess {
         let token = std::str::from_utf8(password).map_err(|_| Refusal::BadCredentials)?;
         let subject = self
             .auth
-            .authenticate(token, peer.addr.ip(), crate::now())
+            .authenticate(token, ip, now)
             .await
-            .map_err(|_| Refusal::BadCredentials)?;
+            .map_err(|e| match e {
+                sb_auth::AuthError::RateLimited(_) => Refusal::RateLimited,
+                _ => Refusal::BadCredentials,
+            })?;
         if !username.is_empty() && username != subject.username {
             return Err(Refusal::BadCredentials);
         }

@@ -66,11 +66,12 @@ impl FromRequestParts<Arc<AppState>> for UserOrDevice {
             let (id, secret) = decoded
                 .split_once(':')
                 .ok_or(AuthError::InvalidCredentials)?;
-            let (_, subject) = state
-                .devices
-                .authenticate(id, secret.as_bytes())
-                .await
-                .ok_or(AuthError::InvalidCredentials)?;
+            let (ip, now) = (crate::extract::origin_of(parts).ip, crate::now());
+            state.auth.credential_attempt(ip, now)?;
+            let Some((_, subject)) = state.devices.authenticate(id, secret.as_bytes()).await else {
+                state.auth.credential_failed(ip, now);
+                return Err(AuthError::InvalidCredentials.into());
+            };
             return Ok(UserOrDevice {
                 subject,
                 origin: crate::extract::origin_of(parts),

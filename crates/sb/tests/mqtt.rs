@@ -1660,3 +1660,56 @@ async fn a_qos2_publish_resent_after_a_sigkill_is_not_routed_twice() {
         "{got:?}"
     );
 }
+
+/// The CONNACK reason code a v5 CONNECT with these credentials gets.
+async fn connack_code(b: &Broker, user: &str, pass: &str) -> u8 {
+    use sb_mqtt::codec::{Connect, Packet, Properties, Version, encode};
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(format!("{}:{}", b.host, b.port))
+        .await
+        .unwrap();
+    let mut out = bytes::BytesMut::new();
+    encode(
+        &Packet::Connect(Box::new(Connect {
+            version: Version::V5,
+            clean_start: true,
+            keep_alive: 30,
+            client_id: String::new(),
+            will: None,
+            username: Some(user.into()),
+            password: Some(bytes::Bytes::copy_from_slice(pass.as_bytes())),
+            properties: Properties::default(),
+        })),
+        Version::V5,
+        &mut out,
+    );
+    s.write_all(&out).await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    match next_packet(&mut s, &mut buf).await {
+        Packet::ConnAck(a) => a.code,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn repeated_wrong_device_secrets_from_one_address_are_rate_limited() {
+    use sb_mqtt::codec::reason;
+    let b = Broker::start_with_env(vec![(
+        "SB_RATE_LIMITS__TOKEN_FAILURES_PER_IP_PER_MINUTE",
+        "3".into(),
+    )]);
+    let admin = b.server.admin().await;
+    let (id, secret) = device(&admin, "guessed-1", "").await;
+    assert_eq!(connack_code(&b, &id, &secret).await, reason::SUCCESS);
+    for _ in 0..3 {
+        assert_eq!(
+            connack_code(&b, &id, "sbd_wrong").await,
+            reason::BAD_USERNAME_OR_PASSWORD
+        );
+    }
+    // Past the limit, even the right secret waits: guessing is slowed, not just refused.
+    assert_eq!(
+        connack_code(&b, &id, &secret).await,
+        reason::CONNECTION_RATE_EXCEEDED
+    );
+}
