@@ -300,7 +300,16 @@ impl Devices {
         }
         let secret = std::str::from_utf8(secret).ok()?;
         let d = self.store.device(id).await.ok()??;
-        if d.revoked_at.is_some() || sb_auth::token::hash(secret) != d.secret_hash {
+        if sb_auth::token::hash(secret) != d.secret_hash {
+            return None;
+        }
+        self.acting(d).await
+    }
+
+    /// A device that is not revoked, and the subject it acts as (its owner's, narrowed to
+    /// the device's credential).
+    async fn acting(&self, d: DeviceRecord) -> Option<(DeviceRecord, Subject)> {
+        if d.revoked_at.is_some() {
             return None;
         }
         let owner = self.auth.store().user_by_id(d.owner).await.ok()??;
@@ -325,17 +334,7 @@ impl Devices {
             return None;
         }
         let d = self.store.device(id).await.ok()??;
-        if d.revoked_at.is_some() {
-            return None;
-        }
-        let owner = self.auth.store().user_by_id(d.owner).await.ok()??;
-        let subject = Subject {
-            user_id: owner.id,
-            username: d.name.clone(),
-            role: owner.role,
-            credential: Credential::Device(d.id),
-        };
-        Some((d, subject))
+        self.acting(d).await
     }
 
     /// Records the client certificate just issued to a device (of the caller's, or any for an

@@ -192,6 +192,16 @@ impl MqttAccess {
         }
     }
 
+    /// A device that proved who it is: seen now.
+    async fn device_in(&self, record: DeviceRecord, subject: Subject, origin: Origin) -> Who {
+        self.devices.seen(record.id, crate::now()).await;
+        Who::Device {
+            record: Arc::new(record),
+            subject,
+            origin,
+        }
+    }
+
     async fn allowed(&self, who: &Who, action: Action, topic: &str) -> bool {
         let (subject, origin, device, owned): (
             &Subject,
@@ -257,12 +267,7 @@ impl Access for MqttAccess {
             {
                 return Err(Refusal::BadCredentials);
             }
-            self.devices.seen(record.id, crate::now()).await;
-            return Ok(Who::Device {
-                record: Arc::new(record),
-                subject,
-                origin,
-            });
+            return Ok(self.device_in(record, subject, origin).await);
         }
         let Some(password) = &c.password else {
             return if peer.allow_anonymous && c.username.is_none() {
@@ -281,12 +286,7 @@ impl Access for MqttAccess {
                 self.auth.credential_failed(ip, now);
                 return Err(Refusal::BadCredentials);
             };
-            self.devices.seen(record.id, crate::now()).await;
-            return Ok(Who::Device {
-                record: Arc::new(record),
-                subject,
-                origin,
-            });
+            return Ok(self.device_in(record, subject, origin).await);
         }
         let token = std::str::from_utf8(password).map_err(|_| Refusal::BadCredentials)?;
         let subject = self

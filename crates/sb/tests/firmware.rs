@@ -143,6 +143,24 @@ async fn signed_firmware_uploads_downloads_resumes_and_a_corrupt_image_is_reject
     assert_eq!(status, 401);
 }
 
+/// Signs and uploads `image` as `version` with the CLI's key (made here on first use).
+fn upload(home: &std::path::Path, version: &str, image: &[u8]) {
+    let file = home.join(format!("fw-{version}.bin"));
+    std::fs::write(&file, image).unwrap();
+    let out = sb(
+        home,
+        &[
+            "firmware",
+            "upload",
+            file.to_str().unwrap(),
+            "--version",
+            version,
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 /// Runs `sb device simulate` in the background until dropped.
 struct Simulator(std::process::Child);
 
@@ -201,20 +219,7 @@ async fn a_rollout_goes_batch_by_batch_and_halts_past_its_failure_threshold() {
     let keys = json(&sb(home.path(), &["firmware", "keygen", "--json"], ""));
     let public = keys["public_key"].as_str().unwrap().to_string();
     let image: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-    let file = home.path().join("fw.bin");
-    std::fs::write(&file, &image).unwrap();
-    let out = sb(
-        home.path(),
-        &[
-            "firmware",
-            "upload",
-            file.to_str().unwrap(),
-            "--version",
-            "2.0.0",
-        ],
-        "",
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
+    upload(home.path(), "2.0.0", &image);
 
     // Ten devices in one group, in name order: four whose downloads arrive whole, then six
     // whose downloads arrive damaged (a bit flipped on the way), which their signature check
@@ -363,15 +368,8 @@ async fn a_device_stuck_past_the_step_timeout_fails_and_a_clean_rollout_complete
     let home = tempfile::tempdir().unwrap();
     register_admin_cli(&server, home.path());
     sb(home.path(), &["firmware", "keygen"], "");
-    let file = home.path().join("fw.bin");
-    std::fs::write(&file, vec![7u8; 10_000]).unwrap();
     for v in ["3.0.0", "3.0.1"] {
-        let out = sb(
-            home.path(),
-            &["firmware", "upload", file.to_str().unwrap(), "--version", v],
-            "",
-        );
-        assert!(out.status.success(), "{}", stderr(&out));
+        upload(home.path(), v, &[7u8; 10_000]);
     }
     // A device that is registered but never comes online stays "notified" past the step
     // timeout: it has failed, and with no failures allowed the rollout halts.
@@ -457,20 +455,7 @@ async fn a_rollout_survives_a_sigkill_and_completes_after_the_restart() {
     register_admin_cli(&first, home.path());
     let keys = json(&sb(home.path(), &["firmware", "keygen", "--json"], ""));
     let public = keys["public_key"].as_str().unwrap().to_string();
-    let file = home.path().join("fw.bin");
-    std::fs::write(&file, vec![3u8; 50_000]).unwrap();
-    let out = sb(
-        home.path(),
-        &[
-            "firmware",
-            "upload",
-            file.to_str().unwrap(),
-            "--version",
-            "4.0.0",
-        ],
-        "",
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
+    upload(home.path(), "4.0.0", &[3u8; 50_000]);
     for name in ["r-0001", "r-0002"] {
         let out = sb(
             home.path(),

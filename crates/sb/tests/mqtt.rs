@@ -30,11 +30,23 @@ impl Broker {
     }
 
     fn start_with_env(env: Vec<(&str, String)>) -> Broker {
-        let server = TestServer::start_with(ServerOptions {
+        Self::on_server(TestServer::start_with(ServerOptions {
             mqtt: true,
             env,
             ..Default::default()
-        });
+        }))
+    }
+
+    /// On this data directory (again, after a restart).
+    fn start_on(data: &std::path::Path) -> Broker {
+        Self::on_server(TestServer::start_with(ServerOptions {
+            mqtt: true,
+            data_dir: Some(data.to_path_buf()),
+            ..Default::default()
+        }))
+    }
+
+    fn on_server(server: TestServer) -> Broker {
         let addr = server.mqtt.clone().expect("MQTT listener in the banner");
         let (host, port) = addr.rsplit_once(':').unwrap();
         Broker {
@@ -444,9 +456,21 @@ async fn a_device_stays_in_its_namespace_and_a_revoked_one_is_cut_off() {
 }
 
 /// A raw MQTT 5 connection from the test's own side, to send what no real client would.
-async fn raw_connect(b: &Broker, id: &str, secret: &str) -> tokio::net::TcpStream {
-    use sb_mqtt::codec::{Connect, Packet, Properties, Version, decode, encode};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// A v5 CONNECT with these credentials and session; the stream, what is buffered after the
+/// CONNACK, and the CONNACK.
+async fn connect_v5(
+    b: &Broker,
+    user: &str,
+    pass: &str,
+    client_id: &str,
+    session_expiry: Option<u32>,
+) -> (
+    tokio::net::TcpStream,
+    bytes::BytesMut,
+    sb_mqtt::codec::ConnAck,
+) {
+    use sb_mqtt::codec::{Connect, Packet, Properties, Version, encode};
+    use tokio::io::AsyncWriteExt;
     let mut s = tokio::net::TcpStream::connect(format!("{}:{}", b.host, b.port))
         .await
         .unwrap();
@@ -454,33 +478,33 @@ async fn raw_connect(b: &Broker, id: &str, secret: &str) -> tokio::net::TcpStrea
     encode(
         &Packet::Connect(Box::new(Connect {
             version: Version::V5,
-            clean_start: true,
+            clean_start: session_expiry.is_none(),
             keep_alive: 30,
-            client_id: String::new(),
+            client_id: client_id.into(),
             will: None,
-            username: Some(id.into()),
-            password: Some(bytes::Bytes::copy_from_slice(secret.as_bytes())),
-            properties: Properties::default(),
+            username: Some(user.into()),
+            password: Some(bytes::Bytes::copy_from_slice(pass.as_bytes())),
+            properties: Properties {
+                session_expiry_interval: session_expiry,
+                ..Properties::default()
+            },
         })),
         Version::V5,
         &mut out,
     );
     s.write_all(&out).await.unwrap();
     let mut buf = bytes::BytesMut::new();
-    loop {
-        if let Some(p) = decode(&mut buf, Some(Version::V5), 1 << 20).unwrap() {
-            let Packet::ConnAck(ack) = p else {
-                panic!("{p:?}")
-            };
-            assert_eq!(ack.code, 0);
-            assert!(ack.properties.assigned_client_identifier.is_some());
-            return s;
-        }
-        assert!(
-            s.read_buf(&mut buf).await.unwrap() > 0,
-            "closed before CONNACK"
-        );
+    match next_packet(&mut s, &mut buf).await {
+        Packet::ConnAck(ack) => (s, buf, ack),
+        other => panic!("{other:?}"),
     }
+}
+
+async fn raw_connect(b: &Broker, id: &str, secret: &str) -> tokio::net::TcpStream {
+    let (s, _, ack) = connect_v5(b, id, secret, "", None).await;
+    assert_eq!(ack.code, 0);
+    assert!(ack.properties.assigned_client_identifier.is_some());
+    s
 }
 
 #[tokio::test]
@@ -554,20 +578,7 @@ async fn queued_qos1_and_qos2_messages_survive_a_sigkill_of_the_server() {
     }
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let start = || {
-        let server = TestServer::start_with(ServerOptions {
-            mqtt: true,
-            data_dir: Some(data.clone()),
-            ..Default::default()
-        });
-        let addr = server.mqtt.clone().unwrap();
-        let (host, port) = addr.rsplit_once(':').unwrap();
-        Broker {
-            host: host.to_string(),
-            port: port.to_string(),
-            server,
-        }
-    };
+    let start = || Broker::start_on(&data);
     let b = start();
     let (admin, _) = admin_token(&b.server).await;
     let (id, secret) = device(&admin, "keeper-1", "").await;
@@ -1526,41 +1537,9 @@ async fn persistent_client(
     secret: &str,
     client_id: &str,
 ) -> (tokio::net::TcpStream, bytes::BytesMut, bool) {
-    use sb_mqtt::codec::{Connect, Packet, Properties, Version, decode, encode};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(format!("{}:{}", b.host, b.port))
-        .await
-        .unwrap();
-    let mut out = bytes::BytesMut::new();
-    encode(
-        &Packet::Connect(Box::new(Connect {
-            version: Version::V5,
-            clean_start: false,
-            keep_alive: 30,
-            client_id: client_id.into(),
-            will: None,
-            username: Some(id.into()),
-            password: Some(bytes::Bytes::copy_from_slice(secret.as_bytes())),
-            properties: Properties {
-                session_expiry_interval: Some(3600),
-                ..Properties::default()
-            },
-        })),
-        Version::V5,
-        &mut out,
-    );
-    s.write_all(&out).await.unwrap();
-    let mut buf = bytes::BytesMut::new();
-    loop {
-        if let Some(p) = decode(&mut buf, Some(Version::V5), 1 << 20).unwrap() {
-            let Packet::ConnAck(ack) = p else {
-                panic!("{p:?}")
-            };
-            assert_eq!(ack.code, 0);
-            return (s, buf, ack.session_present);
-        }
-        assert!(s.read_buf(&mut buf).await.unwrap() > 0, "closed");
-    }
+    let (s, buf, ack) = connect_v5(b, id, secret, client_id, Some(3600)).await;
+    assert_eq!(ack.code, 0);
+    (s, buf, ack.session_present)
 }
 
 async fn next_packet(
@@ -1587,20 +1566,7 @@ async fn a_qos2_publish_resent_after_a_sigkill_is_not_routed_twice() {
     }
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let start = || {
-        let server = TestServer::start_with(ServerOptions {
-            mqtt: true,
-            data_dir: Some(data.clone()),
-            ..Default::default()
-        });
-        let addr = server.mqtt.clone().unwrap();
-        let (host, port) = addr.rsplit_once(':').unwrap();
-        Broker {
-            host: host.to_string(),
-            port: port.to_string(),
-            server,
-        }
-    };
+    let start = || Broker::start_on(&data);
     let b = start();
     let (admin, _) = admin_token(&b.server).await;
     let (id, secret) = device(&admin, "twice-1", "").await;
@@ -1663,32 +1629,7 @@ async fn a_qos2_publish_resent_after_a_sigkill_is_not_routed_twice() {
 
 /// The CONNACK reason code a v5 CONNECT with these credentials gets.
 async fn connack_code(b: &Broker, user: &str, pass: &str) -> u8 {
-    use sb_mqtt::codec::{Connect, Packet, Properties, Version, encode};
-    use tokio::io::AsyncWriteExt;
-    let mut s = tokio::net::TcpStream::connect(format!("{}:{}", b.host, b.port))
-        .await
-        .unwrap();
-    let mut out = bytes::BytesMut::new();
-    encode(
-        &Packet::Connect(Box::new(Connect {
-            version: Version::V5,
-            clean_start: true,
-            keep_alive: 30,
-            client_id: String::new(),
-            will: None,
-            username: Some(user.into()),
-            password: Some(bytes::Bytes::copy_from_slice(pass.as_bytes())),
-            properties: Properties::default(),
-        })),
-        Version::V5,
-        &mut out,
-    );
-    s.write_all(&out).await.unwrap();
-    let mut buf = bytes::BytesMut::new();
-    match next_packet(&mut s, &mut buf).await {
-        Packet::ConnAck(a) => a.code,
-        other => panic!("{other:?}"),
-    }
+    connect_v5(b, user, pass, "", None).await.2.code
 }
 
 #[tokio::test]
