@@ -874,7 +874,8 @@ async fn alerts_go_pending_then_firing_notify_once_per_repeat_respect_silences_a
     // A changed rule file takes effect on `sb alerts reload` (admins) and on SIGHUP.
     std::fs::write(&rules, RULES.replace("temp > 30", "temp > 10")).unwrap();
     let r = admin.reload_rules().await.unwrap();
-    assert_eq!((r.groups, r.rules), (1, 2));
+    // The file's group and its two rules, plus the built-in `devices` group (DeviceOffline).
+    assert_eq!((r.groups, r.rules), (2, 3));
     let rules_api = admin.prometheus_api("/api/v1/rules", &[]).await.unwrap();
     assert_eq!(rules_api["groups"][0]["rules"][0]["query"], "temp > 10");
     std::fs::write(&rules, RULES.replace("temp > 30", "temp > 99")).unwrap();
@@ -983,7 +984,8 @@ fn query_and_alerts_from_the_cli() {
     let list = json(&sb(home.path(), &["alerts", "silences", "--json"], ""));
     assert_eq!(list[0]["state"], "expired");
     let out = sb(home.path(), &["alerts", "reload", "--json"], "");
-    assert_eq!(json(&out)["groups"], 0);
+    // No rule files: only the built-in `devices` group (DeviceOffline).
+    assert_eq!(json(&out)["groups"], 1);
 }
 
 /// A scrape target whose body the test sets; `None` answers 500.
