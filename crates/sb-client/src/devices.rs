@@ -214,6 +214,23 @@ impl Client {
         .await
     }
 
+    /// Lets a halted rollout go on, with a new failure budget (`3` or `10%`) if given.
+    pub async fn rollout_resume(
+        &self,
+        id: &str,
+        max_failures: Option<&str>,
+    ) -> Result<sb_proto::RolloutInfo> {
+        let q = max_failures
+            .map(|m| format!("?max_failures={}", enc(m)))
+            .unwrap_or_default();
+        self.call(
+            Method::POST,
+            &format!("/v1/rollouts/{}/resume{q}", enc(id)),
+            Self::NO_BODY,
+        )
+        .await
+    }
+
     pub async fn rollout_cancel(&self, id: &str) -> Result<sb_proto::RolloutInfo> {
         self.call(
             Method::POST,

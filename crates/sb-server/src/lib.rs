@@ -177,6 +177,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         ))
         .routes(routes!(routes_firmware::rollout))
         .routes(routes!(routes_firmware::cancel_rollout))
+        .routes(routes!(routes_firmware::resume_rollout))
         .routes(routes!(routes_alerts::alerts))
         .routes(routes!(routes_alerts::reload))
         .routes(routes!(

@@ -423,6 +423,69 @@ impl Rollouts {
         self.get(cx, id).await
     }
 
+    /// Lets a halted rollout go on with a larger failure budget (a count or share of the
+    /// group; by default as many more failures as it first allowed).
+    pub async fn resume(
+        &self,
+        cx: Ctx<'_>,
+        id: RolloutId,
+        max_failures: Option<&str>,
+    ) -> Result<RolloutInfo, DevicesError> {
+        self.auth
+            .authorize(cx, Action::Update, &Resource::Rollouts)
+            .await?;
+        {
+            let mut open = self.open.lock().await;
+            let o = match open.get_mut(&id) {
+                Some(o) if o.rollout.state == "halted" => o,
+                Some(o) => {
+                    return Err(DevicesError::Conflict(format!(
+                        "rollout {id} is {}, not halted",
+                        o.rollout.state
+                    )));
+                }
+                None => {
+                    return match self.store.rollout(id).await? {
+                        Some((r, _)) => Err(DevicesError::Conflict(format!(
+                            "rollout {id} is {}, not halted",
+                            r.state
+                        ))),
+                        None => Err(DevicesError::NotFound(format!("no rollout {id}"))),
+                    };
+                }
+            };
+            let n = o.targets.len();
+            let failed = o.targets.iter().filter(|t| t.state == "failed").count();
+            let budget = match max_failures {
+                Some(s) => parse_share(s, n, false)
+                    .map_err(|e| DevicesError::Invalid(format!("--max-failures: {e}")))?,
+                None => failed + o.rollout.max_failures as usize,
+            };
+            if budget < failed {
+                return Err(DevicesError::Invalid(format!(
+                    "{failed} devices have failed already; allow at least that many"
+                )));
+            }
+            let mut r = o.rollout.clone();
+            r.state = "running".into();
+            r.reason = None;
+            r.max_failures = budget.min(n) as u32;
+            r.updated_at = cx.now;
+            self.store.update_rollout(r.clone(), Vec::new()).await?;
+            o.rollout = r;
+        }
+        self.auth
+            .record(
+                cx,
+                "firmware.rollout.resume",
+                id.to_string(),
+                serde_json::json!({"max_failures": max_failures}),
+            )
+            .await?;
+        self.advance(id).await;
+        self.get(cx, id).await
+    }
+
     /// A device's progress report (`devices/<id>/firmware/status`).
     pub async fn on_status(&self, device: DeviceId, payload: &[u8]) {
         let Ok(Value::Object(report)) = serde_json::from_slice::<Value>(payload) else {

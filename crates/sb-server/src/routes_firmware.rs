@@ -334,3 +334,27 @@ pub async fn cancel_rollout(
 ) -> Result<Json<RolloutInfo>, ApiError> {
     Ok(Json(st.rollouts.cancel(c.cx(), rollout_id(&id)?).await?))
 }
+
+#[derive(Deserialize, IntoParams)]
+pub struct ResumeQuery {
+    /// The new failure budget: a count (`3`) or a share of the group (`10%`) [default: as many
+    /// more failures as the rollout first allowed].
+    pub max_failures: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/rollouts/{id}/resume", tag = "devices",
+    params(("id" = String, Path), ResumeQuery),
+    responses((status = 200, body = RolloutInfo, description = "running again: the next devices are told"), (status = 409, body = ErrorBody, description = "it is not halted"), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn resume_rollout(
+    State(st): St,
+    c: Caller,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<ResumeQuery>,
+) -> Result<Json<RolloutInfo>, ApiError> {
+    Ok(Json(
+        st.rollouts
+            .resume(c.cx(), rollout_id(&id)?, q.max_failures.as_deref())
+            .await?,
+    ))
+}

@@ -1264,6 +1264,7 @@ pub async fn run_devices<S: Store + crate::devices::DevicesStore>(s: &S) {
         state: "halted".into(),
         reason: Some("1 failed".into()),
         updated_at: UnixMillis(20_600),
+        max_failures: 3,
         ..r.clone()
     };
     let failed = RolloutTarget {

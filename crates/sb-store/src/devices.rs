@@ -151,7 +151,8 @@ pub trait DevicesStore: Send + Sync + 'static {
     async fn device_by_cert(&self, sha256: &str) -> Result<Option<(DeviceId, UnixMillis)>>;
     /// Adds a rollout and its devices in one transaction.
     async fn create_rollout(&self, r: RolloutRecord, targets: Vec<RolloutTarget>) -> Result<()>;
-    /// Writes a rollout's state and the given devices' states in one transaction;
+    /// Writes a rollout's state (state, batch, reason, failure budget) and the given devices'
+    /// states in one transaction;
     /// `NotFound` if there is no such rollout.
     async fn update_rollout(&self, r: RolloutRecord, targets: Vec<RolloutTarget>) -> Result<()>;
     /// A rollout and its devices (in batch order, then by name).

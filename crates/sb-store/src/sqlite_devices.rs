@@ -405,13 +405,14 @@ impl DevicesStore for SqliteStore {
             let tx = c.savepoint()?;
             let n = tx.execute(
                 "UPDATE firmware_rollouts SET state = ?2, current_batch = ?3, reason = ?4, \
-                 updated_at = ?5 WHERE id = ?1",
+                 updated_at = ?5, max_failures = ?6 WHERE id = ?1",
                 params![
                     r.id.to_string(),
                     r.state,
                     r.current_batch,
                     r.reason,
-                    r.updated_at.0
+                    r.updated_at.0,
+                    r.max_failures
                 ],
             )?;
             if n == 0 {

@@ -240,6 +240,17 @@ pub enum FirmwareCmd {
     Rollouts { id: Option<String> },
     /// Stop a rollout: devices not yet told never are.
     Cancel { id: String },
+    /// Let a halted rollout go on, e.g. `sb firmware resume ID --max-failures 10%`.
+    Resume {
+        id: String,
+        /// The new failure budget: a count or a share of the group [default: as many more
+        /// failures as it first allowed].
+        #[arg(long)]
+        max_failures: Option<String>,
+        /// Follow it until it completes or halts again (exit status 1 if it halts).
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 #[derive(Subcommand)]

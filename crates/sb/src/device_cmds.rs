@@ -208,6 +208,46 @@ pub async fn device(cmd: crate::cli::DeviceCmd, json: bool) -> anyhow::Result<()
     }
 }
 
+/// Shows a rollout's progress until it is no longer running; an error if it halted.
+async fn follow(
+    client: &sb_client::Client,
+    r: &sb_proto::RolloutInfo,
+    json: bool,
+) -> anyhow::Result<()> {
+    eprintln!(
+        "  rollout {} of {}: {} devices, {} batches of {}, at most {} failures",
+        r.id, r.version, r.devices_total, r.batches, r.batch_size, r.max_failures
+    );
+    let mut last = String::new();
+    let r = loop {
+        let r = client.rollout(&r.id).await?;
+        let line = format!(
+            "  batch {}/{}: {} updated, {} failed, {} in progress, {} pending",
+            r.current_batch, r.batches, r.updated, r.failed, r.in_progress, r.pending
+        );
+        if line != last {
+            eprintln!("{line}");
+            last = line;
+        }
+        if r.state != "running" {
+            break r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    output(json, &r, || print_rollout(&r))?;
+    if r.state == "halted" {
+        anyhow::bail!(
+            "the rollout halted: {}; see `sb firmware rollouts {}` for each device, then \
+             `sb firmware resume {} --max-failures N` or `sb firmware cancel {}`",
+            r.reason.as_deref().unwrap_or(""),
+            r.id,
+            r.id,
+            r.id
+        );
+    }
+    Ok(())
+}
+
 fn print_rollout(r: &sb_proto::RolloutInfo) {
     println!(
         "rollout {} of {} over {}: {}{}",
@@ -384,35 +424,19 @@ pub async fn firmware(cmd: crate::cli::FirmwareCmd, json: bool) -> anyhow::Resul
                     eprintln!("  follow it with `sb firmware rollouts {}`", r.id);
                 });
             }
-            eprintln!(
-                "  rollout {} of {}: {} devices, {} batches of {}, at most {} failures",
-                r.id, r.version, r.devices_total, r.batches, r.batch_size, r.max_failures
-            );
-            let mut last = String::new();
-            let r = loop {
-                let r = client.rollout(&r.id).await?;
-                let line = format!(
-                    "  batch {}/{}: {} updated, {} failed, {} in progress, {} pending",
-                    r.current_batch, r.batches, r.updated, r.failed, r.in_progress, r.pending
-                );
-                if line != last {
-                    eprintln!("{line}");
-                    last = line;
-                }
-                if r.state != "running" {
-                    break r;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            };
-            output(json, &r, || print_rollout(&r))?;
-            if r.state == "halted" {
-                anyhow::bail!(
-                    "the rollout halted: {}; see `sb firmware rollouts {}` for each device",
-                    r.reason.as_deref().unwrap_or(""),
-                    r.id
-                );
+            follow(&client, &r, json).await
+        }
+        FirmwareCmd::Resume {
+            id,
+            max_failures,
+            wait,
+        } => {
+            let (_, client) = logged_in()?;
+            let r = client.rollout_resume(&id, max_failures.as_deref()).await?;
+            if wait {
+                return follow(&client, &r, json).await;
             }
-            Ok(())
+            output(json, &r, || print_rollout(&r))
         }
         FirmwareCmd::Rollouts { id: Some(id) } => {
             let (_, client) = logged_in()?;

@@ -338,24 +338,51 @@ async fn a_rollout_goes_batch_by_batch_and_halts_past_its_failure_threshold() {
     assert_eq!(again["state"], "halted");
     assert_eq!(again["pending"], 4);
 
-    // Only admins see or start rollouts.
+    // Only admins see, start or resume rollouts.
     let bob = server.user(&admin, "bob").await;
     assert_eq!(bob.rollouts().await.unwrap_err().status(), Some(403));
-    // A second rollout over the group may start once the first is not running; a finished
-    // one cannot be cancelled.
-    let out = sb(home.path(), &["firmware", "cancel", id], "");
-    assert!(
-        out.status.success(),
-        "a halted rollout can be cancelled: {}",
-        stderr(&out)
+    assert_eq!(
+        bob.rollout_resume(id, None).await.unwrap_err().status(),
+        Some(403)
     );
+    // A budget below the failures so far is refused; with a larger one the rollout goes on:
+    // the four devices never told are told now (and fail their signature check too).
+    let out = sb(
+        home.path(),
+        &["firmware", "resume", id, "--max-failures", "1"],
+        "",
+    );
+    assert!(stderr(&out).contains("failed already"), "{}", stderr(&out));
+    let out = sb(
+        home.path(),
+        &[
+            "firmware",
+            "resume",
+            id,
+            "--max-failures",
+            "100%",
+            "--wait",
+            "--json",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r = json(&out);
+    assert_eq!(r["state"], "completed", "{r}");
+    assert_eq!(
+        (r["updated"].as_u64(), r["failed"].as_u64()),
+        (Some(4), Some(6))
+    );
+    // A finished rollout can be neither resumed nor cancelled.
     let out = sb(home.path(), &["firmware", "cancel", id], "");
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("cancelled already"),
+        stderr(&out).contains("completed already"),
         "{}",
         stderr(&out)
     );
+    let out = sb(home.path(), &["firmware", "resume", id], "");
+    assert!(stderr(&out).contains("not halted"), "{}", stderr(&out));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,6 +427,17 @@ async fn a_device_stuck_past_the_step_timeout_fails_and_a_clean_rollout_complete
     assert_eq!(r["devices"][0]["state"], "failed");
     let reason = r["devices"][0]["reason"].as_str().unwrap();
     assert!(reason.contains("stuck in notified"), "{reason}");
+    // A halted rollout can be cancelled, once.
+    let id = r["id"].as_str().unwrap();
+    let out = sb(home.path(), &["firmware", "cancel", id], "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = sb(home.path(), &["firmware", "cancel", id], "");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cancelled already"),
+        "{}",
+        stderr(&out)
+    );
 
     // Two good devices, batches of one: the rollout completes.
     let _sim = Simulator::start(

@@ -354,6 +354,7 @@ async fn openapi_documents_every_route_and_every_documented_route_exists() {
         ("GET", "/v1/rollouts"),
         ("GET", "/v1/rollouts/{id}"),
         ("POST", "/v1/rollouts/{id}/cancel"),
+        ("POST", "/v1/rollouts/{id}/resume"),
         ("POST", "/v1/files/restore"),
         ("POST", "/v1/files/move"),
         ("GET", "/v1/files/spaces"),
