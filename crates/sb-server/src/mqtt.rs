@@ -128,8 +128,8 @@ impl Revocations {
     /// every watched connection is closed (its client logs in again and is checked afresh)
     /// rather than risk missing a revocation.
     pub fn spawn(self: &Arc<Self>, auth: &Auth) -> anyhow::Result<()> {
-        let mut sub = auth
-            .bus()
+        let bus = auth.bus().clone();
+        let mut sub = bus
             .subscribe("auth/#")
             .map_err(|e| anyhow::anyhow!("watching revocations: {e:?}"))?;
         let me = self.clone();
@@ -153,11 +153,19 @@ impl Revocations {
                     }
                     Err(e) => {
                         tracing::error!(error = ?e, "the revocation watch was cut; closing every MQTT login to check it again");
+                        // Watch again first, so nothing revoked from here on is missed;
+                        // what was missed meanwhile is covered by closing everyone.
+                        match bus.subscribe("auth/#") {
+                            Ok(s) => sub = s,
+                            Err(e) => {
+                                tracing::error!(error = ?e, "re-watching revocations failed");
+                                return;
+                            }
+                        }
                         let w = me.lock();
                         for (_, n) in w.by_credential.values().flatten() {
                             n.notify_one();
                         }
-                        return;
                     }
                 }
             }
