@@ -529,6 +529,9 @@ pub struct MonitoringConfig {
     pub query_range_points_max: i64,
     /// A query running longer is cancelled.
     pub query_timeout_ms: u64,
+    /// Saved dashboards (web console) per user, and panels per dashboard.
+    pub dashboards_per_user_max: usize,
+    pub dashboard_panels_max: usize,
     /// Prometheus rule files (alerting and recording rules); reloaded on SIGHUP or
     /// `sb alerts reload`.
     pub rule_files: Vec<PathBuf>,
@@ -633,6 +636,8 @@ impl Default for MonitoringConfig {
             query_samples_max: 50_000_000,
             query_range_points_max: 11_000,
             query_timeout_ms: 120_000,
+            dashboards_per_user_max: 100,
+            dashboard_panels_max: 24,
             rule_files: Vec::new(),
             builtin_rules: Vec::new(),
             rule_evaluation_interval_ms: 60_000,
@@ -841,6 +846,9 @@ lookback_ms = 300000
 query_samples_max = 50000000
 query_range_points_max = 11000
 query_timeout_ms = 120000
+# Saved dashboards (web console) per user, and panels per dashboard.
+dashboards_per_user_max = 100
+dashboard_panels_max = 24
 # Prometheus rule files (alerting and recording rules), reloaded on SIGHUP or `sb alerts reload`.
 rule_files = []
 # Groups without their own `interval` are evaluated this often.

@@ -13,7 +13,7 @@ use sb_bus::{Bus, Subscription};
 use sb_core::config::FilesConfig;
 use sb_core::{ErrorCode, FileId, SpaceId, UnixMillis, UploadId};
 use sb_proto::{
-    FileChange, FileInfo, FileVersionInfo, LinkCreate, LinkCreated, SpaceInfo, UploadStart,
+    ChunkInfo, FileChange, FileInfo, FileVersionInfo, LinkCreate, LinkCreated, SpaceInfo, UploadStart,
     UploadStarted,
 };
 use sb_store::StoreError;
@@ -495,6 +495,74 @@ impl Files {
             ))),
             Err(CommitError::Store(e)) => Err(e.into()),
         }
+    }
+
+    /// A whole file at once, for clients that cannot chunk and hash (a browser): `content` is
+    /// already on local disk (spooled by the caller); it is cut and hashed here exactly as a
+    /// client would, then goes through the same three steps, so dedup, limits and the
+    /// compare-and-set on `base_version` hold alike.
+    pub async fn put_file(
+        &self,
+        cx: Ctx<'_>,
+        space: Option<&str>,
+        path: &str,
+        base_version: Option<i64>,
+        content: std::fs::File,
+    ) -> Result<FileInfo> {
+        let content = Arc::new(content);
+        let reader = content.clone();
+        let (size, blake3, chunks) = tokio::task::spawn_blocking(move || {
+            let mut whole = blake3::Hasher::new();
+            let mut chunks = Vec::new();
+            let mut size = 0u64;
+            for piece in sb_blob::chunker::chunks(&*reader) {
+                let piece = piece?;
+                whole.update(&piece.data);
+                size += piece.data.len() as u64;
+                chunks.push((piece.offset, piece.id, piece.data.len() as u32));
+            }
+            Ok::<_, std::io::Error>((size, whole.finalize().to_hex().to_string(), chunks))
+        })
+        .await
+        .map_err(|e| FilesError::Internal(e.to_string()))?
+        .map_err(|e| FilesError::Internal(format!("reading the upload: {e}")))?;
+        let started = self
+            .start_upload(
+                cx,
+                UploadStart {
+                    space: space.map(String::from),
+                    path: path.to_string(),
+                    size,
+                    blake3,
+                    chunks: chunks
+                        .iter()
+                        .map(|(_, id, len)| ChunkInfo {
+                            id: id.to_string(),
+                            len: *len,
+                        })
+                        .collect(),
+                    base_version,
+                    device: "web".into(),
+                },
+            )
+            .await?;
+        for (offset, id, len) in chunks {
+            let name = id.to_string();
+            if !started.missing.contains(&name) {
+                continue;
+            }
+            let file = content.clone();
+            let bytes = tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0; len as usize];
+                file.read_exact_at(&mut buf, offset).map(|()| buf)
+            })
+            .await
+            .map_err(|e| FilesError::Internal(e.to_string()))?
+            .map_err(|e| FilesError::Internal(format!("reading the upload: {e}")))?;
+            self.put_chunk(cx, &started.upload_id, &name, bytes).await?;
+        }
+        self.commit(cx, &started.upload_id).await
     }
 
     /// The file at `path` and one of its versions (the newest when `version` is `None`).

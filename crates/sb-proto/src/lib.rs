@@ -46,6 +46,34 @@ pub struct LoginRequest {
     pub password: Secret<String>,
 }
 
+/// A saved dashboard: panels of PromQL queries over one time range, refreshed on a timer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Dashboard {
+    pub name: String,
+    /// How far back the panels look, in seconds.
+    pub range_secs: u64,
+    /// How often the console re-runs the queries (0: never).
+    #[serde(default)]
+    pub refresh_secs: u64,
+    pub panels: Vec<DashboardPanel>,
+    #[serde(default)]
+    pub updated_at_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DashboardPanel {
+    pub title: String,
+    pub query: String,
+}
+
+/// The web console's session: who is logged in, and the CSRF token its requests carry in
+/// `X-CSRF-Token` (the session token itself stays in an `HttpOnly` cookie).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ConsoleSession {
+    pub user: UserInfo,
+    pub csrf: String,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct LoginResponse {
     /// The session's bearer token. Shown once; the server keeps only its hash.

@@ -5,6 +5,7 @@
 //! requests to service calls and service errors to the wire in one place ([`error::status_of`]).
 
 mod alerting;
+pub mod console;
 mod commands;
 pub mod config;
 mod device_ca;
@@ -17,6 +18,7 @@ mod rollouts;
 mod routes;
 mod routes_alerts;
 mod routes_chat;
+mod routes_dashboards;
 mod routes_devices;
 mod routes_files;
 mod routes_firmware;
@@ -75,6 +77,8 @@ pub struct AppState {
     pub blobs: sb_blob::LocalBlobStore,
     /// Chat's store, for the attachments blob garbage collection must keep.
     chat_store: Arc<dyn sb_store::ChatStore>,
+    /// The core store, for what has no service of its own (saved dashboards).
+    store: Arc<dyn Store>,
     /// Attachment transfers in progress (`chat.attachment_transfers_concurrent_max`).
     transfers: tokio::sync::Semaphore,
     pub config: Arc<Config>,
@@ -160,7 +164,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .routes(routes!(routes_files::changes))
         .routes(routes!(routes_files::link_download))
         .routes(routes!(routes_files::versions))
-        .routes(routes!(routes_files::content))
+        .routes(routes!(routes_files::content, routes_files::put_content))
         .routes(routes!(routes_files::chunks))
         .routes(routes!(routes_devices::register, routes_devices::list))
         .routes(routes!(routes_devices::show, routes_devices::revoke))
@@ -185,6 +189,11 @@ pub fn app(state: Arc<AppState>) -> Router {
             routes_alerts::create_silence
         ))
         .routes(routes!(routes_alerts::expire_silence))
+        .routes(routes!(routes_dashboards::list))
+        .routes(routes!(routes_dashboards::put, routes_dashboards::delete))
+        .routes(routes!(console::login))
+        .routes(routes!(console::session))
+        .routes(routes!(console::logout))
         .routes(routes!(ws::ws_handler))
         .routes(routes!(routes::healthz))
         .routes(routes!(routes::readyz))
@@ -194,7 +203,9 @@ pub fn app(state: Arc<AppState>) -> Router {
     let _ = state.openapi.set(doc);
     let router = router
         .merge(routes_monitor::router(state.clone()))
-        .route("/mqtt", axum::routing::get(mqtt::websocket));
+        .route("/mqtt", axum::routing::get(mqtt::websocket))
+        .route("/", axum::routing::get(console::index))
+        .route("/console/{*path}", axum::routing::get(console::file));
     let limits = &state.config.limits;
     let timeout = Duration::from_millis(limits.request_timeout_ms);
     router
@@ -221,6 +232,7 @@ pub fn app(state: Arc<AppState>) -> Router {
             state.clone(),
             track_request,
         ))
+        .layer(axum::middleware::from_fn(console::security_headers))
         .with_state(state)
 }
 
@@ -569,6 +581,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         mqtt: mqtt_broker,
         blobs,
         chat_store,
+        store: store.clone(),
         transfers: tokio::sync::Semaphore::new(
             config.chat.attachment_transfers_concurrent_max.max(1),
         ),

@@ -454,13 +454,7 @@ pub async fn metrics(
     if let Some(expected) = &st.config.metrics.bearer_token {
         let (parts, _) = req.into_parts();
         let given = bearer(&parts)?;
-        let ok = given.len() == expected.expose().len()
-            && given
-                .bytes()
-                .zip(expected.expose().bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-        if !ok {
+        if !crate::extract::same_secret(given, expected.expose()) {
             return Err(ApiError::new(
                 ErrorCode::InvalidToken,
                 "wrong metrics token",

@@ -243,6 +243,65 @@ pub async fn content(
     Ok(serve(&st, &headers, &version))
 }
 
+#[derive(Deserialize, IntoParams)]
+pub struct PutQuery {
+    /// A space id (default: the caller's own).
+    #[serde(default)]
+    pub space: Option<String>,
+    pub path: String,
+    /// Commit only if the file is still at this version (0: only if it does not exist yet).
+    #[serde(default)]
+    pub base_version: Option<i64>,
+}
+
+#[utoipa::path(put, path = "/v1/files/content", tag = "files", params(PutQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the whole file; the server chunks and hashes it (for clients that cannot, such as the web console)"),
+    responses((status = 200, body = FileInfo, description = "the file's new version"), (status = 409, body = ErrorBody, description = "the file changed since base_version"), (status = 413, body = ErrorBody), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn put_content(
+    State(st): St,
+    c: Caller,
+    ApiQuery(q): ApiQuery<PutQuery>,
+    body: axum::body::Body,
+) -> Result<Json<FileInfo>, ApiError> {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let max = st.files.config().file_size_bytes_max;
+    let internal = |e: std::io::Error| {
+        ApiError::new(ErrorCode::Internal, format!("spooling the upload: {e}"))
+    };
+    // Spooled to an unnamed file in the data directory (gone when dropped), never held whole
+    // in memory.
+    let dir = st.config.server.data_dir.join("tmp");
+    std::fs::create_dir_all(&dir).map_err(internal)?;
+    let spool = tempfile::tempfile_in(&dir).map_err(internal)?;
+    let mut out = tokio::fs::File::from_std(spool.try_clone().map_err(internal)?);
+    let mut stream = body.into_data_stream();
+    let mut written = 0u64;
+    while let Some(piece) = stream.next().await {
+        let piece = piece.map_err(|e| {
+            ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!("the upload was cut off: {e}"),
+            )
+        })?;
+        written += piece.len() as u64;
+        if written > max {
+            return Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("files are at most {max} bytes (files.file_size_bytes_max)"),
+            ));
+        }
+        out.write_all(&piece).await.map_err(internal)?;
+    }
+    out.flush().await.map_err(internal)?;
+    let info = st
+        .files
+        .put_file(c.cx(), q.space.as_deref(), &q.path, q.base_version, spool)
+        .await?;
+    Ok(Json(info))
+}
+
 #[utoipa::path(get, path = "/v1/files/chunks", tag = "files", params(PathQuery),
     responses((status = 200, body = FileChunks, description = "the version's content chunks, in order: a client holding some of them fetches only the rest, by Range"), (status = "4XX", body = ErrorBody)),
     security(("bearer" = [])))]

@@ -5,7 +5,7 @@
 //! `/v1/openapi.json`, which documents the native API.
 
 use crate::AppState;
-use crate::extract::{Caller, ClientOrigin};
+use crate::extract::{Caller, ClientOrigin, check_console_request, session_cookie};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
@@ -47,16 +47,26 @@ async fn caller(
     headers: &HeaderMap,
     origin: Origin,
 ) -> Result<Caller, MonitorError> {
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .ok_or(AuthError::Unauthenticated)?;
+    let now = crate::now();
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        // The console: its cookie, with the CSRF checks of a write (these routes are read
+        // with POST as well as GET, and our pages always send the token).
+        let token = session_cookie(headers).ok_or(AuthError::Unauthenticated)?;
+        check_console_request(&axum::http::Method::POST, headers, token)
+            .map_err(|_| AuthError::Forbidden)?;
+        let subject = st.auth.authenticate(token, origin.ip, now).await?;
+        return Ok(Caller {
+            subject,
+            origin,
+            now,
+        });
+    };
+    let value = value.to_str().map_err(|_| AuthError::Unauthenticated)?;
     let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
     let ok = scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token");
     if !ok || token.trim().is_empty() {
         return Err(AuthError::Unauthenticated.into());
     }
-    let now = crate::now();
     let subject = st.auth.authenticate(token.trim(), origin.ip, now).await?;
     Ok(Caller {
         subject,

@@ -44,6 +44,7 @@ pub async fn run(store: &dyn Store) {
     password_change_revokes_other_sessions(store).await;
     api_tokens_round_trip_and_revoke(store).await;
     audit_appends_form_a_verifiable_chain(store).await;
+    dashboards_are_per_user_and_bounded(store).await;
     store.flush().await.expect("flush");
 }
 
@@ -1295,4 +1296,33 @@ pub async fn run_devices<S: Store + crate::devices::DevicesStore>(s: &S) {
         s.update_rollout(unknown, vec![]).await,
         Err(StoreError::NotFound)
     ));
+}
+
+async fn dashboards_are_per_user_and_bounded(s: &dyn Store) {
+    let alice = s.user_by_username("alice").await.unwrap().unwrap();
+    let admin = s.user_count().await.unwrap();
+    assert!(admin > 1, "the earlier steps made more than one user");
+    let d = |name: &str, body: &str, at: i64| DashboardRecord {
+        user_id: alice.id,
+        name: name.into(),
+        body: body.into(),
+        updated_at: UnixMillis(at),
+    };
+    assert!(s.put_dashboard(d("ops", "{}", 1), 2).await.unwrap());
+    assert!(s.put_dashboard(d("net", "{}", 2), 2).await.unwrap());
+    assert!(
+        !s.put_dashboard(d("third", "{}", 3), 2).await.unwrap(),
+        "a third dashboard is beyond the limit"
+    );
+    assert!(
+        s.put_dashboard(d("ops", r#"{"v":2}"#, 4), 2).await.unwrap(),
+        "replacing one is not adding one"
+    );
+    let got = s.dashboards(alice.id).await.unwrap();
+    assert_eq!(got, vec![d("net", "{}", 2), d("ops", r#"{"v":2}"#, 4)]);
+    let someone_else = UserId::new_at(UnixMillis(5));
+    assert!(s.dashboards(someone_else).await.unwrap().is_empty());
+    assert!(!s.delete_dashboard(someone_else, "ops").await.unwrap());
+    assert!(s.delete_dashboard(alice.id, "ops").await.unwrap());
+    assert_eq!(s.dashboards(alice.id).await.unwrap().len(), 1);
 }

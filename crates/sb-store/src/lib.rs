@@ -104,6 +104,15 @@ pub struct InviteRecord {
     pub used_by: Option<UserId>,
 }
 
+/// A user's saved dashboard: its name and its definition (JSON the server has validated).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DashboardRecord {
+    pub user_id: UserId,
+    pub name: String,
+    pub body: String,
+    pub updated_at: UnixMillis,
+}
+
 /// An audit event before it is appended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
@@ -203,6 +212,13 @@ pub trait Store: Send + Sync + 'static {
     // --- invites ---
     async fn insert_invite(&self, invite: InviteRecord) -> Result<()>;
     async fn list_invites(&self) -> Result<Vec<InviteRecord>>;
+
+    // --- dashboards (the web console's saved panels, per user) ---
+    /// Creates or replaces `user`'s dashboard `name`; refused (false) when it would be a new
+    /// one beyond `max` dashboards.
+    async fn put_dashboard(&self, d: DashboardRecord, max: usize) -> Result<bool>;
+    async fn dashboards(&self, user: UserId) -> Result<Vec<DashboardRecord>>;
+    async fn delete_dashboard(&self, user: UserId, name: &str) -> Result<bool>;
 
     // --- audit ---
     /// Appends to the hash chain atomically and durably.

@@ -440,6 +440,16 @@ CREATE TABLE device_certs (
     expires_at INTEGER NOT NULL
 ) STRICT;
 "#,
+    r#"
+-- The web console's saved dashboards, one row per user and name.
+CREATE TABLE dashboards (
+    user_id    TEXT NOT NULL REFERENCES users(id),
+    name       TEXT NOT NULL,
+    body       TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (user_id, name)
+) STRICT;
+"#,
 ];
 
 const SETUP_TOKEN_KEY: &str = "setup_token_hash";
@@ -1190,6 +1200,64 @@ impl Store for SqliteStore {
             )?;
             let rows = stmt.query_map([], invite_at)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn put_dashboard(&self, d: DashboardRecord, max: usize) -> Result<bool> {
+        self.write("put_dashboard", move |c| {
+            let user = d.user_id.to_string();
+            let exists: bool = c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM dashboards WHERE user_id = ?1 AND name = ?2)",
+                params![user, d.name],
+                |r| r.get(0),
+            )?;
+            if !exists {
+                let n: i64 = c.query_row(
+                    "SELECT count(*) FROM dashboards WHERE user_id = ?1",
+                    params![user],
+                    |r| r.get(0),
+                )?;
+                if n as usize >= max {
+                    return Ok(false);
+                }
+            }
+            c.execute(
+                "INSERT INTO dashboards (user_id, name, body, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (user_id, name) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
+                params![user, d.name, d.body, d.updated_at.0],
+            )?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn dashboards(&self, user: UserId) -> Result<Vec<DashboardRecord>> {
+        self.read("dashboards", move |c| {
+            let mut stmt = c.prepare(
+                "SELECT name, body, updated_at FROM dashboards WHERE user_id = ?1 ORDER BY name",
+            )?;
+            let rows = stmt.query_map(params![user.to_string()], |r| {
+                Ok(DashboardRecord {
+                    user_id: user,
+                    name: r.get(0)?,
+                    body: r.get(1)?,
+                    updated_at: UnixMillis(r.get(2)?),
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn delete_dashboard(&self, user: UserId, name: &str) -> Result<bool> {
+        let name = name.to_string();
+        self.write("delete_dashboard", move |c| {
+            let n = c.execute(
+                "DELETE FROM dashboards WHERE user_id = ?1 AND name = ?2",
+                params![user.to_string(), name],
+            )?;
+            Ok(n > 0)
         })
         .await
     }
