@@ -512,6 +512,8 @@ impl Files {
         let content = Arc::new(content);
         let reader = content.clone();
         let (size, blake3, chunks) = tokio::task::spawn_blocking(move || {
+            use std::io::Seek;
+            (&*reader).seek(std::io::SeekFrom::Start(0))?;
             let mut whole = blake3::Hasher::new();
             let mut chunks = Vec::new();
             let mut size = 0u64;

@@ -100,10 +100,21 @@ pub async fn file(Path(path): Path<String>, headers: HeaderMap) -> Response {
 }
 
 /// Security headers on every response: the API's own policy unless a console page set one.
+/// On the way in, an HTTP/2 request's `:authority` is given as `Host` (HTTP/2 has no `Host`
+/// header), so the same-origin checks see the same thing over either protocol.
 pub async fn security_headers(
-    req: axum::extract::Request,
+    mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    if !req.headers().contains_key(header::HOST) {
+        let authority = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        if let Some(a) = authority {
+            req.headers_mut().insert(header::HOST, a);
+        }
+    }
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
     if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
