@@ -5,9 +5,20 @@ import { session, h, fill, api, act, say, qs, upload, onFrame, send, field, fmtT
 
 let rooms = [];
 
+// A direct room is named by its two members' ids; show the other one's username.
+const directNames = new Map();
+
 function roomLabel(r) {
-  if (r.kind === 'direct') return r.name ? '@ ' + r.name : 'Direct message';
+  if (r.kind === 'direct') return '@ ' + (directNames.get(r.id) || 'direct message');
   return '# ' + r.name;
+}
+
+async function learnDirectNames(list) {
+  await Promise.all(list.filter((r) => r.kind === 'direct' && !directNames.has(r.id)).map(async (r) => {
+    const members = await api('GET', `/v1/rooms/${r.id}/members`).catch(() => []);
+    const other = members.find((m) => m.user_id !== session.user.id) || members[0];
+    if (other) directNames.set(r.id, other.username);
+  }));
 }
 
 export function render(main, [roomId]) {
@@ -30,6 +41,7 @@ export function render(main, [roomId]) {
 
   async function loadRooms() {
     rooms = await api('GET', '/v1/rooms');
+    await learnDirectNames(rooms);
     fill(list, rooms.map((r) => {
       const unread = r.id === roomId ? 0 : (r.unread || 0);
       return h('li', {}, h('a', {

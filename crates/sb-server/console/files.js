@@ -76,15 +76,17 @@ export function render(main, [spaceArg, ...folderParts]) {
   }
 
   async function restore(path, version) {
-    await api('POST', '/v1/files/restore', { space: state.space, path, version });
+    const f = await api('POST', '/v1/files/restore', { space: state.space, path, version });
     say(`Restored ${path}${version ? ' to version ' + version : ''}.`);
     await load();
+    if (detail.dataset.path === path) await showFile(f);
   }
 
   async function showFile(f) {
     const versions = await api('GET', '/v1/files/versions' + qs({ ...spaceQ(), path: f.path }));
     const linkOut = h('div', { 'aria-live': 'polite' });
     const days = h('input', { type: 'number', min: 1, max: 365, value: 7 });
+    detail.dataset.path = f.path;
     fill(detail, h('h2', {}, f.path),
       h('div', { class: 'row' },
         h('a', { class: 'button', href: '/v1/files/content' + qs({ ...spaceQ(), path: f.path }), download: f.path.split('/').pop() }, 'Download'),

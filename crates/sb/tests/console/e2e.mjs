@@ -66,7 +66,7 @@ async function login(page, username) {
   await form.getByLabel('Username').fill(username);
   await form.getByLabel('Password').fill(password);
   await form.getByRole('button', { name: 'Log in' }).click();
-  await page.locator('#nav .who', { hasText: username }).waitFor();
+  await page.locator('#nav .who', { hasText: username }).waitFor({ state: 'attached' });
 }
 
 let failed = false;
@@ -211,7 +211,7 @@ try {
     const versions = admin.locator('.detail table');
     await versions.getByRole('row').nth(2).waitFor();
     await versions.getByRole('row', { name: /^1 / }).getByRole('button', { name: 'Restore' }).click();
-    await admin.getByText('Restored hello.txt to version 1.').waitFor();
+    await versions.getByRole('row', { name: /^3 / }).waitFor();
     const current = admin.getByRole('row', { name: /hello\.txt/ }).first();
     await current.getByRole('cell', { name: '3', exact: true }).waitFor();
     const [dl2] = await Promise.all([admin.waitForEvent('download'), current.getByRole('link', { name: 'Download' }).click()]);
@@ -291,7 +291,7 @@ try {
 
   await step('admin: users, an invite, and the audit chain verified', async () => {
     await admin.goto(base + '/#/admin');
-    await admin.getByRole('cell', { name: 'bob', exact: true }).waitFor();
+    await admin.getByRole('cell', { name: 'bob', exact: true }).first().waitFor();
     await admin.getByRole('button', { name: 'Create an invite' }).click();
     await admin.locator('pre.secret', { hasText: /^sbi_/ }).waitFor();
     await admin.getByRole('button', { name: 'Verify the chain' }).click();
@@ -324,7 +324,7 @@ try {
       ['query', '#/monitor/query/' + encodeURIComponent('temperature'), () => phone.locator('#query-chart canvas').waitFor()],
       ['dashboards', '#/monitor/dashboards/Fleet', () => phone.locator('.panel canvas').waitFor()],
       ['alerts', '#/monitor/alerts', () => phone.getByText('maintenance window').first().waitFor()],
-      ['admin', '#/admin', () => phone.getByRole('cell', { name: 'bob', exact: true }).waitFor()],
+      ['admin', '#/admin', () => phone.getByRole('cell', { name: 'bob', exact: true }).first().waitFor()],
       ['account', '#/account', () => phone.getByText('this browser').waitFor()],
     ];
     for (const [name, hash, ready] of pages) {
