@@ -13,8 +13,8 @@ use sb_bus::{Bus, Subscription};
 use sb_core::config::FilesConfig;
 use sb_core::{ErrorCode, FileId, SpaceId, UnixMillis, UploadId};
 use sb_proto::{
-    ChunkInfo, FileChange, FileInfo, FileVersionInfo, LinkCreate, LinkCreated, SpaceInfo, UploadStart,
-    UploadStarted,
+    ChunkInfo, FileChange, FileInfo, FileVersionInfo, LinkCreate, LinkCreated, SpaceInfo,
+    UploadStart, UploadStarted,
 };
 use sb_store::StoreError;
 use sb_store::files::{

@@ -158,7 +158,7 @@ async function openRoom(pane, room) {
   function attachmentLinks(m) {
     return m.attachments.map((id) => h('a', {
       class: 'attachment', href: `/v1/rooms/${room.id}/attachments/${id}`, download: '',
-    }, '📎 Download attachment'));
+    }, 'Download attachment'));
   }
 
   function messageEl(m) {

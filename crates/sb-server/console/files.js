@@ -64,7 +64,7 @@ export function render(main, [spaceArg, ...folderParts]) {
     fill(crumbs, h('a', { href: '#', onclick: (e) => { e.preventDefault(); go(''); } }, 'Top'),
       parts.map((p, i) => [' / ', h('a', { href: '#', onclick: (e) => { e.preventDefault(); go('/' + parts.slice(0, i + 1).join('/')); } }, p)]));
     const rows = [
-      ...[...folders].sort().map((name) => [h('a', { href: '#', class: 'folder', onclick: (e) => { e.preventDefault(); go(prefix + name); } }, '📁 ' + name), '—', '—', '—', '']),
+      ...[...folders].sort().map((name) => [h('a', { href: '#', class: 'folder', onclick: (e) => { e.preventDefault(); go(prefix + name); } }, name + '/'), '—', '—', '—', '']),
       ...here.sort((a, b) => a.path.localeCompare(b.path)).map((f) => [
         h('a', { href: '#', onclick: (e) => { e.preventDefault(); showFile(f); } }, f.path.slice(prefix.length)),
         fmtBytes(f.size), String(f.version), f.deleted ? 'in the trash' : fmtTime(f.modified_at_ms),

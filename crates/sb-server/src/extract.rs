@@ -3,8 +3,8 @@
 use crate::AppState;
 use crate::error::ApiError;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
-use axum::http::{HeaderMap, Method, header};
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, header};
 use sb_auth::{AuthError, Ctx, Origin, Subject};
 use sb_core::ErrorCode;
 use sb_core::UnixMillis;
@@ -158,10 +158,10 @@ pub fn check_console_request(
 /// Refuses a request a browser sent on behalf of another site (by `Sec-Fetch-Site` or
 /// `Origin`, whichever it sent).
 pub fn check_same_site(headers: &HeaderMap) -> Result<(), ApiError> {
-    if let Some(site) = headers.get("sec-fetch-site") {
-        if !matches!(site.as_bytes(), b"same-origin" | b"none") {
-            return Err(csrf_refused("a request from another site was refused"));
-        }
+    if let Some(site) = headers.get("sec-fetch-site")
+        && !matches!(site.as_bytes(), b"same-origin" | b"none")
+    {
+        return Err(csrf_refused("a request from another site was refused"));
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());

@@ -5,9 +5,9 @@
 //! requests to service calls and service errors to the wire in one place ([`error::status_of`]).
 
 mod alerting;
-pub mod console;
 mod commands;
 pub mod config;
+pub mod console;
 mod device_ca;
 mod error;
 mod extract;

@@ -93,8 +93,8 @@ pub async fn put(
     d.updated_at_ms = c.now.0;
     let cfg = &st.config.monitoring;
     check(&d, cfg.dashboard_panels_max)?;
-    let body = serde_json::to_string(&d)
-        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    let body =
+        serde_json::to_string(&d).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
     let stored = st
         .store
         .put_dashboard(

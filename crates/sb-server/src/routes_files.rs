@@ -267,9 +267,8 @@ pub async fn put_content(
     use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
     let max = st.files.config().file_size_bytes_max;
-    let internal = |e: std::io::Error| {
-        ApiError::new(ErrorCode::Internal, format!("spooling the upload: {e}"))
-    };
+    let internal =
+        |e: std::io::Error| ApiError::new(ErrorCode::Internal, format!("spooling the upload: {e}"));
     // Spooled to an unnamed file in the data directory (gone when dropped), never held whole
     // in memory.
     let dir = st.config.server.data_dir.join("tmp");

@@ -2,6 +2,8 @@
 //! the routes it relies on, and — with Chromium, Node.js and playwright-core present — the
 //! browser end-to-end run in `tests/console/e2e.mjs`.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;
@@ -114,13 +116,19 @@ async fn the_console_session_cookie_is_httponly_and_writes_need_the_csrf_token_a
     let q = "GET /api/v1/query?query=vector(1) HTTP/1.1";
     let (status, _) = raw_http(
         &server.addr,
-        &format!("{q}\r\nHost: {}\r\nCookie: __Host-sb_session={cookie}\r\n\r\n", server.addr),
+        &format!(
+            "{q}\r\nHost: {}\r\nCookie: __Host-sb_session={cookie}\r\n\r\n",
+            server.addr
+        ),
     )
     .await;
     assert_eq!(status, 403);
     let (status, text) = raw_http(
         &server.addr,
-        &format!("{q}\r\nHost: {}\r\nCookie: __Host-sb_session={cookie}\r\nX-CSRF-Token: {csrf}\r\n\r\n", server.addr),
+        &format!(
+            "{q}\r\nHost: {}\r\nCookie: __Host-sb_session={cookie}\r\nX-CSRF-Token: {csrf}\r\n\r\n",
+            server.addr
+        ),
     )
     .await;
     assert_eq!(status, 200, "{text}");
@@ -171,7 +179,10 @@ async fn pages_carry_a_strict_content_security_policy_and_api_responses_a_locked
     assert_eq!(status, 200);
     let csp = page
         .lines()
-        .find(|l| l.to_ascii_lowercase().starts_with("content-security-policy:"))
+        .find(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("content-security-policy:")
+        })
         .expect("a CSP header")
         .to_string();
     for directive in [
@@ -186,10 +197,16 @@ async fn pages_carry_a_strict_content_security_policy_and_api_responses_a_locked
         assert!(csp.contains(directive), "{directive} in {csp}");
     }
     assert!(!csp.contains("unsafe-"), "{csp}");
-    assert!(page.to_ascii_lowercase().contains("x-content-type-options: nosniff"));
+    assert!(
+        page.to_ascii_lowercase()
+            .contains("x-content-type-options: nosniff")
+    );
     assert!(page.contains("<script type=\"module\" src=\"/console/app.js\">"));
     // Nothing inline for the policy to have to allow.
-    assert!(!page.contains("<script>") && !page.contains("style="), "{page}");
+    assert!(
+        !page.contains("<script>") && !page.contains("style="),
+        "{page}"
+    );
 
     let (status, js) = raw_http(
         host,
@@ -197,7 +214,10 @@ async fn pages_carry_a_strict_content_security_policy_and_api_responses_a_locked
     )
     .await;
     assert_eq!(status, 200);
-    assert!(js.to_ascii_lowercase().contains("content-type: text/javascript"));
+    assert!(
+        js.to_ascii_lowercase()
+            .contains("content-type: text/javascript")
+    );
     let etag = js
         .lines()
         .find(|l| l.to_ascii_lowercase().starts_with("etag:"))
@@ -217,7 +237,11 @@ async fn pages_carry_a_strict_content_security_policy_and_api_responses_a_locked
     .await;
     assert_eq!(status, 404);
 
-    let (_, api) = raw_http(host, &format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n")).await;
+    let (_, api) = raw_http(
+        host,
+        &format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+    )
+    .await;
     assert!(
         api.contains("default-src 'none'; frame-ancestors 'none'; sandbox"),
         "{api}"
@@ -252,7 +276,9 @@ async fn a_whole_file_put_is_chunked_by_the_server_deduplicated_and_versioned() 
             .body(body)
             .send()
     };
-    let r = put("path=/docs/big.bin".into(), data.clone()).await.unwrap();
+    let r = put("path=/docs/big.bin".into(), data.clone())
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let info: serde_json::Value = r.json().await.unwrap();
     assert_eq!(info["version"], 1);
@@ -267,7 +293,9 @@ async fn a_whole_file_put_is_chunked_by_the_server_deduplicated_and_versioned() 
     assert_eq!(content.as_ref(), &data[..]);
     // The same content again: a second version over the same chunks.
     let chunks_before: serde_json::Value = get("chunks").await.unwrap().json().await.unwrap();
-    let r = put("path=/docs/big.bin".into(), data.clone()).await.unwrap();
+    let r = put("path=/docs/big.bin".into(), data.clone())
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let chunks_after: serde_json::Value = get("chunks").await.unwrap().json().await.unwrap();
     assert_eq!(chunks_before["chunks"], chunks_after["chunks"]);
@@ -307,7 +335,12 @@ async fn a_whole_file_put_beyond_the_size_limit_is_refused_and_stores_nothing() 
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
-    assert!(r.text().await.unwrap().contains("files.file_size_bytes_max"));
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("files.file_size_bytes_max")
+    );
     assert!(admin.files_list(None, "/").await.unwrap().is_empty());
 }
 
@@ -425,7 +458,10 @@ async fn the_console_in_a_real_browser() {
     let config = tmp.path().join("sb.toml");
     std::fs::write(
         &config,
-        format!("[monitoring]\nrule_files = [{:?}]\n", rules.display().to_string()),
+        format!(
+            "[monitoring]\nrule_files = [{:?}]\n",
+            rules.display().to_string()
+        ),
     )
     .unwrap();
     let server = TestServer::start_with(ServerOptions {
@@ -439,7 +475,16 @@ async fn the_console_in_a_real_browser() {
     let _bob = server.user(&admin, "bob").await;
     // One simulated device sending telemetry every second.
     let mut simulator = std::process::Command::new(BIN)
-        .args(["device", "simulate", "--count", "1", "--prefix", "sensor", "--interval", "1s"])
+        .args([
+            "device",
+            "simulate",
+            "--count",
+            "1",
+            "--prefix",
+            "sensor",
+            "--interval",
+            "1s",
+        ])
         .arg("--mqtt")
         .arg(server.mqtt.as_deref().unwrap())
         .env("XDG_CONFIG_HOME", &home)
@@ -453,7 +498,10 @@ async fn the_console_in_a_real_browser() {
         if let Some(d) = list.iter().find(|d| d.online) {
             break d.clone();
         }
-        assert!(std::time::Instant::now() < deadline, "the simulator did not connect");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the simulator did not connect"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
 
@@ -477,16 +525,31 @@ async fn the_console_in_a_real_browser() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stdout}");
-    assert!(out.status.success(), "the browser run failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "the browser run failed:\n{stdout}\n{stderr}"
+    );
     // Every main page, at desktop and phone width.
     for page in [
-        "login", "chat", "devices", "device", "files", "query", "dashboards", "alerts", "admin",
+        "login",
+        "chat",
+        "devices",
+        "device",
+        "files",
+        "query",
+        "dashboards",
+        "alerts",
+        "admin",
         "account",
     ] {
         for width in ["desktop", "phone"] {
             let png = shots.join(format!("{page}-{width}.png"));
             let bytes = std::fs::read(&png).unwrap_or_else(|_| panic!("{} saved", png.display()));
-            assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 5000, "{}", png.display());
+            assert!(
+                bytes.starts_with(b"\x89PNG") && bytes.len() > 5000,
+                "{}",
+                png.display()
+            );
         }
     }
     eprintln!("screenshots in {}", shots.display());

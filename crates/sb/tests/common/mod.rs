@@ -317,16 +317,16 @@ pub async fn raw_tls(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .unwrap()
+    .expect("TLS versions")
     .dangerous()
     .with_custom_certificate_verifier(Arc::new(AcceptAny))
     .with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect("localhost".try_into().unwrap(), tcp)
+        .connect("localhost".try_into().expect("a name"), tcp)
         .await
-        .unwrap()
+        .expect("TLS handshake")
 }
 
 #[derive(Debug)]
@@ -377,7 +377,7 @@ pub async fn raw_http(addr: &str, request: &str) -> (u16, String) {
         &request[..head_end],
         &request[head_end..]
     );
-    tls.write_all(request.as_bytes()).await.unwrap();
+    tls.write_all(request.as_bytes()).await.expect("write");
     // Until the server closes, or (an upgrade keeps the connection) the head of a 101.
     let mut response = Vec::new();
     let mut buf = [0u8; 16 * 1024];
