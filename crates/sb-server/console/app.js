@@ -1,7 +1,7 @@
 // The console's shell: session, navigation, and a hash router that hands each page to its
 // module. Pages render into <main> and return a function that stops whatever they started.
 
-import { session, h, fill, api, act, say, whenLoggedOut, connect, disconnect, field } from './lib.js';
+import { session, h, fill, api, act, say, whenLoggedOut, connect, disconnect, field, onFrame } from './lib.js';
 import * as account from './account.js';
 import * as chat from './chat.js';
 import * as devices from './devices.js';
@@ -147,6 +147,8 @@ menu.addEventListener('click', () => {
   menu.setAttribute('aria-expanded', String(open));
 });
 window.addEventListener('hashchange', route);
+// Errors the server reports on the socket (a message refused, say) are shown, not dropped.
+onFrame('error', (f) => say(f.message, 'error'));
 whenLoggedOut(() => {
   forget();
   say('Your session ended; log in again.', 'error');

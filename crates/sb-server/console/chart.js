@@ -28,7 +28,12 @@ export function lineChart(el, result, { height = 260 } = {}) {
     for (const [t, v] of s.values) col[index.get(t)] = Number(v);
     data.push(col);
   }
-  const width = Math.max(280, el.clientWidth || el.parentElement?.clientWidth || 600);
+  // The content box: the container's width less its padding.
+  const inner = () => {
+    const cs = getComputedStyle(el);
+    return el.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight);
+  };
+  const width = Math.max(240, inner() || 600);
   const chart = new uPlot({
     width,
     height,
@@ -43,7 +48,7 @@ export function lineChart(el, result, { height = 260 } = {}) {
   }, data, el);
   el.setAttribute('role', 'img');
   el.setAttribute('aria-label', `Chart of ${result.length} series over ${times.length} points`);
-  const resize = () => chart.setSize({ width: Math.max(280, el.clientWidth), height });
+  const resize = () => chart.setSize({ width: Math.max(240, inner()), height });
   const observer = new ResizeObserver(resize);
   observer.observe(el);
   const destroy = chart.destroy.bind(chart);

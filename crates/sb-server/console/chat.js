@@ -59,7 +59,8 @@ export function render(main, [roomId]) {
     send({ type: 'chat_sync', id: 'sync-' + Date.now(), cursors: rooms.map((r) => ({ room: r.id, seq: r.last_seq })) });
   }
 
-  stops.push(onFrame('socket_open', () => loadRooms().then(sync).catch(() => {})));
+  // After a reconnect: replay from the cursors this page holds, then refresh the list.
+  stops.push(onFrame('socket_open', () => { if (rooms.length) sync(); loadRooms().catch(() => {}); }));
   stops.push(onFrame('chat_message', (f) => {
     const m = f.message;
     const r = rooms.find((x) => x.id === m.room);

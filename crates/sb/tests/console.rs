@@ -473,6 +473,16 @@ async fn the_console_in_a_real_browser() {
     register_admin_cli(&server, &home);
     let admin = server.login("admin").await;
     let _bob = server.user(&admin, "bob").await;
+    // An end-to-end encrypted room, whose keys no browser holds.
+    admin
+        .create_room(&sb_proto::RoomCreate {
+            name: "secret-plans".into(),
+            topic: String::new(),
+            public: false,
+            encrypted: true,
+        })
+        .await
+        .unwrap();
     // One simulated device sending telemetry every second.
     let mut simulator = std::process::Command::new(BIN)
         .args([

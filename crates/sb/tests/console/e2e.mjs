@@ -175,6 +175,14 @@ try {
     assert.equal(await readFile(await dl.path(), 'utf8'), 'attached notes');
   });
 
+  await step('an encrypted room says this browser holds no keys, and offers no composer', async () => {
+    await admin.getByRole('link', { name: /secret-plans/ }).click();
+    await admin.getByRole('note').filter({ hasText: 'This browser holds no keys for it' }).waitFor();
+    assert.equal(await admin.getByRole('textbox', { name: 'Message' }).count(), 0);
+    await admin.goto(roomUrl);
+    await admin.getByRole('textbox', { name: 'Message' }).waitFor();
+  });
+
   await step('search finds the message', async () => {
     await admin.getByRole('searchbox', { name: 'Search messages' }).fill('hello');
     await admin.getByRole('searchbox', { name: 'Search messages' }).press('Enter');
@@ -206,7 +214,7 @@ try {
       return d;
     });
     await admin.dispatchEvent('.dropzone', 'drop', { dataTransfer: dt2 });
-    await admin.getByText('hello.txt: uploaded').waitFor();
+    await admin.getByRole('row', { name: /hello\.txt/ }).getByRole('cell', { name: '2', exact: true }).waitFor();
     await admin.getByRole('link', { name: 'hello.txt', exact: true }).click();
     const versions = admin.locator('.detail table');
     await versions.getByRole('row').nth(2).waitFor();
