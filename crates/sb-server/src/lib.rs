@@ -77,8 +77,6 @@ pub struct AppState {
     pub blobs: sb_blob::LocalBlobStore,
     /// Chat's store, for the attachments blob garbage collection must keep.
     chat_store: Arc<dyn sb_store::ChatStore>,
-    /// The core store, for what has no service of its own (saved dashboards).
-    store: Arc<dyn Store>,
     /// Attachment transfers in progress (`chat.attachment_transfers_concurrent_max`).
     transfers: tokio::sync::Semaphore,
     pub config: Arc<Config>,
@@ -581,7 +579,6 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         mqtt: mqtt_broker,
         blobs,
         chat_store,
-        store: store.clone(),
         transfers: tokio::sync::Semaphore::new(
             config.chat.attachment_transfers_concurrent_max.max(1),
         ),

@@ -62,7 +62,8 @@ async fn own(st: &AppState, c: &Caller, action: Action) -> Result<(), ApiError> 
 pub async fn list(State(st): St, c: Caller) -> Result<Json<Vec<Dashboard>>, ApiError> {
     own(&st, &c, Action::Read).await?;
     let rows = st
-        .store
+        .auth
+        .store()
         .dashboards(c.subject.user_id)
         .await
         .map_err(sb_auth::AuthError::from)?;
@@ -96,7 +97,8 @@ pub async fn put(
     let body =
         serde_json::to_string(&d).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
     let stored = st
-        .store
+        .auth
+        .store()
         .put_dashboard(
             DashboardRecord {
                 user_id: c.subject.user_id,
@@ -131,7 +133,8 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     own(&st, &c, Action::Update).await?;
     let gone = st
-        .store
+        .auth
+        .store()
         .delete_dashboard(c.subject.user_id, &name)
         .await
         .map_err(sb_auth::AuthError::from)?;
