@@ -296,6 +296,10 @@ pub struct DeviceInfo {
     #[schema(value_type = Option<Object>)]
     pub health_report: Option<serde_json::Value>,
     pub health_at_ms: Option<i64>,
+    /// The firmware version the device reports in its twin (`reported.firmware`, a version or
+    /// an object with one), if any.
+    #[serde(default)]
+    pub firmware: Option<String>,
 }
 
 /// A command (direct method) for a device.

@@ -39,6 +39,14 @@ async fn info(st: &AppState, d: &DeviceRecord) -> DeviceInfo {
             .and_then(|h| serde_json::from_str(h).ok()),
         health_at_ms: d.health_at.map(|t| t.0),
         last_seen_at_ms: d.last_seen_at.map(|t| t.0),
+        firmware: st
+            .devices_store
+            .twin(d.id)
+            .await
+            .ok()
+            .flatten()
+            .as_ref()
+            .and_then(crate::twins::reported_firmware),
     }
 }
 

@@ -73,6 +73,16 @@ fn empty(device: DeviceId) -> TwinRecord {
     }
 }
 
+/// The firmware version a twin's reported state names: `"firmware": "1.2.0"`, or
+/// `"firmware": {"version": "1.2.0", …}` as devices updated by a rollout report it.
+pub fn reported_firmware(t: &TwinRecord) -> Option<String> {
+    let reported: serde_json::Value = serde_json::from_str(&t.reported).ok()?;
+    match reported.get("firmware")? {
+        serde_json::Value::String(v) => Some(v.clone()),
+        other => other.get("version")?.as_str().map(str::to_string),
+    }
+}
+
 pub fn info(t: &TwinRecord) -> TwinInfo {
     let (desired, reported) = (object(&t.desired), object(&t.reported));
     let delta: Map<String, Value> = desired
@@ -283,5 +293,27 @@ mod tests {
         let changed = merge(&mut doc, &mut meta, &object(r#"{"a":null}"#), UnixMillis(8));
         assert_eq!(Value::Object(changed), serde_json::json!({"a":null}));
         assert_eq!(Value::Object(doc), serde_json::json!({"b":3,"d":{"x":1}}));
+    }
+
+    #[test]
+    fn the_reported_firmware_is_a_version_or_an_object_with_one() {
+        let twin = |reported: &str| TwinRecord {
+            device_id: sb_core::DeviceId::new_at(UnixMillis(1)),
+            desired: "{}".into(),
+            desired_meta: "{}".into(),
+            desired_version: 0,
+            reported: reported.into(),
+            reported_meta: "{}".into(),
+            reported_version: 0,
+        };
+        let of = |r: &str| reported_firmware(&twin(r));
+        assert_eq!(of(r#"{"firmware":"1.2.0"}"#).as_deref(), Some("1.2.0"));
+        assert_eq!(
+            of(r#"{"firmware":{"version":"2.0.0","url":"/x"}}"#).as_deref(),
+            Some("2.0.0")
+        );
+        assert_eq!(of(r#"{"firmware":{"url":"/x"}}"#), None);
+        assert_eq!(of(r#"{"temperature":3}"#), None);
+        assert_eq!(of("not json"), None);
     }
 }

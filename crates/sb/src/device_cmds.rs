@@ -68,7 +68,11 @@ pub async fn device(cmd: crate::cli::DeviceCmd, json: bool) -> anyhow::Result<()
                                 .unwrap_or_else(|| "never seen".into())
                         )
                     };
-                    println!("{}  {:<20} {:<12} {state}", d.id, d.name, d.group);
+                    let firmware = d.firmware.as_deref().unwrap_or("-");
+                    println!(
+                        "{}  {:<20} {:<12} {firmware:<10} {state}",
+                        d.id, d.name, d.group
+                    );
                 }
             })
         }
@@ -77,6 +81,9 @@ pub async fn device(cmd: crate::cli::DeviceCmd, json: bool) -> anyhow::Result<()
             output(json, &d, || {
                 println!("{} ({})", d.name, d.id);
                 println!("  group {:?}, owner {}", d.group, d.owner);
+                if let Some(f) = &d.firmware {
+                    println!("  firmware {f}");
+                }
                 for (k, v) in &d.tags {
                     println!("  {k}={v}");
                 }

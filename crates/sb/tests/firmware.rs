@@ -327,6 +327,16 @@ async fn a_rollout_goes_batch_by_batch_and_halts_past_its_failure_threshold() {
     assert!(twin.reported.get("firmware").is_none(), "{twin:?}");
     let twin = admin.device_twin("b-0004").await.unwrap();
     assert!(twin.desired.get("firmware").is_none(), "{twin:?}");
+    // The fleet listing says which firmware each device reports.
+    let fleet = admin.devices().await.unwrap();
+    let firmware = |name: &str| {
+        fleet
+            .iter()
+            .find(|d| d.name == name)
+            .and_then(|d| d.firmware.clone())
+    };
+    assert_eq!(firmware("a-0003").as_deref(), Some("2.0.0"));
+    assert_eq!(firmware("b-0001"), None);
     // The halt holds: nothing more is told while time passes.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let id = r["id"].as_str().unwrap();
