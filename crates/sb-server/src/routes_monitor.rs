@@ -47,27 +47,28 @@ async fn caller(
     headers: &HeaderMap,
     origin: Origin,
 ) -> Result<Caller, MonitorError> {
-    let now = crate::now();
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
+    let token = match headers.get(header::AUTHORIZATION) {
         // The console: its cookie, with the CSRF checks of a write (these routes are read
         // with POST as well as GET, and our pages always send the token).
-        let token = session_cookie(headers).ok_or(AuthError::Unauthenticated)?;
-        check_console_request(&axum::http::Method::POST, headers, token)
-            .map_err(|_| AuthError::Forbidden)?;
-        let subject = st.auth.authenticate(token, origin.ip, now).await?;
-        return Ok(Caller {
-            subject,
-            origin,
-            now,
-        });
+        None => {
+            let token = session_cookie(headers).ok_or(AuthError::Unauthenticated)?;
+            check_console_request(&axum::http::Method::POST, headers, token)
+                .map_err(|_| AuthError::Forbidden)?;
+            token
+        }
+        // Prometheus' `Bearer`, or Influx clients' `Token`.
+        Some(value) => {
+            let value = value.to_str().map_err(|_| AuthError::Unauthenticated)?;
+            let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+            let ok = scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token");
+            if !ok || token.trim().is_empty() {
+                return Err(AuthError::Unauthenticated.into());
+            }
+            token.trim()
+        }
     };
-    let value = value.to_str().map_err(|_| AuthError::Unauthenticated)?;
-    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
-    let ok = scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token");
-    if !ok || token.trim().is_empty() {
-        return Err(AuthError::Unauthenticated.into());
-    }
-    let subject = st.auth.authenticate(token.trim(), origin.ip, now).await?;
+    let now = crate::now();
+    let subject = st.auth.authenticate(token, origin.ip, now).await?;
     Ok(Caller {
         subject,
         origin,
