@@ -37,6 +37,28 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
+/// A whole upload body of at most `max` bytes. Past the limit, `too_large` is the message
+/// (it names the setting); a body that breaks off or stalls (see `lib::stall_limited`) says so.
+pub async fn read_body(
+    body: axum::body::Body,
+    max: usize,
+    too_large: impl FnOnce() -> String,
+) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::to_bytes(body, max).await.map_err(|e| {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(err) = source {
+            if err.is::<http_body_util::LengthLimitError>() {
+                return ApiError::new(ErrorCode::PayloadTooLarge, too_large());
+            }
+            source = err.source();
+        }
+        ApiError::new(
+            ErrorCode::InvalidArgument,
+            format!("the upload was cut off: {e}; send it again"),
+        )
+    })
+}
+
 /// Where the request came from (peer address and User-Agent).
 pub struct ClientOrigin(pub Origin);
 

@@ -31,6 +31,7 @@ mod ws;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sb_auth::Auth;
@@ -219,6 +220,9 @@ pub fn app(state: Arc<AppState>) -> Router {
         ))
         .layer(axum::middleware::from_fn(
             move |req: Request, next: Next| async move {
+                if is_upload(&req) {
+                    return next.run(req.map(|body| stall_limited(body, timeout))).await;
+                }
                 match tokio::time::timeout(timeout, next.run(req)).await {
                     Ok(resp) => resp,
                     Err(_) => error::ApiError::new(ErrorCode::Timeout, "request timed out")
@@ -232,6 +236,46 @@ pub fn app(state: Arc<AppState>) -> Router {
         ))
         .layer(axum::middleware::from_fn(console::security_headers))
         .with_state(state)
+}
+
+/// Routes whose request body is a whole upload (a file, an attachment, a firmware image): they
+/// have no total time limit, which a large body on a slow link would exceed, but their body
+/// must keep arriving — a gap longer than `limits.request_timeout_ms` ends the request.
+const UPLOAD_ROUTES: &[(Method, &str)] = &[
+    (Method::PUT, "/v1/files/content"),
+    (Method::POST, "/v1/rooms/{room}/attachments"),
+    (Method::POST, "/v1/firmware"),
+];
+
+fn is_upload(req: &Request) -> bool {
+    req.extensions().get::<MatchedPath>().is_some_and(|p| {
+        UPLOAD_ROUTES
+            .iter()
+            .any(|(m, route)| m == req.method() && *route == p.as_str())
+    })
+}
+
+/// `body`, failing once no data has arrived for `gap`.
+fn stall_limited(body: axum::body::Body, gap: Duration) -> axum::body::Body {
+    use futures_util::StreamExt;
+    let frames = futures_util::stream::unfold(Some(body.into_data_stream()), move |s| async move {
+        let mut s = s?;
+        match tokio::time::timeout(gap, s.next()).await {
+            Ok(Some(frame)) => Some((frame, Some(s))),
+            Ok(None) => None,
+            Err(_) => {
+                let stalled = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "no data for {} ms (limits.request_timeout_ms)",
+                        gap.as_millis()
+                    ),
+                );
+                Some((Err(axum::Error::new(stalled)), None))
+            }
+        }
+    });
+    axum::body::Body::from_stream(frames)
 }
 
 async fn track_request(

@@ -380,12 +380,10 @@ pub async fn upload(
         .map_err(|_| ApiError::new(ErrorCode::Overloaded, "shutting down"))?;
     let max = st.config.chat.attachment_size_bytes_max;
     // The general body limit is for JSON; attachments have their own, read here.
-    let bytes = axum::body::to_bytes(body, max).await.map_err(|_| {
-        ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("attachments are at most {max} bytes"),
-        )
-    })?;
+    let bytes = crate::extract::read_body(body, max, || {
+        format!("attachments are at most {max} bytes (chat.attachment_size_bytes_max)")
+    })
+    .await?;
     let content_type = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

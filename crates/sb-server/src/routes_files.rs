@@ -41,12 +41,10 @@ pub async fn put_chunk(
 ) -> Result<StatusCode, ApiError> {
     let max = st.files.config().chunk_size_bytes_max;
     // The general body limit is for JSON; chunks have their own, read here.
-    let bytes = axum::body::to_bytes(body, max).await.map_err(|_| {
-        ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("chunks are at most {max} bytes (files.chunk_size_bytes_max)"),
-        )
-    })?;
+    let bytes = crate::extract::read_body(body, max, || {
+        format!("chunks are at most {max} bytes (files.chunk_size_bytes_max)")
+    })
+    .await?;
     st.files
         .put_chunk(c.cx(), &upload, &chunk, bytes.to_vec())
         .await?;
@@ -281,7 +279,7 @@ pub async fn put_content(
         let piece = piece.map_err(|e| {
             ApiError::new(
                 ErrorCode::InvalidArgument,
-                format!("the upload was cut off: {e}"),
+                format!("the upload was cut off: {e}; send it again"),
             )
         })?;
         written += piece.len() as u64;

@@ -150,12 +150,10 @@ pub async fn upload(
         ));
     }
     let max = cfg.firmware_size_bytes_max;
-    let image = axum::body::to_bytes(body, max).await.map_err(|_| {
-        ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("firmware images are at most {max} bytes (mqtt.firmware_size_bytes_max)"),
-        )
-    })?;
+    let image = crate::extract::read_body(body, max, || {
+        format!("firmware images are at most {max} bytes (mqtt.firmware_size_bytes_max)")
+    })
+    .await?;
     sb_devices::firmware::verify(&image, &signature, &public_key)
         .map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e))?;
     let sha256 = sb_devices::firmware::sha256_hex(&image);

@@ -564,3 +564,93 @@ async fn the_console_in_a_real_browser() {
     }
     eprintln!("screenshots in {}", shots.display());
 }
+
+#[tokio::test]
+async fn a_whole_file_put_may_outlast_the_request_timeout_while_data_flows_but_not_stall() {
+    use futures_util::StreamExt;
+    let server = TestServer::start_with(ServerOptions {
+        env: vec![("SB_LIMITS__REQUEST_TIMEOUT_MS", "1000".into())],
+        ..Default::default()
+    });
+    let admin = server.admin().await;
+    let token = server
+        .client()
+        .login("admin", sb_core::Secret::new(PASSWORD.into()))
+        .await
+        .unwrap()
+        .token;
+    let http = reqwest_client();
+    // Twelve pieces 200 ms apart: 2.4 s in all, past the 1 s request timeout, never idle long.
+    let slow = futures_util::stream::iter(0..12u8).then(|i| async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok::<_, std::io::Error>(vec![i; 1000])
+    });
+    let r = http
+        .put(format!("{}/v1/files/content?path=/slow.bin", server.url))
+        .bearer_auth(token.expose())
+        .body(reqwest::Body::wrap_stream(slow))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // One piece, then silence for 3 s: the server gives up and stores nothing.
+    let stalled = futures_util::stream::iter(0..2u8).then(|i| async move {
+        if i == 1 {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        Ok::<_, std::io::Error>(vec![i; 1000])
+    });
+    let r = http
+        .put(format!("{}/v1/files/content?path=/stalled.bin", server.url))
+        .bearer_auth(token.expose())
+        .body(reqwest::Body::wrap_stream(stalled))
+        .send()
+        .await;
+    if let Ok(r) = r {
+        assert_eq!(r.status(), 400);
+        assert!(
+            r.text()
+                .await
+                .unwrap()
+                .contains("limits.request_timeout_ms")
+        );
+    }
+    let files: Vec<String> = admin
+        .files_list(None, "/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.path)
+        .collect();
+    assert_eq!(files, ["/slow.bin"]);
+
+    // An attachment that stalls is cut off too, and said to be (not "too large").
+    let room = admin
+        .create_room(&sb_proto::RoomCreate {
+            name: "r".into(),
+            topic: String::new(),
+            public: false,
+            encrypted: false,
+        })
+        .await
+        .unwrap();
+    let stalled = futures_util::stream::iter(0..2u8).then(|i| async move {
+        if i == 1 {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        Ok::<_, std::io::Error>(vec![i; 1000])
+    });
+    let r = http
+        .post(format!(
+            "{}/v1/rooms/{}/attachments?name=a.bin",
+            server.url, room.id
+        ))
+        .bearer_auth(token.expose())
+        .body(reqwest::Body::wrap_stream(stalled))
+        .send()
+        .await;
+    if let Ok(r) = r {
+        assert_eq!(r.status(), 400);
+        assert!(r.text().await.unwrap().contains("cut off"));
+    }
+}
