@@ -10,19 +10,23 @@ use common::*;
 use std::path::Path;
 use std::time::Duration;
 
-/// Logs in through the console route; the session cookie's value and the CSRF token.
-async fn console_login(server: &TestServer, username: &str) -> (String, String, String) {
+/// `POST /v1/console/login` as a page at `origin` sends it.
+async fn login_from(server: &TestServer, origin: &str, username: &str) -> (u16, String) {
     let body = format!(r#"{{"username":"{username}","password":"{PASSWORD}"}}"#);
-    let (status, text) = raw_http(
+    raw_http(
         &server.addr,
         &format!(
-            "POST /v1/console/login HTTP/1.1\r\nHost: {}\r\nOrigin: https://{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            server.addr,
+            "POST /v1/console/login HTTP/1.1\r\nHost: {}\r\nOrigin: {origin}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             server.addr,
             body.len()
         ),
     )
-    .await;
+    .await
+}
+
+/// Logs in through the console route; the session cookie's value and the CSRF token.
+async fn console_login(server: &TestServer, username: &str) -> (String, String, String) {
+    let (status, text) = login_from(server, &format!("https://{}", server.addr), username).await;
     assert_eq!(status, 200, "{text}");
     let set_cookie = text
         .lines()
@@ -158,16 +162,7 @@ async fn the_console_session_cookie_is_httponly_and_writes_need_the_csrf_token_a
     assert_eq!(status, 401, "the cookie no longer works");
 
     // Logging in from another site's page is refused too.
-    let body = format!(r#"{{"username":"admin","password":"{PASSWORD}"}}"#);
-    let (status, _) = raw_http(
-        &server.addr,
-        &format!(
-            "POST /v1/console/login HTTP/1.1\r\nHost: {}\r\nOrigin: https://evil.example\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            server.addr,
-            body.len()
-        ),
-    )
-    .await;
+    let (status, _) = login_from(&server, "https://evil.example", "admin").await;
     assert_eq!(status, 403);
 }
 
@@ -406,16 +401,8 @@ async fn dashboards_are_saved_per_user_checked_and_bounded() {
 }
 
 fn reqwest_client() -> reqwest::Client {
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .dangerous()
-    .with_custom_certificate_verifier(std::sync::Arc::new(AcceptAny))
-    .with_no_client_auth();
     reqwest::Client::builder()
-        .tls_backend_preconfigured(config)
+        .tls_backend_preconfigured(accept_any_tls())
         .build()
         .unwrap()
 }

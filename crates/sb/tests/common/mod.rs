@@ -307,20 +307,26 @@ pub fn external(program: &str) -> Option<std::path::PathBuf> {
     found
 }
 
+/// A TLS client configuration that accepts any server certificate (the test server's is
+/// self-signed); for raw protocol checks, never for the SDK, which pins it.
+pub fn accept_any_tls() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .dangerous()
+    .with_custom_certificate_verifier(std::sync::Arc::new(AcceptAny))
+    .with_no_client_auth()
+}
+
 /// A TLS connection to the test server that accepts its certificate, for raw HTTP.
 pub async fn raw_tls(
     addr: &str,
     alpn: &[u8],
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     use std::sync::Arc;
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("TLS versions")
-    .dangerous()
-    .with_custom_certificate_verifier(Arc::new(AcceptAny))
-    .with_no_client_auth();
+    let mut config = accept_any_tls();
     config.alpn_protocols = vec![alpn.to_vec()];
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     tokio_rustls::TlsConnector::from(Arc::new(config))
